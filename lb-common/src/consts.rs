@@ -1,0 +1,63 @@
+//! Constants shared by the data path and userspace. Change them in one place only.
+
+/// Address families as stored in map keys.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Forwarding modes ([`crate::ServiceInfo::forwarding`]).
+pub const FWD_NAT: u8 = 1;
+pub const FWD_DSR: u8 = 2;
+
+/// Schedulers ([`crate::ServiceInfo::scheduler`]).
+pub const SCHED_ROUNDROBIN: u8 = 1;
+pub const SCHED_MAGLEV: u8 = 2;
+
+/// Backend states as the data path sees them ([`crate::Backend::state`]).
+/// Slot not in use (removed backend).
+pub const BACKEND_UNUSED: u8 = 0;
+/// Takes new clients (if its weight is > 0) and keeps its pinned clients.
+pub const BACKEND_UP: u8 = 1;
+/// Keeps its pinned clients, takes no new ones.
+pub const BACKEND_DRAIN: u8 = 2;
+/// Receives nobody: its pinned clients are re-picked on their next packet.
+pub const BACKEND_DOWN: u8 = 3;
+
+/// Capacity of the per-service and per-backend arrays. Service ids are `0..MAX_SERVICES`,
+/// backend ids `0..MAX_BACKENDS`.
+pub const MAX_SERVICES: u32 = 128;
+pub const MAX_BACKENDS: u32 = 16384;
+
+/// Slots reserved in the `RING` map for one selection table. Each service owns two such
+/// regions (double buffering: userspace fills the inactive one, then flips
+/// [`crate::ServiceInfo::ring_offset`]), so a half-written table is never used.
+pub const RING_REGION: u32 = 65537;
+/// Number of `RING` slots in total.
+pub const RING_SLOTS: u32 = MAX_SERVICES * 2 * RING_REGION;
+/// Default Maglev table size (a prime, as in the Maglev paper and Katran).
+pub const DEFAULT_MAGLEV_SIZE: u32 = 65537;
+
+/// Default stick-table capacity (HAProxy `stick-table size 200k`).
+pub const DEFAULT_STICK_TABLE_SIZE: u32 = 200_000;
+/// Default stick-table expiry (HAProxy `expire 30m`).
+pub const DEFAULT_EXPIRY_NS: u64 = 30 * 60 * 1_000_000_000;
+/// Upper bound for how stale `last_seen` may get before a hit writes it again.
+pub const MAX_REFRESH_NS: u64 = 1_000_000_000;
+
+/// How many ring slots the data path probes past a slot whose backend is no longer `up`
+/// (the table is rebuilt by userspace; probing covers the moment in between).
+pub const PICK_PROBES: u32 = 4;
+
+/// Names of the BPF maps and the program (userspace looks them up by these).
+pub const MAP_SERVICES: &str = "SERVICES";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_RING: &str = "RING";
+pub const MAP_RR_CURSOR: &str = "RR_CURSOR";
+pub const MAP_STICK: &str = "STICK";
+pub const MAP_REVERSE: &str = "REVERSE";
+pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const PROGRAM_NAME: &str = "stickylb";

@@ -1,0 +1,48 @@
+//! The client hash: which Maglev slot a client address maps to. The data path and
+//! userspace (`table lookup` predictions, tests) must compute the same value.
+
+use crate::Addr;
+
+/// Seed mixed into every client hash. Fixed, so every balancer with the same backends
+/// maps a client to the same backend (as Maglev and Cilium do).
+pub const CLIENT_HASH_SEED: u32 = 0x5354_4b59;
+
+#[inline(always)]
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// Hash of a client address (all four words; IPv4 uses word 0 only).
+#[inline(always)]
+pub fn client_hash(addr: &Addr) -> u32 {
+    let mut h = CLIENT_HASH_SEED;
+    let mut i = 0;
+    while i < 4 {
+        h = fmix32(h ^ addr[i]).wrapping_add(i as u32);
+        i += 1;
+    }
+    h
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_consecutive_ipv4_clients_evenly() {
+        let buckets = 7u32;
+        let mut counts = [0u32; 7];
+        for i in 0..70_000u32 {
+            let ip = (0x0a00_0000u32 + i).to_be();
+            counts[(client_hash(&[ip, 0, 0, 0]) % buckets) as usize] += 1;
+        }
+        for c in counts {
+            assert!((9_500..=10_500).contains(&c), "uneven: {counts:?}");
+        }
+    }
+}

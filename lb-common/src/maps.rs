@@ -1,0 +1,216 @@
+//! Keys and values of the BPF maps. All are `#[repr(C)]` with explicit padding so that
+//! the kernel, the data path and userspace agree byte for byte.
+//!
+//! Addresses are stored as four `u32` words holding the address bytes in network order
+//! (an IPv4 address uses word 0, words 1..3 are zero). Ports are stored in network order
+//! too. The data path copies them straight from the packet without conversion.
+
+/// An address with its 16 bytes in network order, IPv4 in the first 4 bytes.
+pub type Addr = [u32; 4];
+
+/// (address, port, protocol, family): the key of `SERVICES` (a VIP) and of `REVERSE`
+/// (a backend endpoint). Port 0 in `SERVICES` means "every port of this VIP".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Index into the per-service arrays and part of every stick-table key.
+    pub id: u32,
+    /// [`crate::FWD_NAT`] or [`crate::FWD_DSR`].
+    pub forwarding: u8,
+    /// [`crate::SCHED_ROUNDROBIN`] or [`crate::SCHED_MAGLEV`].
+    pub scheduler: u8,
+    pub _pad: u16,
+    /// Length of the active selection table; 0 = no backend takes new clients.
+    pub ring_len: u32,
+    /// First slot of the active selection table in `RING`.
+    pub ring_offset: u32,
+    /// Stick-table entry lifetime since last seen; 0 = never expires.
+    pub expiry_ns: u64,
+    /// A hit rewrites `last_seen` only when it is older than this.
+    pub refresh_ns: u64,
+}
+
+/// Value of `BACKENDS` (an array indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Network byte order; 0 = keep the client's destination port.
+    pub port: u16,
+    pub family: u8,
+    /// [`crate::BACKEND_UP`], [`crate::BACKEND_DRAIN`], [`crate::BACKEND_DOWN`] or
+    /// [`crate::BACKEND_UNUSED`].
+    pub state: u8,
+    /// Owning service; a stick entry pointing at a backend of another service is stale.
+    pub service_id: u32,
+    pub weight: u32,
+}
+
+/// Key of the stick table `STICK` (LRU hash shared by all CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StickKey {
+    pub service_id: u32,
+    pub client: Addr,
+}
+
+/// Value of the stick table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StickValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the client was last seen.
+    pub last_seen_ns: u64,
+}
+
+/// Value of `REVERSE`, keyed by the backend endpoint a NAT reply comes from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseValue {
+    /// The VIP the reply must appear to come from.
+    pub vip: Addr,
+    /// VIP port, network byte order; 0 = keep the reply's source port.
+    pub vip_port: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+}
+
+/// Per-CPU counters of one service (`SERVICE_STATS`, indexed by service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Client→service packets and bytes forwarded.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Clients with no entry that got a first pick.
+    pub new_clients: u64,
+    /// Entries re-picked because they had expired.
+    pub repick_expired: u64,
+    /// Entries re-picked because their backend was down, removed or reassigned.
+    pub repick_down: u64,
+    /// Dropped: no backend takes new clients.
+    pub drop_no_backend: u64,
+    /// Dropped: the FIB has no route (unreachable, blackhole, prohibit) or redirect failed.
+    pub drop_no_route: u64,
+    /// Passed to the kernel: the FIB had no neighbour entry yet (the kernel resolves it).
+    pub fib_miss: u64,
+    /// Passed to the kernel: TTL / hop limit would expire (the kernel sends the ICMP error).
+    pub pass_ttl: u64,
+    /// Backend→client NAT replies rewritten and forwarded.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_clients: u64,
+}
+
+impl ServiceStats {
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, o: &ServiceStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_clients += o.new_clients;
+        self.repick_expired += o.repick_expired;
+        self.repick_down += o.repick_down;
+        self.drop_no_backend += o.drop_no_backend;
+        self.drop_no_route += o.drop_no_route;
+        self.fib_miss += o.fib_miss;
+        self.pass_ttl += o.pass_ttl;
+        self.reply_packets += o.reply_packets;
+        self.reply_bytes += o.reply_bytes;
+    }
+}
+
+impl BackendStats {
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, o: &BackendStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_clients += o.new_clients;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for StickKey {}
+    unsafe impl aya::Pod for StickValue {}
+    unsafe impl aya::Pod for ReverseValue {}
+    unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(feature = "user")]
+mod addr_conv {
+    use super::Addr;
+    use crate::consts::{FAMILY_V4, FAMILY_V6};
+    use crate::consts;
+    use std::net::IpAddr;
+
+    /// Converts an IP address to the map representation and its family.
+    pub fn addr_from_ip(ip: IpAddr) -> (Addr, u8) {
+        match ip {
+            IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                let mut a = [0u32; 4];
+                for (i, w) in a.iter_mut().enumerate() {
+                    *w = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+                }
+                (a, FAMILY_V6)
+            }
+        }
+    }
+
+    /// Converts the map representation back to an IP address.
+    pub fn ip_from_addr(addr: &Addr, family: u8) -> IpAddr {
+        if family == consts::FAMILY_V6 {
+            let mut o = [0u8; 16];
+            for (i, w) in addr.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            IpAddr::from(o)
+        } else {
+            IpAddr::from(addr[0].to_ne_bytes())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        #[test]
+        fn round_trip() {
+            for s in ["10.0.0.1", "2001:db8::1", "::", "255.255.255.255"] {
+                let ip: IpAddr = s.parse().unwrap();
+                let (a, f) = addr_from_ip(ip);
+                assert_eq!(ip_from_addr(&a, f), ip);
+            }
+            let _ = FAMILY_V6;
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+pub use addr_conv::{addr_from_ip, ip_from_addr};
