@@ -11,7 +11,7 @@ pub type Addr = [u32; 4];
 /// (address, port, protocol, family): the key of `SERVICES` (a VIP) and of `REVERSE`
 /// (a backend endpoint). Port 0 in `SERVICES` means "every port of this VIP".
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     pub addr: Addr,
     /// Network byte order.

@@ -1,1 +1,13 @@
+//! stickylb userspace: loading and attaching the XDP program, turning service
+//! definitions into map contents, and reading counters and the stick table back.
+//!
+//! - [`spec`]: services and backends as an operator describes them.
+//! - [`plan`]: pure translation of specs into map entries (ids, selection tables,
+//!   reply-NAT entries), with validation.
+//! - [`loader`]: loads the embedded program, attaches it to interfaces.
+//! - [`dataplane`]: writes a plan into the maps and reads counters / stick entries.
 
+pub mod dataplane;
+pub mod loader;
+pub mod plan;
+pub mod spec;

@@ -1,0 +1,140 @@
+//! The pipeline: strings the stages together and keeps the counters. Every early exit
+//! before a rewrite returns `XDP_PASS` with the packet untouched.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use lb_common::{sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR};
+
+use crate::{
+    dsr,
+    forward::{forward, Forwarded},
+    nat::{self, End},
+    packet::Packet,
+    parse::{parse, Parsed},
+    service::{lookup_reply, lookup_service},
+    stats,
+    sticky,
+};
+
+#[inline(always)]
+pub fn process(ctx: &XdpContext) -> u32 {
+    let pkt = Packet::new(ctx);
+    let Some(p) = parse(&pkt) else {
+        return xdp_action::XDP_PASS;
+    };
+    if let Some(svc) = lookup_service(&p) {
+        return to_backend(ctx, &pkt, &p, &svc);
+    }
+    if let Some(reply) = lookup_reply(&p) {
+        return to_client(ctx, &pkt, &p, &reply);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Client → service: find the client's backend, rewrite, forward.
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> u32 {
+    let Some(st) = stats::service(svc.id) else {
+        return xdp_action::XDP_PASS;
+    };
+    let dsr = svc.forwarding == FWD_DSR;
+    if !dsr && p.ttl <= 1 {
+        // Routed hop would expire: the kernel sends the ICMP time-exceeded.
+        st.pass_ttl += 1;
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some((backend_id, backend, verdict)) = sticky::resolve(svc, &p.src, now) else {
+        st.drop_no_backend += 1;
+        return xdp_action::XDP_DROP;
+    };
+    if backend.family != p.family {
+        // The agent never configures this; refuse rather than mis-forward.
+        st.drop_no_backend += 1;
+        return xdp_action::XDP_DROP;
+    }
+    let bst = stats::backend(backend_id);
+    match verdict {
+        Verdict::Hit => {}
+        Verdict::New => st.new_clients += 1,
+        Verdict::RepickExpired => st.repick_expired += 1,
+        Verdict::RepickDown => st.repick_down += 1,
+    }
+    if verdict != Verdict::Hit {
+        if let Some(b) = bst {
+            b.new_clients += 1;
+        }
+    }
+    let len = pkt.len() as u64;
+
+    let outcome = if dsr {
+        dsr::to_backend(ctx, pkt, p, &backend)
+    } else {
+        if nat::rewrite(pkt, p, End::Destination, &backend.addr, backend.port).is_none() {
+            return xdp_action::XDP_PASS;
+        }
+        forward(ctx, pkt, p, &p.src, &backend.addr, true)
+    };
+    match outcome {
+        Forwarded::Sent(action) => {
+            st.packets += 1;
+            st.bytes += len;
+            if let Some(b) = stats::backend(backend_id) {
+                b.packets += 1;
+                b.bytes += len;
+            }
+            action
+        }
+        Forwarded::NoRoute => {
+            st.drop_no_route += 1;
+            xdp_action::XDP_DROP
+        }
+        Forwarded::NoNeighbour | Forwarded::Kernel => {
+            st.fib_miss += 1;
+            if dsr {
+                // The kernel would route by the VIP, not to the backend: never pass.
+                // The agent primes backend neighbours so this stays rare.
+                xdp_action::XDP_DROP
+            } else {
+                // Already rewritten to the backend: the kernel routes it and resolves
+                // the neighbour; later packets take the fast path.
+                st.packets += 1;
+                st.bytes += len;
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}
+
+/// Backend → client (NAT only): the source becomes the VIP again.
+#[inline(always)]
+fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -> u32 {
+    let Some(st) = stats::service(reply.service_id) else {
+        return xdp_action::XDP_PASS;
+    };
+    if p.ttl <= 1 {
+        st.pass_ttl += 1;
+        return xdp_action::XDP_PASS;
+    }
+    if nat::rewrite(pkt, p, End::Source, &reply.vip, reply.vip_port).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    let len = pkt.len() as u64;
+    match forward(ctx, pkt, p, &reply.vip, &p.dst, true) {
+        Forwarded::Sent(action) => {
+            st.reply_packets += 1;
+            st.reply_bytes += len;
+            action
+        }
+        Forwarded::NoRoute => {
+            st.drop_no_route += 1;
+            xdp_action::XDP_DROP
+        }
+        Forwarded::NoNeighbour | Forwarded::Kernel => {
+            st.fib_miss += 1;
+            st.reply_packets += 1;
+            st.reply_bytes += len;
+            xdp_action::XDP_PASS
+        }
+    }
+}

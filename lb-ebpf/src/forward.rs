@@ -1,0 +1,126 @@
+//! Stage 6: forward a rewritten packet. `bpf_fib_lookup` finds the egress interface and
+//! the next hop's MAC; we set the Ethernet addresses and redirect (or `XDP_TX` when the
+//! egress is the ingress interface, or the frame carries a VLAN tag: a tagged frame is
+//! answered on the link and VLAN it came from).
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_BLACKHOLE,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LKUP_RET_UNREACHABLE,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{csum, Addr, FAMILY_V4};
+
+use crate::{packet::Packet, parse::Parsed};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// The result of trying to forward.
+pub enum Forwarded {
+    /// Sent on: `XDP_TX` or `XDP_REDIRECT`.
+    Sent(u32),
+    /// The FIB knows the route but not the neighbour's MAC yet.
+    NoNeighbour,
+    /// No route (unreachable, blackhole, prohibit): drop.
+    NoRoute,
+    /// The FIB cannot give a fast path (local destination, MTU, forwarding disabled…):
+    /// let the kernel handle it.
+    Kernel,
+}
+
+/// Looks up `src → dst` (addresses already as they will be sent) and, on success, sets
+/// the MAC addresses, decrements the TTL when `route` (L3 forwarding; `false` for L2 DSR),
+/// and sends the packet out.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, pkt: &Packet, p: &Parsed, src: &Addr, dst: &Addr, route: bool) -> Forwarded {
+    // SAFETY: plain C struct, all-zero is a valid initial value.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.l4_protocol = p.proto;
+    fib.sport = p.sport;
+    fib.dport = p.dport;
+    fib.__bindgen_anon_1.tot_len = p.ip_len;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    if p.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_2.tos = p.tos_or_flow as u8;
+        fib.__bindgen_anon_3.ipv4_src = src[0];
+        fib.__bindgen_anon_4.ipv4_dst = dst[0];
+    } else {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_2.flowinfo = p.tos_or_flow;
+        fib.__bindgen_anon_3.ipv6_src = *src;
+        fib.__bindgen_anon_4.ipv6_dst = *dst;
+    }
+    // SAFETY: helper call with a pointer to a properly sized, initialised struct.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    } as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Forwarded::NoNeighbour,
+        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+            return Forwarded::NoRoute
+        }
+        _ => return Forwarded::Kernel,
+    }
+    if route && !decrement_ttl(pkt, p) {
+        return Forwarded::Kernel;
+    }
+    let (Some(dmac), Some(smac)) = (pkt.ptr::<[u8; 6]>(0), pkt.ptr::<[u8; 6]>(6)) else {
+        return Forwarded::Kernel;
+    };
+    // SAFETY: bounds-checked above; the union member was filled by the helper.
+    unsafe {
+        let macs = fib.__bindgen_anon_6.__bindgen_anon_2;
+        *dmac = macs.dmac;
+        *smac = macs.smac;
+    }
+    if p.vlan || fib.ifindex == ctx.ingress_ifindex() as u32 {
+        return Forwarded::Sent(xdp_action::XDP_TX);
+    }
+    // SAFETY: helper call; returns XDP_REDIRECT or XDP_ABORTED.
+    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+    if action == xdp_action::XDP_REDIRECT {
+        Forwarded::Sent(action)
+    } else {
+        Forwarded::NoRoute
+    }
+}
+
+/// Decrements the IPv4 TTL (with checksum update) or IPv6 hop limit. The caller already
+/// made sure it is above 1.
+#[inline(always)]
+fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
+    if p.family == FAMILY_V4 {
+        let (Some(ttl), Some(proto), Some(check)) = (
+            pkt.ptr::<u8>(p.l3_off + 8),
+            pkt.ptr::<u8>(p.l3_off + 9),
+            pkt.ptr::<u16>(p.l3_off + 10),
+        ) else {
+            return false;
+        };
+        // SAFETY: bounds-checked pointers.
+        unsafe {
+            let old = u16::from_ne_bytes([*ttl, *proto]);
+            let new = u16::from_ne_bytes([*ttl - 1, *proto]);
+            *check = csum::replace16(*check, old, new);
+            *ttl -= 1;
+        }
+    } else {
+        let Some(hop) = pkt.ptr::<u8>(p.l3_off + 7) else {
+            return false;
+        };
+        unsafe { *hop -= 1 };
+    }
+    true
+}

@@ -1,0 +1,49 @@
+//! Every BPF map of the data path. Keys and values are defined in `lb-common`; sizes set
+//! here are defaults that userspace may override at load time (`set_max_entries`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey,
+    StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, RING_SLOTS,
+};
+
+/// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
+#[map]
+pub static SERVICES: HashMap<Endpoint, ServiceInfo> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend id → backend.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Selection tables (Maglev tables and round-robin sequences) of every service: backend
+/// ids, each table at `ServiceInfo::ring_offset`, `ring_len` slots long.
+#[map]
+pub static RING: Array<u32> = Array::with_max_entries(RING_SLOTS, 0);
+
+/// Round-robin position per service id (shared by all CPUs).
+#[map]
+pub static RR_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// The stick table: (service id, client address) → (backend id, last seen). One LRU hash
+/// shared by all CPUs, so a client's packets agree whichever CPU they arrive on.
+#[map]
+pub static STICK: LruHashMap<StickKey, StickValue> =
+    LruHashMap::with_max_entries(DEFAULT_STICK_TABLE_SIZE, 0);
+
+/// Backend endpoint (address, port, protocol) → VIP, for rewriting NAT replies.
+/// Port 0 = every port of that backend address.
+#[map]
+pub static REVERSE: HashMap<Endpoint, ReverseValue> =
+    HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU counters per service id.
+#[map]
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per-CPU counters per backend id.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

@@ -1,0 +1,47 @@
+//! Bounds-checked access to packet bytes. Every read or write of the packet goes through
+//! here, so the verifier sees a bounds check before each access.
+
+use aya_ebpf::programs::XdpContext;
+
+/// The packet as a (start, end) byte range.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Self {
+        Self { start: ctx.data(), end: ctx.data_end() }
+    }
+
+    /// Total length in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// A pointer to a `T` at byte offset `off`, if the packet holds all of it.
+    #[inline(always)]
+    pub fn ptr<T>(&self, off: usize) -> Option<*mut T> {
+        let p = self.start + off;
+        if p + core::mem::size_of::<T>() > self.end {
+            return None;
+        }
+        Some(p as *mut T)
+    }
+
+    /// Reads a `T` at `off`. Headers are at most 2-byte aligned; the kernel allows
+    /// unaligned packet access on the architectures we target.
+    #[inline(always)]
+    pub fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        // SAFETY: `ptr` checked that the packet holds a whole `T` at `off`.
+        self.ptr::<T>(off).map(|p| unsafe { *p })
+    }
+}

@@ -1,0 +1,163 @@
+//! Stage 1: parse Ethernet (optionally one 802.1Q tag), IPv4 (with options) or IPv6, and
+//! TCP or UDP. Anything else — other protocols, fragments, IPv6 extension headers,
+//! truncated headers — is `None`, and the packet passes to the kernel untouched.
+
+use lb_common::{Addr, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+use crate::packet::Packet;
+
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+/// More-fragments flag and fragment offset bits of the IPv4 `frag_off` field.
+const IPV4_MF_OFFSET: u16 = 0x3FFFu16.to_be();
+
+/// Offset of the checksum field in a TCP / UDP header.
+pub const TCP_CHECK_OFF: usize = 16;
+pub const UDP_CHECK_OFF: usize = 6;
+
+/// What the rest of the pipeline needs to know about a packet.
+#[derive(Clone, Copy)]
+pub struct Parsed {
+    /// Offset of the IP header (14, or 18 with a VLAN tag).
+    pub l3_off: usize,
+    /// Offset of the TCP/UDP header.
+    pub l4_off: usize,
+    pub vlan: bool,
+    pub family: u8,
+    pub proto: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// IPv4 total length / IPv6 payload length + 40, host order (for the FIB MTU check).
+    pub ip_len: u16,
+    /// IPv4 TOS or IPv6 flow info word (network order), for the FIB lookup.
+    pub tos_or_flow: u32,
+}
+
+impl Parsed {
+    /// Offset of the L4 checksum field.
+    #[inline(always)]
+    pub fn l4_check_off(&self) -> usize {
+        if self.proto == PROTO_TCP {
+            self.l4_off + TCP_CHECK_OFF
+        } else {
+            self.l4_off + UDP_CHECK_OFF
+        }
+    }
+}
+
+#[inline(always)]
+pub fn parse(pkt: &Packet) -> Option<Parsed> {
+    let mut l3_off = ETH_HLEN;
+    let mut ethertype: u16 = pkt.read(12)?;
+    let mut vlan = false;
+    if ethertype == ETH_P_8021Q {
+        ethertype = pkt.read(16)?;
+        l3_off += VLAN_HLEN;
+        vlan = true;
+    }
+    let mut p = if ethertype == ETH_P_IP {
+        parse_ipv4(pkt, l3_off)?
+    } else if ethertype == ETH_P_IPV6 {
+        parse_ipv6(pkt, l3_off)?
+    } else {
+        return None;
+    };
+    p.vlan = vlan;
+    // A length field claiming more than the frame holds means a truncated packet:
+    // not ours to forward (the kernel will drop it). Padding beyond it is fine.
+    if p.l3_off + p.ip_len as usize > pkt.len() {
+        return None;
+    }
+    // Both TCP and UDP start with the two ports; check the whole fixed header is there.
+    if p.proto == PROTO_TCP {
+        pkt.ptr::<[u8; 20]>(p.l4_off)?;
+    } else {
+        pkt.ptr::<[u8; 8]>(p.l4_off)?;
+    }
+    p.sport = pkt.read(p.l4_off)?;
+    p.dport = pkt.read(p.l4_off + 2)?;
+    Some(p)
+}
+
+#[inline(always)]
+fn parse_ipv4(pkt: &Packet, l3: usize) -> Option<Parsed> {
+    // Fixed 20-byte header first.
+    pkt.ptr::<[u8; 20]>(l3)?;
+    let vihl: u8 = pkt.read(l3)?;
+    if vihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let frag: u16 = pkt.read(l3 + 6)?;
+    if frag & IPV4_MF_OFFSET != 0 {
+        return None;
+    }
+    let proto: u8 = pkt.read(l3 + 9)?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let tos: u8 = pkt.read(l3 + 1)?;
+    let tot_len: u16 = pkt.read(l3 + 2)?;
+    if (u16::from_be(tot_len) as usize) < ihl {
+        return None;
+    }
+    let ttl: u8 = pkt.read(l3 + 8)?;
+    let src: u32 = pkt.read(l3 + 12)?;
+    let dst: u32 = pkt.read(l3 + 16)?;
+    Some(Parsed {
+        l3_off: l3,
+        l4_off: l3 + ihl,
+        vlan: false,
+        family: FAMILY_V4,
+        proto,
+        src: [src, 0, 0, 0],
+        dst: [dst, 0, 0, 0],
+        sport: 0,
+        dport: 0,
+        ttl,
+        ip_len: u16::from_be(tot_len),
+        tos_or_flow: tos as u32,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
+    pkt.ptr::<[u8; 40]>(l3)?;
+    let vcf: u32 = pkt.read(l3)?;
+    if (u32::from_be(vcf) >> 28) != 6 {
+        return None;
+    }
+    let proto: u8 = pkt.read(l3 + 6)?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let payload_len: u16 = pkt.read(l3 + 4)?;
+    let ttl: u8 = pkt.read(l3 + 7)?;
+    let src: Addr = pkt.read(l3 + 8)?;
+    let dst: Addr = pkt.read(l3 + 24)?;
+    Some(Parsed {
+        l3_off: l3,
+        l4_off: l3 + 40,
+        vlan: false,
+        family: FAMILY_V6,
+        proto,
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        ttl,
+        ip_len: u16::from_be(payload_len).wrapping_add(40),
+        tos_or_flow: vcf & 0xFFFF_FF0Fu32.to_be(),
+    })
+}

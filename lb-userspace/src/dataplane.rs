@@ -1,0 +1,176 @@
+//! Writes a [`Plan`] into the data-path maps and reads counters and stick entries back.
+//!
+//! Order of writes keeps the data path consistent at every instant: backend slots first,
+//! then each service's selection table into its inactive buffer, then the service entry
+//! that flips to it, then reply entries; removals come last.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    Ebpf,
+};
+use lb_common::{
+    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey,
+    StickValue, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
+};
+
+use crate::plan::Plan;
+
+/// Handles to every map the control plane writes or reads.
+pub struct Dataplane {
+    pub services: HashMap<MapData, Endpoint, ServiceInfo>,
+    pub backends: Array<MapData, Backend>,
+    pub ring: Array<MapData, u32>,
+    pub rr_cursor: Array<MapData, u64>,
+    /// The stick table (an LRU hash; aya's `HashMap` handles both hash kinds).
+    pub stick: HashMap<MapData, StickKey, StickValue>,
+    pub reverse: HashMap<MapData, Endpoint, ReverseValue>,
+    pub service_stats: PerCpuArray<MapData, ServiceStats>,
+    pub backend_stats: PerCpuArray<MapData, BackendStats>,
+    /// What was written last, to compute removals and skip unchanged tables.
+    applied: Plan,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// First `RING` slot of one buffer of a service's selection table.
+pub fn ring_offset(service_id: u32, buffer: u32) -> u32 {
+    (service_id * 2 + buffer) * RING_REGION
+}
+
+impl Dataplane {
+    /// Takes the maps out of a loaded object.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            services: take(ebpf, MAP_SERVICES)?,
+            backends: take(ebpf, MAP_BACKENDS)?,
+            ring: take(ebpf, MAP_RING)?,
+            rr_cursor: take(ebpf, MAP_RR_CURSOR)?,
+            stick: take(ebpf, MAP_STICK)?,
+            reverse: take(ebpf, MAP_REVERSE)?,
+            service_stats: take(ebpf, MAP_SERVICE_STATS)?,
+            backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
+            applied: Plan::default(),
+        })
+    }
+
+    /// The plan last written.
+    pub fn applied(&self) -> &Plan {
+        &self.applied
+    }
+
+    /// Writes `plan`, replacing the previously applied one.
+    pub fn apply(&mut self, plan: &Plan) -> Result<()> {
+        let old = std::mem::take(&mut self.applied);
+        let result = self.write_plan(&old, plan);
+        match result {
+            Ok(written) => {
+                self.applied = written;
+                Ok(())
+            }
+            Err(e) => {
+                // Some entries may be written: remember the old plan so the next apply
+                // rewrites anything that differs from it.
+                self.applied = old;
+                Err(e)
+            }
+        }
+    }
+
+    fn write_plan(&mut self, old: &Plan, plan: &Plan) -> Result<Plan> {
+        // 1. Backend slots (new, changed).
+        let old_backends: BTreeMap<u32, Backend> =
+            old.backends.iter().map(|b| (b.id, b.value)).collect();
+        for b in &plan.backends {
+            if old_backends.get(&b.id) != Some(&b.value) {
+                self.backends.set(b.id, &b.value, 0).with_context(|| format!("writing backend {} ({})", b.id, b.addr))?;
+            }
+        }
+        // 2-3. Selection tables into the inactive buffer, then the service entry.
+        let old_services: BTreeMap<Endpoint, (&ServiceInfo, &Vec<u32>)> =
+            old.services.iter().map(|s| (s.key, (&s.info, &s.ring))).collect();
+        let mut written = plan.clone();
+        for s in written.services.iter_mut() {
+            let previous = old_services.get(&s.key).filter(|(info, _)| info.id == s.info.id);
+            let offset = match previous {
+                Some((info, ring)) if **ring == s.ring => info.ring_offset,
+                Some((info, _)) => {
+                    let other = if info.ring_offset == ring_offset(s.info.id, 0) { 1 } else { 0 };
+                    self.write_ring(s.info.id, other, &s.ring)?
+                }
+                None => self.write_ring(s.info.id, 0, &s.ring)?,
+            };
+            s.info.ring_offset = offset;
+            if previous.map(|(info, _)| **info) != Some(s.info) {
+                self.services.insert(&s.key, &s.info, 0).with_context(|| format!("writing service {}", s.name))?;
+            }
+        }
+        // 4. Reply entries.
+        let old_reverse: BTreeMap<Endpoint, ReverseValue> = old.reverse.iter().copied().collect();
+        for (k, v) in &plan.reverse {
+            if old_reverse.get(k) != Some(v) {
+                self.reverse.insert(k, v, 0).context("writing a reply-NAT entry")?;
+            }
+        }
+        // 5. Removals.
+        let new_keys: BTreeSet<Endpoint> = plan.services.iter().map(|s| s.key).collect();
+        for s in &old.services {
+            if !new_keys.contains(&s.key) {
+                let _ = self.services.remove(&s.key);
+            }
+        }
+        let new_reverse: BTreeSet<Endpoint> = plan.reverse.iter().map(|(k, _)| *k).collect();
+        for (k, _) in &old.reverse {
+            if !new_reverse.contains(k) {
+                let _ = self.reverse.remove(k);
+            }
+        }
+        let new_ids: BTreeSet<u32> = plan.backends.iter().map(|b| b.id).collect();
+        for b in &old.backends {
+            if !new_ids.contains(&b.id) {
+                self.backends.set(b.id, &Backend::default(), 0).context("clearing a removed backend")?;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes a selection table into one buffer; returns its offset.
+    fn write_ring(&mut self, service_id: u32, buffer: u32, ring: &[u32]) -> Result<u32> {
+        let offset = ring_offset(service_id, buffer);
+        for (i, id) in ring.iter().enumerate() {
+            self.ring.set(offset + i as u32, id, 0).context("writing a selection table")?;
+        }
+        Ok(offset)
+    }
+
+    /// Counters of a service, summed over CPUs.
+    pub fn service_stats(&self, service_id: u32) -> Result<ServiceStats> {
+        let per_cpu = self.service_stats.get(&service_id, 0)?;
+        let mut total = ServiceStats::default();
+        for v in per_cpu.iter() {
+            total.accumulate(v);
+        }
+        Ok(total)
+    }
+
+    /// Counters of a backend, summed over CPUs.
+    pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
+        let per_cpu = self.backend_stats.get(&backend_id, 0)?;
+        let mut total = BackendStats::default();
+        for v in per_cpu.iter() {
+            total.accumulate(v);
+        }
+        Ok(total)
+    }
+
+    /// Every stick-table entry (a snapshot; the table changes while it is read).
+    pub fn stick_entries(&self) -> Vec<(StickKey, StickValue)> {
+        self.stick.iter().filter_map(|r| r.ok()).collect()
+    }
+}

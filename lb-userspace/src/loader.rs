@@ -1,0 +1,64 @@
+//! Loading the embedded XDP object and attaching it to interfaces.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use lb_common::{DEFAULT_STICK_TABLE_SIZE, MAP_STICK, PROGRAM_NAME};
+
+/// The compiled data path, embedded at build time by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// How to load the program.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the stick table (entries).
+    pub stick_table_size: u32,
+    /// Pin (or adopt already pinned) maps in this bpffs directory.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { stick_table_size: DEFAULT_STICK_TABLE_SIZE, pin_dir: None }
+    }
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Driver (native) mode.
+    Native,
+    /// Generic (skb) mode.
+    Skb,
+}
+
+impl XdpMode {
+    /// The aya attach mode.
+    pub fn aya(self) -> aya::programs::XdpMode {
+        match self {
+            XdpMode::Native => aya::programs::XdpMode::Driver,
+            XdpMode::Skb => aya::programs::XdpMode::Skb,
+        }
+    }
+}
+
+/// Loads the program and its maps into the kernel (not attached yet).
+pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_STICK, opts.stick_table_size);
+    if let Some(dir) = &opts.pin_dir {
+        loader.default_map_pin_directory(dir);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the stickylb eBPF object")?;
+    program(&mut ebpf)?.load().context("verifying the stickylb XDP program")?;
+    Ok(ebpf)
+}
+
+/// The XDP program of a loaded object.
+pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf
+        .program_mut(PROGRAM_NAME)
+        .with_context(|| format!("program {PROGRAM_NAME} missing from the object"))?;
+    Ok(prog.try_into()?)
+}

@@ -1,0 +1,85 @@
+//! Services and backends as an operator describes them; input to [`crate::plan`].
+
+use std::{net::SocketAddr, time::Duration};
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// How new clients are assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Weighted round-robin (HAProxy `balance roundrobin`).
+    RoundRobin,
+    /// Maglev consistent hashing of the client address.
+    Maglev,
+}
+
+/// How packets reach the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Destination NAT; replies are rewritten back on their way through the balancer.
+    Nat,
+    /// L2 direct server return: backends hold the VIP on loopback.
+    Dsr,
+}
+
+/// Administrative / health state of a backend, as the data path will see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendState {
+    /// Takes new clients and keeps its own.
+    Up,
+    /// Keeps its clients, takes no new ones.
+    Drain,
+    /// Receives nobody; its clients are re-picked.
+    Down,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Backend address; port 0 = the client's destination port.
+    pub addr: SocketAddr,
+    /// 0..=256; 0 = no new clients (pinned clients stay).
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// VIP and port; port 0 = every port of the VIP.
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    /// Stick-table entry lifetime after the client was last seen; `None` = never.
+    pub expire: Option<Duration>,
+    /// Maglev table size (prime); `None` = default.
+    pub maglev_size: Option<u32>,
+    pub backends: Vec<BackendSpec>,
+}
+
+impl ServiceSpec {
+    /// A service with HAProxy-like defaults (round-robin, NAT, expire 30m, TCP).
+    pub fn new(name: &str, vip: SocketAddr) -> Self {
+        Self {
+            name: name.to_string(),
+            vip,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::RoundRobin,
+            forwarding: Forwarding::Nat,
+            expire: Some(Duration::from_secs(30 * 60)),
+            maglev_size: None,
+            backends: Vec::new(),
+        }
+    }
+
+    /// Adds a backend with weight 1, up.
+    pub fn backend(mut self, addr: SocketAddr) -> Self {
+        self.backends.push(BackendSpec { addr, weight: 1, state: BackendState::Up });
+        self
+    }
+}
