@@ -9,5 +9,6 @@
 
 pub mod dataplane;
 pub mod loader;
+pub mod neighbours;
 pub mod plan;
 pub mod spec;

@@ -62,3 +62,12 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .with_context(|| format!("program {PROGRAM_NAME} missing from the object"))?;
     Ok(prog.try_into()?)
 }
+
+/// Attaches the loaded program to `iface` (resolved in the calling thread's network
+/// namespace). The attachment lives as long as the `Ebpf` object unless pinned.
+pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<aya::programs::xdp::XdpLinkId> {
+    let prog = program(ebpf)?;
+    let name = std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
+    prog.attach(name.as_c_str(), mode.aya())
+        .with_context(|| format!("attaching XDP ({mode:?} mode) to {iface}"))
+}

@@ -1,0 +1,104 @@
+//! Running cargo with the pinned toolchain (`rustup run 1.98.0 cargo ...`) from the
+//! workspace root, with the outer toolchain's environment stripped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+
+/// The toolchain the project is built, tested and linted with (aya needs rustc >= 1.98).
+pub const TOOLCHAIN: &str = "1.98.0";
+
+/// Variables set by the outer `cargo`/rustup that would pin the child to the outer
+/// toolchain. `CARGO_TARGET_DIR` is deliberately kept.
+const OUTER_TOOLCHAIN_VARS: &[&str] = &[
+    "RUSTC",
+    "RUSTDOC",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO",
+    "RUSTUP_TOOLCHAIN",
+];
+
+/// The workspace root: the parent of this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// `rustup run <TOOLCHAIN> cargo <args>`, run from the workspace root with a clean
+/// toolchain environment.
+pub fn pinned<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", TOOLCHAIN, "cargo"])
+        .args(args)
+        .current_dir(workspace_root());
+    for var in OUTER_TOOLCHAIN_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Prints the command line, runs it, and fails unless it exits successfully.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let line = display(cmd);
+    println!("+ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !status.success() {
+        match status.code() {
+            Some(code) => bail!("`{line}` failed with exit status {code}"),
+            None => bail!("`{line}` was killed ({status})"),
+        }
+    }
+    Ok(())
+}
+
+/// The command line as a shell-like string, for logs and error messages.
+pub fn display(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
+/// `cargo build --workspace [--release]`.
+pub fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "--workspace"];
+    if release {
+        args.push("--release");
+    }
+    run(&mut pinned(args))
+}
+
+/// `cargo test --no-fail-fast <extra>` for the default members only: `lb-ebpf` is a
+/// non-default member that must not be host-tested, so no `--workspace`.
+pub fn test(extra: &[String]) -> Result<()> {
+    run(pinned(["test", "--no-fail-fast"]).args(extra))
+}
+
+/// `cargo fmt --all`.
+pub fn fmt() -> Result<()> {
+    run(&mut pinned(["fmt", "--all"]))
+}
+
+/// `cargo clippy --workspace --all-targets -- -D warnings`.
+pub fn clippy() -> Result<()> {
+    run(&mut pinned([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
