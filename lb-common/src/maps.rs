@@ -165,8 +165,8 @@ mod pod {
 #[cfg(feature = "user")]
 mod addr_conv {
     use super::Addr;
-    use crate::consts::{FAMILY_V4, FAMILY_V6};
     use crate::consts;
+    use crate::consts::{FAMILY_V4, FAMILY_V6};
     use std::net::IpAddr;
 
     /// Converts an IP address to the map representation and its family.

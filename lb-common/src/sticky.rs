@@ -31,7 +31,10 @@ pub fn judge(
         return Verdict::RepickExpired;
     }
     match backend {
-        Some(b) if b.service_id == service_id && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN) => {
+        Some(b)
+            if b.service_id == service_id
+                && (b.state == BACKEND_UP || b.state == BACKEND_DRAIN) =>
+        {
             Verdict::Hit
         }
         _ => Verdict::RepickDown,
@@ -61,21 +64,51 @@ mod tests {
     use crate::{BACKEND_DOWN, BACKEND_UNUSED};
 
     fn backend(state: u8, service_id: u32) -> Backend {
-        Backend { state, service_id, ..Default::default() }
+        Backend {
+            state,
+            service_id,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn verdicts() {
-        let e = StickValue { backend_id: 1, _pad: 0, last_seen_ns: 1_000 };
+        let e = StickValue {
+            backend_id: 1,
+            _pad: 0,
+            last_seen_ns: 1_000,
+        };
         let s = 3;
-        assert_eq!(judge(&e, Some(&backend(BACKEND_UP, s)), s, 2_000, 10_000), Verdict::Hit);
-        assert_eq!(judge(&e, Some(&backend(BACKEND_DRAIN, s)), s, 2_000, 10_000), Verdict::Hit);
-        assert_eq!(judge(&e, Some(&backend(BACKEND_DOWN, s)), s, 2_000, 10_000), Verdict::RepickDown);
-        assert_eq!(judge(&e, Some(&backend(BACKEND_UNUSED, s)), s, 2_000, 10_000), Verdict::RepickDown);
-        assert_eq!(judge(&e, Some(&backend(BACKEND_UP, s + 1)), s, 2_000, 10_000), Verdict::RepickDown);
+        assert_eq!(
+            judge(&e, Some(&backend(BACKEND_UP, s)), s, 2_000, 10_000),
+            Verdict::Hit
+        );
+        assert_eq!(
+            judge(&e, Some(&backend(BACKEND_DRAIN, s)), s, 2_000, 10_000),
+            Verdict::Hit
+        );
+        assert_eq!(
+            judge(&e, Some(&backend(BACKEND_DOWN, s)), s, 2_000, 10_000),
+            Verdict::RepickDown
+        );
+        assert_eq!(
+            judge(&e, Some(&backend(BACKEND_UNUSED, s)), s, 2_000, 10_000),
+            Verdict::RepickDown
+        );
+        assert_eq!(
+            judge(&e, Some(&backend(BACKEND_UP, s + 1)), s, 2_000, 10_000),
+            Verdict::RepickDown
+        );
         assert_eq!(judge(&e, None, s, 2_000, 10_000), Verdict::RepickDown);
-        assert_eq!(judge(&e, Some(&backend(BACKEND_UP, s)), s, 11_001, 10_000), Verdict::RepickExpired);
-        assert_eq!(judge(&e, Some(&backend(BACKEND_UP, s)), s, u64::MAX, 0), Verdict::Hit, "0 = never expires");
+        assert_eq!(
+            judge(&e, Some(&backend(BACKEND_UP, s)), s, 11_001, 10_000),
+            Verdict::RepickExpired
+        );
+        assert_eq!(
+            judge(&e, Some(&backend(BACKEND_UP, s)), s, u64::MAX, 0),
+            Verdict::Hit,
+            "0 = never expires"
+        );
     }
 
     #[test]
@@ -83,7 +116,11 @@ mod tests {
         assert_eq!(refresh_interval(0), MAX_REFRESH_NS);
         assert_eq!(refresh_interval(30 * 60 * 1_000_000_000), MAX_REFRESH_NS);
         assert_eq!(refresh_interval(400_000_000), 100_000_000);
-        let e = StickValue { backend_id: 0, _pad: 0, last_seen_ns: 100 };
+        let e = StickValue {
+            backend_id: 0,
+            _pad: 0,
+            last_seen_ns: 100,
+        };
         assert!(!needs_refresh(&e, 150, 100));
         assert!(needs_refresh(&e, 200, 100));
     }

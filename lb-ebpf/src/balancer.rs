@@ -11,8 +11,7 @@ use crate::{
     packet::Packet,
     parse::{parse, Parsed},
     service::{lookup_reply, lookup_service},
-    stats,
-    sticky,
+    stats, sticky,
 };
 
 #[inline(always)]

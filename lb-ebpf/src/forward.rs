@@ -37,7 +37,14 @@ pub enum Forwarded {
 /// the MAC addresses, decrements the TTL when `route` (L3 forwarding; `false` for L2 DSR),
 /// and sends the packet out.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Packet, p: &Parsed, src: &Addr, dst: &Addr, route: bool) -> Forwarded {
+pub fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    p: &Parsed,
+    src: &Addr,
+    dst: &Addr,
+    route: bool,
+) -> Forwarded {
     // SAFETY: plain C struct, all-zero is a valid initial value.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.l4_protocol = p.proto;

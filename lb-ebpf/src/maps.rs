@@ -6,14 +6,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey,
-    StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, RING_SLOTS,
+    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue,
+    DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, RING_SLOTS,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
 #[map]
-pub static SERVICES: HashMap<Endpoint, ServiceInfo> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<Endpoint, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Backend id → backend.
 #[map]
@@ -37,13 +36,14 @@ pub static STICK: LruHashMap<StickKey, StickValue> =
 /// Backend endpoint (address, port, protocol) → VIP, for rewriting NAT replies.
 /// Port 0 = every port of that backend address.
 #[map]
-pub static REVERSE: HashMap<Endpoint, ReverseValue> =
-    HashMap::with_max_entries(MAX_BACKENDS, 0);
+pub static REVERSE: HashMap<Endpoint, ReverseValue> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Per-CPU counters per service id.
 #[map]
-pub static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 /// Per-CPU counters per backend id.
 #[map]
-pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

@@ -3,13 +3,21 @@
 
 use lb_common::{Endpoint, ReverseValue, ServiceInfo};
 
-use crate::{maps::{REVERSE, SERVICES}, parse::Parsed};
+use crate::{
+    maps::{REVERSE, SERVICES},
+    parse::Parsed,
+};
 
 /// The service addressed by the packet's destination: exact port first, then the VIP's
 /// all-ports service (port 0).
 #[inline(always)]
 pub fn lookup_service(p: &Parsed) -> Option<ServiceInfo> {
-    let mut key = Endpoint { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
+    let mut key = Endpoint {
+        addr: p.dst,
+        port: p.dport,
+        proto: p.proto,
+        family: p.family,
+    };
     // SAFETY: values are plain data copied out immediately.
     if let Some(s) = unsafe { SERVICES.get(&key) } {
         return Some(*s);
@@ -21,7 +29,12 @@ pub fn lookup_service(p: &Parsed) -> Option<ServiceInfo> {
 /// The VIP a reply from a backend endpoint must be rewritten to (NAT services only).
 #[inline(always)]
 pub fn lookup_reply(p: &Parsed) -> Option<ReverseValue> {
-    let mut key = Endpoint { addr: p.src, port: p.sport, proto: p.proto, family: p.family };
+    let mut key = Endpoint {
+        addr: p.src,
+        port: p.sport,
+        proto: p.proto,
+        family: p.family,
+    };
     if let Some(r) = unsafe { REVERSE.get(&key) } {
         return Some(*r);
     }

@@ -16,7 +16,10 @@ use crate::{
 /// `None`: a pick was needed and no backend takes new clients.
 #[inline(always)]
 pub fn resolve(svc: &ServiceInfo, client: &Addr, now: u64) -> Option<(u32, Backend, Verdict)> {
-    let key = StickKey { service_id: svc.id, client: *client };
+    let key = StickKey {
+        service_id: svc.id,
+        client: *client,
+    };
     let verdict = match STICK.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: pointer to the map value, valid for this program run; concurrent
@@ -36,7 +39,11 @@ pub fn resolve(svc: &ServiceInfo, client: &Addr, now: u64) -> Option<(u32, Backe
         None => Verdict::New,
     };
     let (id, backend) = pick::pick(svc, client)?;
-    let value = StickValue { backend_id: id, _pad: 0, last_seen_ns: now };
+    let value = StickValue {
+        backend_id: id,
+        _pad: 0,
+        last_seen_ns: now,
+    };
     // A failed insert (table busy) only costs stickiness for this packet: the next
     // packet picks again, deterministically for Maglev.
     let _ = STICK.insert(&key, &value, 0);

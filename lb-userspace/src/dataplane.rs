@@ -12,9 +12,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey,
-    StickValue, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR,
-    MAP_SERVICES, MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
+    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue,
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR, MAP_SERVICES,
+    MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
 };
 
 use crate::plan::Plan;
@@ -34,8 +34,13 @@ pub struct Dataplane {
     applied: Plan,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
-    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))?;
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -89,33 +94,48 @@ impl Dataplane {
             old.backends.iter().map(|b| (b.id, b.value)).collect();
         for b in &plan.backends {
             if old_backends.get(&b.id) != Some(&b.value) {
-                self.backends.set(b.id, &b.value, 0).with_context(|| format!("writing backend {} ({})", b.id, b.addr))?;
+                self.backends
+                    .set(b.id, &b.value, 0)
+                    .with_context(|| format!("writing backend {} ({})", b.id, b.addr))?;
             }
         }
         // 2-3. Selection tables into the inactive buffer, then the service entry.
-        let old_services: BTreeMap<Endpoint, (&ServiceInfo, &Vec<u32>)> =
-            old.services.iter().map(|s| (s.key, (&s.info, &s.ring))).collect();
+        let old_services: BTreeMap<Endpoint, (&ServiceInfo, &Vec<u32>)> = old
+            .services
+            .iter()
+            .map(|s| (s.key, (&s.info, &s.ring)))
+            .collect();
         let mut written = plan.clone();
         for s in written.services.iter_mut() {
-            let previous = old_services.get(&s.key).filter(|(info, _)| info.id == s.info.id);
+            let previous = old_services
+                .get(&s.key)
+                .filter(|(info, _)| info.id == s.info.id);
             let offset = match previous {
                 Some((info, ring)) if **ring == s.ring => info.ring_offset,
                 Some((info, _)) => {
-                    let other = if info.ring_offset == ring_offset(s.info.id, 0) { 1 } else { 0 };
+                    let other = if info.ring_offset == ring_offset(s.info.id, 0) {
+                        1
+                    } else {
+                        0
+                    };
                     self.write_ring(s.info.id, other, &s.ring)?
                 }
                 None => self.write_ring(s.info.id, 0, &s.ring)?,
             };
             s.info.ring_offset = offset;
             if previous.map(|(info, _)| **info) != Some(s.info) {
-                self.services.insert(&s.key, &s.info, 0).with_context(|| format!("writing service {}", s.name))?;
+                self.services
+                    .insert(&s.key, &s.info, 0)
+                    .with_context(|| format!("writing service {}", s.name))?;
             }
         }
         // 4. Reply entries.
         let old_reverse: BTreeMap<Endpoint, ReverseValue> = old.reverse.iter().copied().collect();
         for (k, v) in &plan.reverse {
             if old_reverse.get(k) != Some(v) {
-                self.reverse.insert(k, v, 0).context("writing a reply-NAT entry")?;
+                self.reverse
+                    .insert(k, v, 0)
+                    .context("writing a reply-NAT entry")?;
             }
         }
         // 5. Removals.
@@ -134,7 +154,9 @@ impl Dataplane {
         let new_ids: BTreeSet<u32> = plan.backends.iter().map(|b| b.id).collect();
         for b in &old.backends {
             if !new_ids.contains(&b.id) {
-                self.backends.set(b.id, &Backend::default(), 0).context("clearing a removed backend")?;
+                self.backends
+                    .set(b.id, &Backend::default(), 0)
+                    .context("clearing a removed backend")?;
             }
         }
         Ok(written)
@@ -144,7 +166,9 @@ impl Dataplane {
     fn write_ring(&mut self, service_id: u32, buffer: u32, ring: &[u32]) -> Result<u32> {
         let offset = ring_offset(service_id, buffer);
         for (i, id) in ring.iter().enumerate() {
-            self.ring.set(offset + i as u32, id, 0).context("writing a selection table")?;
+            self.ring
+                .set(offset + i as u32, id, 0)
+                .context("writing a selection table")?;
         }
         Ok(offset)
     }

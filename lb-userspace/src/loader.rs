@@ -20,7 +20,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { stick_table_size: DEFAULT_STICK_TABLE_SIZE, pin_dir: None }
+        Self {
+            stick_table_size: DEFAULT_STICK_TABLE_SIZE,
+            pin_dir: None,
+        }
     }
 }
 
@@ -50,8 +53,12 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     if let Some(dir) = &opts.pin_dir {
         loader.default_map_pin_directory(dir);
     }
-    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the stickylb eBPF object")?;
-    program(&mut ebpf)?.load().context("verifying the stickylb XDP program")?;
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the stickylb eBPF object")?;
+    program(&mut ebpf)?
+        .load()
+        .context("verifying the stickylb XDP program")?;
     Ok(ebpf)
 }
 
@@ -65,9 +72,14 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 
 /// Attaches the loaded program to `iface` (resolved in the calling thread's network
 /// namespace). The attachment lives as long as the `Ebpf` object unless pinned.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<aya::programs::xdp::XdpLinkId> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<aya::programs::xdp::XdpLinkId> {
     let prog = program(ebpf)?;
-    let name = std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
+    let name =
+        std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
     prog.attach(name.as_c_str(), mode.aya())
         .with_context(|| format!("attaching XDP ({mode:?} mode) to {iface}"))
 }

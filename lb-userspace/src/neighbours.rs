@@ -10,8 +10,13 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 pub fn prime(addrs: &[IpAddr]) -> Vec<(IpAddr, std::io::Error)> {
     let mut errors = Vec::new();
     for &ip in addrs {
-        let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-        let r = UdpSocket::bind(bind).and_then(|s| s.send_to(&[], SocketAddr::new(ip, 9)).map(|_| ()));
+        let bind: SocketAddr = if ip.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let r =
+            UdpSocket::bind(bind).and_then(|s| s.send_to(&[], SocketAddr::new(ip, 9)).map(|_| ()));
         if let Err(e) = r {
             errors.push((ip, e));
         }

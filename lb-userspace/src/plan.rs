@@ -29,23 +29,53 @@ pub enum PlanError {
     #[error("service {0:?} is defined twice: service names must be unique")]
     DuplicateName(String),
     #[error("services {first:?} and {second:?} both listen on {vip} {proto}: a VIP, port and protocol belong to one service")]
-    DuplicateVip { first: String, second: String, vip: SocketAddr, proto: &'static str },
+    DuplicateVip {
+        first: String,
+        second: String,
+        vip: SocketAddr,
+        proto: &'static str,
+    },
     #[error("too many services ({0}): at most {MAX_SERVICES} are supported")]
     TooManyServices(usize),
     #[error("too many backends ({0}): at most {MAX_BACKENDS} are supported in all")]
     TooManyBackends(usize),
     #[error("service {service:?}: backend {backend} is listed twice")]
-    DuplicateBackend { service: String, backend: SocketAddr },
+    DuplicateBackend {
+        service: String,
+        backend: SocketAddr,
+    },
     #[error("service {service:?}: backend {backend} is {backend_family} but the VIP {vip} is {vip_family}: a service's backends must use the VIP's address family")]
-    FamilyMismatch { service: String, backend: SocketAddr, vip: SocketAddr, backend_family: &'static str, vip_family: &'static str },
+    FamilyMismatch {
+        service: String,
+        backend: SocketAddr,
+        vip: SocketAddr,
+        backend_family: &'static str,
+        vip_family: &'static str,
+    },
     #[error("service {service:?}: backend {backend} has weight {weight}: accepted weights are 0..={MAX_WEIGHT}")]
-    BadWeight { service: String, backend: SocketAddr, weight: u32 },
+    BadWeight {
+        service: String,
+        backend: SocketAddr,
+        weight: u32,
+    },
     #[error("service {service:?} listens on every port (port 0), so backend {backend} must not name a port: give it port 0 or none")]
-    PortOnAllPortsService { service: String, backend: SocketAddr },
+    PortOnAllPortsService {
+        service: String,
+        backend: SocketAddr,
+    },
     #[error("service {service:?}: maglev table size {size} is not accepted: use a prime between {min} and {RING_REGION}")]
-    BadMaglevSize { service: String, size: u32, min: u32 },
+    BadMaglevSize {
+        service: String,
+        size: u32,
+        min: u32,
+    },
     #[error("backend {backend} ({proto}) serves both {first:?} and {second:?} in nat mode: replies from it could not be told apart; use distinct backend ports or dsr")]
-    AmbiguousReply { backend: SocketAddr, proto: &'static str, first: String, second: String },
+    AmbiguousReply {
+        backend: SocketAddr,
+        proto: &'static str,
+        first: String,
+        second: String,
+    },
 }
 
 /// One service's map entries.
@@ -100,11 +130,6 @@ fn family_name(a: &SocketAddr) -> &'static str {
     }
 }
 
-/// Lowest id not in `used`.
-fn lowest_free(used: &BTreeSet<u32>, limit: u32) -> Option<u32> {
-    (0..limit).find(|i| !used.contains(i))
-}
-
 impl Ids {
     /// The id of a service, if allocated.
     pub fn service_id(&self, name: &str) -> Option<u32> {
@@ -132,21 +157,31 @@ impl Ids {
                 }
             }
         }
-        let mut used_s: BTreeSet<u32> = next.services.values().copied().collect();
-        let mut used_b: BTreeSet<u32> = next.backends.values().copied().collect();
+        // New names take the lowest free ids, in order.
+        let used_s: BTreeSet<u32> = next.services.values().copied().collect();
+        let used_b: BTreeSet<u32> = next.backends.values().copied().collect();
+        let mut free_s = (0..MAX_SERVICES).filter(|i| !used_s.contains(i));
+        let mut free_b = (0..MAX_BACKENDS).filter(|i| !used_b.contains(i));
+        let total_backends = specs.iter().map(|s| s.backends.len()).sum();
         for s in specs {
-            if !next.services.contains_key(&s.name) {
-                let id = lowest_free(&used_s, MAX_SERVICES).ok_or(PlanError::TooManyServices(specs.len()))?;
-                used_s.insert(id);
-                next.services.insert(s.name.clone(), id);
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                next.services.entry(s.name.clone())
+            {
+                e.insert(
+                    free_s
+                        .next()
+                        .ok_or(PlanError::TooManyServices(specs.len()))?,
+                );
             }
             for b in &s.backends {
-                let key = (s.name.clone(), b.addr);
-                if !next.backends.contains_key(&key) {
-                    let total = specs.iter().map(|s| s.backends.len()).sum();
-                    let id = lowest_free(&used_b, MAX_BACKENDS).ok_or(PlanError::TooManyBackends(total))?;
-                    used_b.insert(id);
-                    next.backends.insert(key, id);
+                if let std::collections::btree_map::Entry::Vacant(e) =
+                    next.backends.entry((s.name.clone(), b.addr))
+                {
+                    e.insert(
+                        free_b
+                            .next()
+                            .ok_or(PlanError::TooManyBackends(total_backends))?,
+                    );
                 }
             }
         }
@@ -160,24 +195,45 @@ impl Ids {
                 Protocol::Tcp => PROTO_TCP,
                 Protocol::Udp => PROTO_UDP,
             };
-            let key = Endpoint { addr: vip, port: s.vip.port().to_be(), proto, family };
+            let key = Endpoint {
+                addr: vip,
+                port: s.vip.port().to_be(),
+                proto,
+                family,
+            };
             let mut eligible = Vec::new();
             for b in &s.backends {
                 let id = next.backends[&(s.name.clone(), b.addr)];
                 let (addr, bfamily) = addr_from_ip(b.addr.ip());
                 // Port 0 on a fixed-port service means "the service port".
-                let port = if b.addr.port() == 0 { s.vip.port() } else { b.addr.port() };
+                let port = if b.addr.port() == 0 {
+                    s.vip.port()
+                } else {
+                    b.addr.port()
+                };
                 let state = match b.state {
                     BackendState::Up => BACKEND_UP,
                     BackendState::Drain => BACKEND_DRAIN,
                     BackendState::Down => BACKEND_DOWN,
                 };
-                let value = Backend { addr, port: port.to_be(), family: bfamily, state, service_id: sid, weight: b.weight };
+                let value = Backend {
+                    addr,
+                    port: port.to_be(),
+                    family: bfamily,
+                    state,
+                    service_id: sid,
+                    weight: b.weight,
+                };
                 if b.state == BackendState::Up && b.weight > 0 {
                     eligible.push((id, b));
                 }
                 if s.forwarding == Forwarding::Nat {
-                    let rkey = Endpoint { addr, port: port.to_be(), proto, family: bfamily };
+                    let rkey = Endpoint {
+                        addr,
+                        port: port.to_be(),
+                        proto,
+                        family: bfamily,
+                    };
                     if let Some(first) = reverse_owner.get(&rkey) {
                         return Err(PlanError::AmbiguousReply {
                             backend: SocketAddr::new(b.addr.ip(), port),
@@ -187,24 +243,45 @@ impl Ids {
                         });
                     }
                     reverse_owner.insert(rkey, s.name.clone());
-                    plan.reverse.push((rkey, ReverseValue { vip, vip_port: s.vip.port().to_be(), _pad: 0, service_id: sid }));
+                    plan.reverse.push((
+                        rkey,
+                        ReverseValue {
+                            vip,
+                            vip_port: s.vip.port().to_be(),
+                            _pad: 0,
+                            service_id: sid,
+                        },
+                    ));
                 }
-                plan.backends.push(BackendEntry { id, service: s.name.clone(), addr: b.addr, value });
+                plan.backends.push(BackendEntry {
+                    id,
+                    service: s.name.clone(),
+                    addr: b.addr,
+                    value,
+                });
             }
             let ring = match s.scheduler {
                 Scheduler::RoundRobin => {
-                    let pairs: Vec<(u32, u32)> = eligible.iter().map(|(id, b)| (*id, b.weight)).collect();
+                    let pairs: Vec<(u32, u32)> =
+                        eligible.iter().map(|(id, b)| (*id, b.weight)).collect();
                     wrr::sequence(&pairs, RING_REGION)
                 }
                 Scheduler::Maglev => {
                     let backends: Vec<MaglevBackend> = eligible
                         .iter()
-                        .map(|(id, b)| MaglevBackend { id: *id, key: b.addr.to_string(), weight: b.weight })
+                        .map(|(id, b)| MaglevBackend {
+                            id: *id,
+                            key: b.addr.to_string(),
+                            weight: b.weight,
+                        })
                         .collect();
                     maglev::build(&backends, s.maglev_size.unwrap_or(DEFAULT_MAGLEV_SIZE))
                 }
             };
-            let expiry_ns = s.expire.map(|d| d.as_nanos().min(u64::MAX as u128) as u64).unwrap_or(0);
+            let expiry_ns = s
+                .expire
+                .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+                .unwrap_or(0);
             let info = ServiceInfo {
                 id: sid,
                 forwarding: match s.forwarding {
@@ -221,7 +298,12 @@ impl Ids {
                 expiry_ns,
                 refresh_ns: refresh_interval(expiry_ns),
             };
-            plan.services.push(ServiceEntry { name: s.name.clone(), key, info, ring });
+            plan.services.push(ServiceEntry {
+                name: s.name.clone(),
+                key,
+                info,
+                ring,
+            });
         }
         *self = next;
         Ok(plan)
@@ -257,13 +339,20 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), PlanError> {
         if let Some(size) = s.maglev_size {
             let min = (s.backends.len() as u32).max(2);
             if !maglev::is_prime(size) || size < min || size > RING_REGION {
-                return Err(PlanError::BadMaglevSize { service: s.name.clone(), size, min });
+                return Err(PlanError::BadMaglevSize {
+                    service: s.name.clone(),
+                    size,
+                    min,
+                });
             }
         }
         let mut seen = BTreeSet::new();
         for b in &s.backends {
             if !seen.insert(b.addr) {
-                return Err(PlanError::DuplicateBackend { service: s.name.clone(), backend: b.addr });
+                return Err(PlanError::DuplicateBackend {
+                    service: s.name.clone(),
+                    backend: b.addr,
+                });
             }
             if b.addr.is_ipv4() != s.vip.is_ipv4() {
                 return Err(PlanError::FamilyMismatch {
@@ -275,12 +364,220 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), PlanError> {
                 });
             }
             if b.weight > MAX_WEIGHT {
-                return Err(PlanError::BadWeight { service: s.name.clone(), backend: b.addr, weight: b.weight });
+                return Err(PlanError::BadWeight {
+                    service: s.name.clone(),
+                    backend: b.addr,
+                    weight: b.weight,
+                });
             }
             if s.vip.port() == 0 && b.addr.port() != 0 {
-                return Err(PlanError::PortOnAllPortsService { service: s.name.clone(), backend: b.addr });
+                return Err(PlanError::PortOnAllPortsService {
+                    service: s.name.clone(),
+                    backend: b.addr,
+                });
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lb_common::{FAMILY_V4, FAMILY_V6};
+
+    use super::*;
+    use crate::spec::BackendSpec;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn web() -> ServiceSpec {
+        ServiceSpec::new("web", sa("10.0.0.100:80"))
+            .backend(sa("192.168.1.2:8080"))
+            .backend(sa("192.168.1.3:0"))
+    }
+
+    #[test]
+    fn service_and_backends_become_map_entries() {
+        let mut svc = web();
+        svc.expire = Some(Duration::from_secs(60));
+        let plan = Ids::default().plan(&[svc]).unwrap();
+        let s = &plan.services[0];
+        assert_eq!(
+            s.key,
+            Endpoint {
+                addr: [u32::from_ne_bytes([10, 0, 0, 100]), 0, 0, 0],
+                port: 80u16.to_be(),
+                proto: PROTO_TCP,
+                family: FAMILY_V4
+            }
+        );
+        assert_eq!(s.info.id, 0);
+        assert_eq!(s.info.forwarding, FWD_NAT);
+        assert_eq!(s.info.scheduler, SCHED_ROUNDROBIN);
+        assert_eq!(s.info.expiry_ns, 60_000_000_000);
+        assert_eq!(s.info.refresh_ns, 1_000_000_000);
+        assert_eq!(s.ring, vec![0, 1]);
+        assert_eq!(s.info.ring_len, 2);
+        let b = &plan.backends[1];
+        assert_eq!(b.value.port, 80u16.to_be(), "port 0 means the service port");
+        assert_eq!(b.value.state, BACKEND_UP);
+        assert_eq!(b.value.service_id, 0);
+        assert_eq!(plan.backends[0].value.port, 8080u16.to_be());
+        assert_eq!(plan.reverse.len(), 2);
+        assert_eq!(plan.reverse[0].0.port, 8080u16.to_be());
+        assert_eq!(plan.reverse[0].1.vip_port, 80u16.to_be());
+        assert_eq!(plan.reverse[0].1.vip, s.key.addr);
+    }
+
+    #[test]
+    fn dsr_has_no_reply_entries_and_ipv6_is_supported() {
+        let mut svc =
+            ServiceSpec::new("v6", sa("[2001:db8::100]:443")).backend(sa("[2001:db8:1::2]:443"));
+        svc.forwarding = Forwarding::Dsr;
+        svc.scheduler = Scheduler::Maglev;
+        svc.protocol = Protocol::Udp;
+        svc.expire = None;
+        let plan = Ids::default().plan(&[svc]).unwrap();
+        assert!(plan.reverse.is_empty());
+        let s = &plan.services[0];
+        assert_eq!((s.key.family, s.key.proto), (FAMILY_V6, PROTO_UDP));
+        assert_eq!(
+            (s.info.forwarding, s.info.scheduler, s.info.expiry_ns),
+            (FWD_DSR, SCHED_MAGLEV, 0)
+        );
+        assert_eq!(s.ring.len(), DEFAULT_MAGLEV_SIZE as usize);
+        assert!(s.ring.iter().all(|&id| id == 0));
+    }
+
+    #[test]
+    fn only_up_backends_with_weight_enter_the_table() {
+        let mut svc = web();
+        svc.backends.push(BackendSpec {
+            addr: sa("192.168.1.4:8080"),
+            weight: 0,
+            state: BackendState::Up,
+        });
+        svc.backends.push(BackendSpec {
+            addr: sa("192.168.1.5:8080"),
+            weight: 1,
+            state: BackendState::Drain,
+        });
+        svc.backends.push(BackendSpec {
+            addr: sa("192.168.1.6:8080"),
+            weight: 1,
+            state: BackendState::Down,
+        });
+        let plan = Ids::default().plan(&[svc]).unwrap();
+        assert_eq!(plan.services[0].ring, vec![0, 1]);
+        let states: Vec<u8> = plan.backends.iter().map(|b| b.value.state).collect();
+        assert_eq!(
+            states,
+            vec![
+                BACKEND_UP,
+                BACKEND_UP,
+                BACKEND_UP,
+                BACKEND_DRAIN,
+                BACKEND_DOWN
+            ]
+        );
+    }
+
+    #[test]
+    fn ids_are_stable_across_plans() {
+        let mut ids = Ids::default();
+        let api = ServiceSpec::new("api", sa("10.0.0.101:80")).backend(sa("192.168.2.2:80"));
+        ids.plan(&[web(), api.clone()]).unwrap();
+        let (web_id, api_id) = (
+            ids.service_id("web").unwrap(),
+            ids.service_id("api").unwrap(),
+        );
+        let b3 = ids.backend_id("web", sa("192.168.1.3:0")).unwrap();
+        let api_b = ids.backend_id("api", sa("192.168.2.2:80")).unwrap();
+        // Remove a backend of web, add one, reorder services.
+        let mut web2 = ServiceSpec::new("web", sa("10.0.0.100:80")).backend(sa("192.168.1.3:0"));
+        web2 = web2.backend(sa("192.168.1.9:8080"));
+        ids.plan(&[api, web2]).unwrap();
+        assert_eq!(ids.service_id("web"), Some(web_id));
+        assert_eq!(ids.service_id("api"), Some(api_id));
+        assert_eq!(ids.backend_id("web", sa("192.168.1.3:0")), Some(b3));
+        assert_eq!(ids.backend_id("api", sa("192.168.2.2:80")), Some(api_b));
+        assert_eq!(ids.backend_id("web", sa("192.168.1.2:8080")), None);
+        // The new backend reuses the freed id.
+        assert_eq!(ids.backend_id("web", sa("192.168.1.9:8080")), Some(0));
+    }
+
+    #[test]
+    fn a_refused_plan_changes_no_ids() {
+        let mut ids = Ids::default();
+        ids.plan(&[web()]).unwrap();
+        let before = format!("{ids:?}");
+        let bad = ServiceSpec::new("other", sa("10.0.0.5:80")).backend(sa("[::1]:80"));
+        assert!(ids.plan(&[web(), bad]).is_err());
+        assert_eq!(format!("{ids:?}"), before);
+    }
+
+    #[test]
+    fn bad_definitions_are_refused_with_what_is_accepted() {
+        let cases: Vec<(Vec<ServiceSpec>, &str)> = vec![
+            (vec![web(), web()], "defined twice"),
+            (
+                vec![web(), ServiceSpec::new("b", sa("10.0.0.100:80"))],
+                "both listen on 10.0.0.100:80 tcp",
+            ),
+            (
+                vec![ServiceSpec::new("x", sa("10.0.0.1:80")).backend(sa("[2001:db8::1]:80"))],
+                "must use the VIP's address family",
+            ),
+            (
+                vec![{
+                    let mut s = web();
+                    s.backends[0].weight = 300;
+                    s
+                }],
+                "accepted weights are 0..=256",
+            ),
+            (
+                vec![ServiceSpec::new("all", sa("10.0.0.1:0")).backend(sa("192.168.1.2:80"))],
+                "must not name a port",
+            ),
+            (
+                vec![
+                    web(),
+                    ServiceSpec::new("b", sa("10.0.0.7:80")).backend(sa("192.168.1.2:8080")),
+                ],
+                "could not be told apart",
+            ),
+            (
+                vec![{
+                    let mut s = web();
+                    s.scheduler = Scheduler::Maglev;
+                    s.maglev_size = Some(65536);
+                    s
+                }],
+                "use a prime",
+            ),
+            (
+                vec![ServiceSpec::new("", sa("10.0.0.1:80"))],
+                "give every service a name",
+            ),
+            (vec![web().backend(sa("192.168.1.2:8080"))], "listed twice"),
+        ];
+        for (specs, want) in cases {
+            let err = Ids::default().plan(&specs).unwrap_err().to_string();
+            assert!(err.contains(want), "error {err:?} does not say {want:?}");
+        }
+    }
+
+    #[test]
+    fn dsr_services_may_share_backends() {
+        let mut a = web();
+        a.forwarding = Forwarding::Dsr;
+        let mut b = ServiceSpec::new("b", sa("10.0.0.7:80")).backend(sa("192.168.1.2:8080"));
+        b.forwarding = Forwarding::Dsr;
+        assert!(Ids::default().plan(&[a, b]).is_ok());
+    }
 }

@@ -79,7 +79,11 @@ impl ServiceSpec {
 
     /// Adds a backend with weight 1, up.
     pub fn backend(mut self, addr: SocketAddr) -> Self {
-        self.backends.push(BackendSpec { addr, weight: 1, state: BackendState::Up });
+        self.backends.push(BackendSpec {
+            addr,
+            weight: 1,
+            state: BackendState::Up,
+        });
         self
     }
 }

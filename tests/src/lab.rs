@@ -60,7 +60,10 @@ impl Lab {
 
     pub fn with_options(opts: &LoadOptions) -> Result<Lab> {
         let ns = Netns::new("dp")?;
-        ns.sysctls(&[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")])?;
+        ns.sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ])?;
         let mut cmds: Vec<String> = [
             "link add fx0 type veth peer name fx0p",
             "link add fx1 type veth peer name fx1p",
@@ -83,8 +86,12 @@ impl Lab {
         .map(|s| s.to_string())
         .collect();
         for n in 2..=4 {
-            cmds.push(format!("neigh replace 198.18.1.{n} lladdr 02:00:00:00:01:0{n} dev fx0 nud permanent"));
-            cmds.push(format!("neigh replace fd00:1::{n} lladdr 02:00:00:00:01:0{n} dev fx0 nud permanent"));
+            cmds.push(format!(
+                "neigh replace 198.18.1.{n} lladdr 02:00:00:00:01:0{n} dev fx0 nud permanent"
+            ));
+            cmds.push(format!(
+                "neigh replace fd00:1::{n} lladdr 02:00:00:00:01:0{n} dev fx0 nud permanent"
+            ));
         }
         ns.ip_batch(&cmds)?;
         let mut ebpf = loader::load(opts)?;
@@ -113,8 +120,12 @@ impl Lab {
         let prog: &aya::programs::Xdp = loader::program(&mut self.ebpf)?;
         let mut out = vec![0u8; pkt.len() + 512];
         let res = self.ns.enter(|| {
-            prog.test_run(TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ..Default::default() })
-                .context("BPF_PROG_TEST_RUN")
+            prog.test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")
         })?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
@@ -126,7 +137,10 @@ impl Lab {
     }
 
     pub fn backend_stats(&self, service: &str, addr: std::net::SocketAddr) -> Result<BackendStats> {
-        let id = self.ids.backend_id(service, addr).context("unknown backend")?;
+        let id = self
+            .ids
+            .backend_id(service, addr)
+            .context("unknown backend")?;
         self.dp.backend_stats(id)
     }
 
@@ -134,14 +148,26 @@ impl Lab {
     pub fn stick_entry(&self, service: &str, client: IpAddr) -> Option<StickValue> {
         let id = self.ids.service_id(service)?;
         let (addr, _) = lb_common::addr_from_ip(client);
-        self.dp.stick.get(&StickKey { service_id: id, client: addr }, 0).ok()
+        self.dp
+            .stick
+            .get(
+                &StickKey {
+                    service_id: id,
+                    client: addr,
+                },
+                0,
+            )
+            .ok()
     }
 
     /// Overwrites a client's `last_seen` (to simulate time passing).
     pub fn age_entry(&mut self, service: &str, client: IpAddr, by_ns: u64) -> Result<()> {
         let id = self.ids.service_id(service).context("unknown service")?;
         let (addr, _) = lb_common::addr_from_ip(client);
-        let key = StickKey { service_id: id, client: addr };
+        let key = StickKey {
+            service_id: id,
+            client: addr,
+        };
         let mut v = self.dp.stick.get(&key, 0)?;
         v.last_seen_ns = v.last_seen_ns.saturating_sub(by_ns);
         self.dp.stick.insert(&key, &v, 0)?;

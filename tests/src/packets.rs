@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header,
-    SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, SingleVlanHeader,
+    TcpHeader, UdpHeader, VlanId, VlanPcp,
 };
 
 /// Transport protocol of a fixture.
@@ -59,10 +59,23 @@ impl Pkt {
     /// Serialises the packet with every checksum computed from scratch.
     pub fn bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let ip_type = if self.src.is_ipv4() { EtherType::IPV4 } else { EtherType::IPV6 };
-        let eth_type = if self.vlan.is_some() { EtherType::VLAN_TAGGED_FRAME } else { ip_type };
+        let ip_type = if self.src.is_ipv4() {
+            EtherType::IPV4
+        } else {
+            EtherType::IPV6
+        };
+        let eth_type = if self.vlan.is_some() {
+            EtherType::VLAN_TAGGED_FRAME
+        } else {
+            ip_type
+        };
         out.extend_from_slice(
-            &Ethernet2Header { source: self.src_mac, destination: self.dst_mac, ether_type: eth_type }.to_bytes(),
+            &Ethernet2Header {
+                source: self.src_mac,
+                destination: self.dst_mac,
+                ether_type: eth_type,
+            }
+            .to_bytes(),
         );
         if let Some(id) = self.vlan {
             let tag = SingleVlanHeader {
@@ -83,10 +96,16 @@ impl Pkt {
         } + self.payload.len();
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut ip = Ipv4Header::new(l4_len as u16, self.ttl, proto, s.octets(), d.octets()).unwrap();
+                let mut ip =
+                    Ipv4Header::new(l4_len as u16, self.ttl, proto, s.octets(), d.octets())
+                        .unwrap();
                 ip.identification = 0x4242;
                 ip.dont_fragment = true;
-                ip.options = self.ipv4_options.as_slice().try_into().expect("ipv4 options");
+                ip.options = self
+                    .ipv4_options
+                    .as_slice()
+                    .try_into()
+                    .expect("ipv4 options");
                 ip.total_len += self.ipv4_options.len() as u16;
                 ip.header_checksum = ip.calc_header_checksum();
                 out.extend_from_slice(&ip.to_bytes());
@@ -97,7 +116,13 @@ impl Pkt {
                         out.extend_from_slice(&tcp.to_bytes());
                     }
                     L4::Udp => {
-                        let mut udp = UdpHeader::with_ipv4_checksum(self.sport, self.dport, &ip, &self.payload).unwrap();
+                        let mut udp = UdpHeader::with_ipv4_checksum(
+                            self.sport,
+                            self.dport,
+                            &ip,
+                            &self.payload,
+                        )
+                        .unwrap();
                         if self.udp_no_checksum {
                             udp.checksum = 0;
                         }
@@ -123,7 +148,13 @@ impl Pkt {
                         out.extend_from_slice(&tcp.to_bytes());
                     }
                     L4::Udp => {
-                        let udp = UdpHeader::with_ipv6_checksum(self.sport, self.dport, &ip, &self.payload).unwrap();
+                        let udp = UdpHeader::with_ipv6_checksum(
+                            self.sport,
+                            self.dport,
+                            &ip,
+                            &self.payload,
+                        )
+                        .unwrap();
                         out.extend_from_slice(&udp.to_bytes());
                     }
                 }
@@ -153,7 +184,11 @@ impl Pkt {
             off += 4;
             b.push(off);
         }
-        off += if self.src.is_ipv4() { 20 + self.ipv4_options.len() } else { 40 };
+        off += if self.src.is_ipv4() {
+            20 + self.ipv4_options.len()
+        } else {
+            40
+        };
         b.push(off);
         off += match self.l4 {
             L4::Tcp => 20,

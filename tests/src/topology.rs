@@ -74,9 +74,9 @@ pub struct TopologyOpts {
     /// Put the VIPs on each backend's `lo` (v4 /32, v6 /128) with
     /// `arp_ignore=1` / `arp_announce=2`, for direct server return.
     pub vip_on_backend_lo: bool,
-    /// Run `ethtool -K <if> tx off` on every veth end (native XDP on veth
-    /// otherwise sees packets with partial checksums).
-    pub tx_checksum_off: bool,
+    /// Prepare every veth end for native-mode XDP: `ethtool -K <if> tx off gro on`
+    /// (complete checksums at the sender; GRO so redirected frames are accepted).
+    pub native_xdp: bool,
 }
 
 impl Default for TopologyOpts {
@@ -85,7 +85,7 @@ impl Default for TopologyOpts {
             backends: 3,
             clients: 10,
             vip_on_backend_lo: false,
-            tx_checksum_off: false,
+            native_xdp: false,
         }
     }
 }
@@ -309,13 +309,17 @@ impl Topology {
             }
         }
 
-        if opts.tx_checksum_off {
+        if opts.native_xdp {
+            // Complete checksums at the sender (native XDP drops the "checksum to be
+            // completed" state), and GRO on every end: a veth accepts XDP_REDIRECT
+            // frames only when its receiving end runs NAPI (GRO or an XDP program).
+            let tune = ["tx", "off", "gro", "on"];
             for ifname in &lb_ifs {
-                lb.exec(&["ethtool", "-K", ifname, "tx", "off"])?;
+                lb.exec(&[&["ethtool", "-K", ifname][..], &tune[..]].concat())?;
             }
-            client.exec(&["ethtool", "-K", CLIENT_IF, "tx", "off"])?;
+            client.exec(&[&["ethtool", "-K", CLIENT_IF][..], &tune[..]].concat())?;
             for ns in &backend_ns {
-                ns.exec(&["ethtool", "-K", BACKEND_IF, "tx", "off"])?;
+                ns.exec(&[&["ethtool", "-K", BACKEND_IF][..], &tune[..]].concat())?;
             }
         }
 

@@ -20,10 +20,22 @@ struct Flow {
 }
 
 const FLOWS: [Flow; 4] = [
-    Flow { l4: L4::Tcp, v6: false },
-    Flow { l4: L4::Udp, v6: false },
-    Flow { l4: L4::Tcp, v6: true },
-    Flow { l4: L4::Udp, v6: true },
+    Flow {
+        l4: L4::Tcp,
+        v6: false,
+    },
+    Flow {
+        l4: L4::Udp,
+        v6: false,
+    },
+    Flow {
+        l4: L4::Tcp,
+        v6: true,
+    },
+    Flow {
+        l4: L4::Udp,
+        v6: true,
+    },
 ];
 
 const VIP_PORT: u16 = 80;
@@ -76,7 +88,13 @@ impl Flow {
         s
     }
     fn request(self, client: u16) -> Pkt {
-        Pkt::new(self.l4, self.client(client), CLIENT_PORT, self.vip(), VIP_PORT)
+        Pkt::new(
+            self.l4,
+            self.client(client),
+            CLIENT_PORT,
+            self.vip(),
+            VIP_PORT,
+        )
     }
 }
 
@@ -130,12 +148,22 @@ fn new_client_is_picked_and_nat_output_is_exact() {
         let req = flow.request(1);
         let (action, out) = send(&mut lab, &req);
         assert_eq!(action, XDP_REDIRECT, "{flow:?}");
-        assert_eq!(out, expected_nat(&lab, flow, &req, 2), "{flow:?}: NAT output differs");
+        assert_eq!(
+            out,
+            expected_nat(&lab, flow, &req, 2),
+            "{flow:?}: NAT output differs"
+        );
         let st = lab.service_stats("web").unwrap();
-        assert_eq!((st.new_clients, st.packets, st.bytes), (1, 1, req.bytes().len() as u64), "{flow:?}");
+        assert_eq!(
+            (st.new_clients, st.packets, st.bytes),
+            (1, 1, req.bytes().len() as u64),
+            "{flow:?}"
+        );
         let bst = lab.backend_stats("web", backend_addr(flow, 2)).unwrap();
         assert_eq!((bst.new_clients, bst.packets), (1, 1), "{flow:?}");
-        let entry = lab.stick_entry("web", flow.client(1)).expect("stick entry written");
+        let entry = lab
+            .stick_entry("web", flow.client(1))
+            .expect("stick entry written");
         assert_eq!(lab.backend_addr(entry.backend_id), Some(flow.backend(2)));
     }
 }
@@ -146,7 +174,11 @@ fn clients_stay_on_their_backend_and_new_ones_go_round_robin() {
         let mut lab = Lab::new().unwrap();
         lab.configure(&[flow.service()]).unwrap();
         let first: Vec<u8> = (1..=7).map(|c| backend_for(&mut lab, flow, c)).collect();
-        assert_eq!(first, vec![2, 3, 4, 2, 3, 4, 2], "{flow:?}: round-robin order");
+        assert_eq!(
+            first,
+            vec![2, 3, 4, 2, 3, 4, 2],
+            "{flow:?}: round-robin order"
+        );
         for _ in 0..3 {
             let again: Vec<u8> = (1..=7).map(|c| backend_for(&mut lab, flow, c)).collect();
             assert_eq!(again, first, "{flow:?}: a client moved");
@@ -166,7 +198,11 @@ fn weighted_round_robin_follows_weights() {
     svc.backends[2].weight = 0; // no new clients
     lab.configure(&[svc]).unwrap();
     let picks: Vec<u8> = (1..=8).map(|c| backend_for(&mut lab, flow, c)).collect();
-    assert_eq!(picks.iter().filter(|&&b| b == 2).count(), 6, "weight 3 vs 1: {picks:?}");
+    assert_eq!(
+        picks.iter().filter(|&&b| b == 2).count(),
+        6,
+        "weight 3 vs 1: {picks:?}"
+    );
     assert_eq!(picks.iter().filter(|&&b| b == 3).count(), 2, "{picks:?}");
     assert!(!picks.contains(&4), "weight 0 got a new client: {picks:?}");
 }
@@ -184,16 +220,28 @@ fn expired_entry_is_repicked_and_active_entry_refreshed() {
         let before = lab.stick_entry("web", flow.client(1)).unwrap().last_seen_ns;
         assert_eq!(backend_for(&mut lab, flow, 1), 2, "{flow:?}");
         let after = lab.stick_entry("web", flow.client(1)).unwrap().last_seen_ns;
-        assert!(after > before + 1_000_000_000, "{flow:?}: last_seen not refreshed");
+        assert!(
+            after > before + 1_000_000_000,
+            "{flow:?}: last_seen not refreshed"
+        );
         // A hit right after does not rewrite last_seen.
         assert_eq!(backend_for(&mut lab, flow, 1), 2);
-        assert_eq!(lab.stick_entry("web", flow.client(1)).unwrap().last_seen_ns, after, "{flow:?}: written on every packet");
+        assert_eq!(
+            lab.stick_entry("web", flow.client(1)).unwrap().last_seen_ns,
+            after,
+            "{flow:?}: written on every packet"
+        );
         // Idle 11 s: expired, fresh pick (round-robin moves on to backend 3).
-        lab.age_entry("web", flow.client(1), 11_000_000_000).unwrap();
+        lab.age_entry("web", flow.client(1), 11_000_000_000)
+            .unwrap();
         assert_eq!(backend_for(&mut lab, flow, 1), 3, "{flow:?}");
         let st = lab.service_stats("web").unwrap();
         assert_eq!((st.new_clients, st.repick_expired), (1, 1), "{flow:?}");
-        assert_eq!(backend_for(&mut lab, flow, 1), 3, "{flow:?}: the new entry sticks");
+        assert_eq!(
+            backend_for(&mut lab, flow, 1),
+            3,
+            "{flow:?}: the new entry sticks"
+        );
     }
 }
 
@@ -202,19 +250,40 @@ fn down_backend_clients_are_repicked_and_nobody_flaps_back() {
     for flow in FLOWS {
         let mut lab = Lab::new().unwrap();
         lab.configure(&[flow.service()]).unwrap();
-        assert_eq!((1..=3).map(|c| backend_for(&mut lab, flow, c)).collect::<Vec<_>>(), vec![2, 3, 4]);
-        lab.configure(&[with_state(flow.service(), 0, BackendState::Down)]).unwrap();
+        assert_eq!(
+            (1..=3)
+                .map(|c| backend_for(&mut lab, flow, c))
+                .collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        lab.configure(&[with_state(flow.service(), 0, BackendState::Down)])
+            .unwrap();
         let moved = backend_for(&mut lab, flow, 1);
         assert_ne!(moved, 2, "{flow:?}: client stayed on a down backend");
-        assert_eq!(backend_for(&mut lab, flow, 2), 3, "{flow:?}: collateral move");
-        assert_eq!(backend_for(&mut lab, flow, 3), 4, "{flow:?}: collateral move");
+        assert_eq!(
+            backend_for(&mut lab, flow, 2),
+            3,
+            "{flow:?}: collateral move"
+        );
+        assert_eq!(
+            backend_for(&mut lab, flow, 3),
+            4,
+            "{flow:?}: collateral move"
+        );
         assert_eq!(lab.service_stats("web").unwrap().repick_down, 1);
         // Backend 2 comes back: client 1 stays where it was re-picked to.
         lab.configure(&[flow.service()]).unwrap();
-        assert_eq!(backend_for(&mut lab, flow, 1), moved, "{flow:?}: flapped back");
+        assert_eq!(
+            backend_for(&mut lab, flow, 1),
+            moved,
+            "{flow:?}: flapped back"
+        );
         // And backend 2 gets new clients again.
         let new: Vec<u8> = (10..=15).map(|c| backend_for(&mut lab, flow, c)).collect();
-        assert!(new.contains(&2), "{flow:?}: recovered backend gets no new clients: {new:?}");
+        assert!(
+            new.contains(&2),
+            "{flow:?}: recovered backend gets no new clients: {new:?}"
+        );
     }
 }
 
@@ -239,10 +308,18 @@ fn drained_backend_keeps_its_clients_and_takes_no_new_ones() {
         let mut lab = Lab::new().unwrap();
         lab.configure(&[flow.service()]).unwrap();
         assert_eq!(backend_for(&mut lab, flow, 1), 2);
-        lab.configure(&[with_state(flow.service(), 0, BackendState::Drain)]).unwrap();
-        assert_eq!(backend_for(&mut lab, flow, 1), 2, "{flow:?}: drained backend lost its client");
+        lab.configure(&[with_state(flow.service(), 0, BackendState::Drain)])
+            .unwrap();
+        assert_eq!(
+            backend_for(&mut lab, flow, 1),
+            2,
+            "{flow:?}: drained backend lost its client"
+        );
         let new: Vec<u8> = (2..=9).map(|c| backend_for(&mut lab, flow, c)).collect();
-        assert!(!new.contains(&2), "{flow:?}: drained backend got a new client: {new:?}");
+        assert!(
+            !new.contains(&2),
+            "{flow:?}: drained backend got a new client: {new:?}"
+        );
     }
 }
 
@@ -262,7 +339,11 @@ fn no_eligible_backend_drops_and_counts() {
         let mut empty = flow.service();
         empty.backends.clear();
         lab.configure(&[empty]).unwrap();
-        assert_eq!(send(&mut lab, &flow.request(1)).0, XDP_DROP, "{flow:?}: empty service");
+        assert_eq!(
+            send(&mut lab, &flow.request(1)).0,
+            XDP_DROP,
+            "{flow:?}: empty service"
+        );
     }
 }
 
@@ -286,7 +367,11 @@ fn maglev_picks_follow_the_table_and_are_stable() {
             assert_eq!(got, want, "{flow:?}: client {c} not on its Maglev backend");
             seen.insert(got);
         }
-        assert_eq!(seen.len(), 3, "{flow:?}: 60 clients did not reach all backends");
+        assert_eq!(
+            seen.len(),
+            3,
+            "{flow:?}: 60 clients did not reach all backends"
+        );
         // Forgetting every entry changes nothing: the pick is a function of the client.
         let keys: Vec<_> = lab.dp.stick_entries().into_iter().map(|(k, _)| k).collect();
         for k in keys {
@@ -303,7 +388,13 @@ fn nat_reply_is_rewritten_to_the_vip_exactly() {
     for flow in FLOWS {
         let mut lab = Lab::new().unwrap();
         lab.configure(&[flow.service()]).unwrap();
-        let mut reply = Pkt::new(flow.l4, flow.backend(3), BACKEND_PORT, flow.client(7), CLIENT_PORT);
+        let mut reply = Pkt::new(
+            flow.l4,
+            flow.backend(3),
+            BACKEND_PORT,
+            flow.client(7),
+            CLIENT_PORT,
+        );
         reply.syn = false;
         let (action, out) = send(&mut lab, &reply);
         assert_eq!(action, XDP_REDIRECT, "{flow:?}");
@@ -319,7 +410,11 @@ fn nat_reply_is_rewritten_to_the_vip_exactly() {
         // A packet from the backend's other ports is not a reply of this service.
         let mut other = reply.clone();
         other.sport = 22;
-        assert_eq!(send(&mut lab, &other), (XDP_PASS, other.bytes()), "{flow:?}");
+        assert_eq!(
+            send(&mut lab, &other),
+            (XDP_PASS, other.bytes()),
+            "{flow:?}"
+        );
     }
 }
 
@@ -337,7 +432,11 @@ fn dsr_rewrites_only_the_destination_mac() {
             let mut want = req.clone();
             want.dst_mac = backend_mac(c as u8 + 1);
             want.src_mac = lab.fx0_mac;
-            assert_eq!(out, want.bytes(), "{flow:?}: DSR changed more than the MACs");
+            assert_eq!(
+                out,
+                want.bytes(),
+                "{flow:?}: DSR changed more than the MACs"
+            );
         }
         // DSR services have no reply path: backend traffic passes untouched.
         let reply = Pkt::new(flow.l4, flow.vip(), VIP_PORT, flow.client(1), CLIENT_PORT);
@@ -354,7 +453,10 @@ fn vlan_tagged_frames_are_balanced_and_keep_their_tag() {
         let mut req = flow.request(1);
         req.vlan = Some(42);
         let (action, out) = send(&mut lab, &req);
-        assert_eq!(action, XDP_TX, "{flow:?}: tagged frames go back out the link they came from");
+        assert_eq!(
+            action, XDP_TX,
+            "{flow:?}: tagged frames go back out the link they came from"
+        );
         assert_eq!(out, expected_nat(&lab, flow, &req, 2), "{flow:?}");
     }
 }
@@ -370,7 +472,12 @@ fn ipv4_options_are_skipped_correctly() {
             req.ipv4_options = opts;
             let (action, out) = send(&mut lab, &req);
             assert_eq!(action, XDP_REDIRECT);
-            assert_eq!(out, expected_nat(&lab, flow, &req, 2), "{l4:?} with {} option bytes", req.ipv4_options.len());
+            assert_eq!(
+                out,
+                expected_nat(&lab, flow, &req, 2),
+                "{l4:?} with {} option bytes",
+                req.ipv4_options.len()
+            );
         }
     }
 }
@@ -491,12 +598,23 @@ fn truncated_packets_pass_unchanged_at_every_length() {
             // The kernel refuses test frames shorter than an Ethernet header.
             for len in 14..full.len() {
                 let (action, out) = lab.run(&full[..len]).unwrap();
-                assert_eq!(action, XDP_PASS, "{flow:?} truncated to {len} (boundaries {boundaries:?})");
-                assert_eq!(out, &full[..len], "{flow:?} truncated to {len}: bytes changed");
+                assert_eq!(
+                    action, XDP_PASS,
+                    "{flow:?} truncated to {len} (boundaries {boundaries:?})"
+                );
+                assert_eq!(
+                    out,
+                    &full[..len],
+                    "{flow:?} truncated to {len}: bytes changed"
+                );
             }
         }
         let st = lab.service_stats("web").unwrap();
-        assert_eq!(st.packets + st.new_clients, 0, "{flow:?}: a truncated packet was balanced");
+        assert_eq!(
+            st.packets + st.new_clients,
+            0,
+            "{flow:?}: a truncated packet was balanced"
+        );
     }
 }
 
@@ -514,7 +632,11 @@ fn fib_without_neighbour_passes_the_rewritten_packet_to_the_kernel() {
         let mut want = req.clone();
         want.dst = flow.backend(5);
         want.dport = BACKEND_PORT;
-        assert_eq!(out, want.bytes(), "{flow:?}: the kernel must get the NAT'd packet");
+        assert_eq!(
+            out,
+            want.bytes(),
+            "{flow:?}: the kernel must get the NAT'd packet"
+        );
         assert_eq!(lab.service_stats("web").unwrap().fib_miss, 1);
         // DSR cannot hand the packet to the kernel (it would route by the VIP): drop.
         svc.forwarding = Forwarding::Dsr;
@@ -551,6 +673,10 @@ fn services_are_isolated_from_each_other() {
     req.dport = 443;
     let (action, out) = send(&mut lab, &req);
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(dst_host(&out, &req), 4, "the same client has its own entry per service");
+    assert_eq!(
+        dst_host(&out, &req),
+        4,
+        "the same client has its own entry per service"
+    );
     assert_eq!(backend_for(&mut lab, flow, 1), 2);
 }

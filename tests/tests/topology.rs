@@ -107,7 +107,7 @@ fn vip_on_backend_lo_and_checksum_off() {
         backends: 2,
         clients: 1,
         vip_on_backend_lo: true,
-        tx_checksum_off: true,
+        native_xdp: true,
     })
     .unwrap();
     for b in topo.backends() {
@@ -124,6 +124,7 @@ fn vip_on_backend_lo_and_checksum_off() {
         );
         let feat = b.ns.exec(&["ethtool", "-k", &b.ifname]).unwrap();
         assert!(feat.contains("tx-checksumming: off"), "{feat}");
+        assert!(feat.contains("generic-receive-offload: on"), "{feat}");
     }
     let feat = topo
         .lb()
