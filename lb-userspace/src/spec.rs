@@ -87,3 +87,55 @@ impl ServiceSpec {
         self
     }
 }
+
+/// Operator-set state of a backend (HAProxy `set server … state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// In service: takes new clients while healthy.
+    Ready,
+    /// Keeps its clients, no new ones.
+    Drain,
+    /// Maintenance: receives nobody.
+    Maint,
+}
+
+impl AdminState {
+    /// The data-path state given the admin state and the health verdict.
+    pub fn effective(self, healthy: bool) -> BackendState {
+        match (self, healthy) {
+            (AdminState::Maint, _) | (_, false) => BackendState::Down,
+            (AdminState::Drain, true) => BackendState::Drain,
+            (AdminState::Ready, true) => BackendState::Up,
+        }
+    }
+}
+
+/// What a health check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthKind {
+    /// No check: always healthy.
+    None,
+    /// TCP connect.
+    Tcp,
+    /// HTTP GET `path`; healthy on 2xx/3xx, or exactly `expect_status` when set.
+    Http { path: String, expect_status: Option<u16> },
+}
+
+/// Health check parameters of a service (HAProxy defaults: inter 2s, rise 2, fall 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to go up.
+    pub rise: u32,
+    /// Consecutive failures to go down.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { kind: HealthKind::Tcp, interval: Duration::from_secs(2), timeout: Duration::from_secs(1), rise: 2, fall: 3 }
+    }
+}
