@@ -17,7 +17,7 @@ use lb_common::{
     MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
 };
 
-use crate::plan::Plan;
+use crate::plan::{BackendEntry, Plan, ServiceEntry};
 
 /// Handles to every map the control plane writes or reads.
 pub struct Dataplane {
@@ -63,6 +63,41 @@ impl Dataplane {
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             applied: Plan::default(),
         })
+    }
+
+    /// Reads back what a previous agent left in pinned maps and takes it as the applied
+    /// plan (selection tables are not read back: the next `apply` rewrites them into the
+    /// inactive buffer). Returns it for id recovery ([`crate::plan::Ids::adopt`]).
+    pub fn adopt_from_maps(&mut self) -> Result<Plan> {
+        let mut plan = Plan::default();
+        for item in self.services.iter() {
+            let (key, info) = item.context("reading SERVICES")?;
+            plan.services.push(ServiceEntry {
+                name: String::new(),
+                key,
+                info,
+                ring: Vec::new(),
+            });
+        }
+        for (id, b) in self.backends.iter().enumerate() {
+            let b = b.context("reading BACKENDS")?;
+            if b.state != lb_common::BACKEND_UNUSED {
+                let ip = lb_common::ip_from_addr(&b.addr, b.family);
+                let addr = std::net::SocketAddr::new(ip, u16::from_be(b.port));
+                plan.backends.push(BackendEntry {
+                    id: id as u32,
+                    service: String::new(),
+                    addr,
+                    value: b,
+                });
+            }
+        }
+        for item in self.reverse.iter() {
+            plan.reverse.push(item.context("reading REVERSE")?);
+        }
+        plan.services.sort_by_key(|s| s.info.id);
+        self.applied = plan.clone();
+        Ok(plan)
     }
 
     /// The plan last written.

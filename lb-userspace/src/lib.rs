@@ -7,8 +7,15 @@
 //! - [`loader`]: loads the embedded program, attaches it to interfaces.
 //! - [`dataplane`]: writes a plan into the maps and reads counters / stick entries.
 
+pub mod agent;
+pub mod config;
+pub mod control;
 pub mod dataplane;
+pub mod health;
 pub mod loader;
+pub mod metrics;
 pub mod neighbours;
+pub mod persist;
+pub mod pins;
 pub mod plan;
 pub mod spec;

@@ -14,7 +14,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct LoadOptions {
     /// Capacity of the stick table (entries).
     pub stick_table_size: u32,
-    /// Pin (or adopt already pinned) maps in this bpffs directory.
+    /// Pin maps in this bpffs directory, or reuse the ones already pinned there
+    /// (restart adoption: the stick table and counters carry over).
     pub pin_dir: Option<PathBuf>,
 }
 
@@ -50,8 +51,18 @@ impl XdpMode {
 pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_STICK, opts.stick_table_size);
-    if let Some(dir) = &opts.pin_dir {
-        loader.default_map_pin_directory(dir);
+    let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::pins::PINNED_MAPS
+                .iter()
+                .map(|m| (*m, dir.join(m)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader
         .load(EBPF_OBJECT)

@@ -1,6 +1,510 @@
-//! `stickylb`: the agent and its control commands (the agent lands with issue 3).
+//! `stickylb`: the agent (`run`) and the control commands that talk to it.
+//!
+//! Exit codes: 0 ok, 1 refused by the agent (its reason is printed), 2 usage,
+//! 3 agent not reachable.
 
-fn main() {
-    eprintln!("stickylb: the agent is not implemented yet");
-    std::process::exit(1);
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use lb_userspace::{
+    agent::{self, AgentOptions, ModeChoice},
+    control::{self, BackendDef, ClientError, Request, ServiceDef, DEFAULT_SOCKET},
+    metrics::DEFAULT_METRICS,
+    pins::{self, PinLayout, DEFAULT_BPFFS},
+};
+use serde_json::Value;
+
+const EXIT_REFUSED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_UNREACHABLE: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "stickylb",
+    version,
+    about = "Sticky XDP layer-4 load balancer: every client (by source IP) stays on one backend",
+    long_about = "stickylb balances TCP and UDP services in the kernel with XDP and pins every client, by source IP, to one backend (like HAProxy's `stick on src`).\n\n`stickylb run` is the agent; the other subcommands talk to a running agent over its control socket.\n\nExit codes: 0 ok, 1 refused by the agent, 2 usage, 3 agent not reachable."
+)]
+struct Cli {
+    /// Control socket of the agent.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET, env = "STICKYLB_SOCKET")]
+    socket: PathBuf,
+    /// Print the agent's answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load and attach the data path, apply the config, health-check backends,
+    /// serve the control socket and metrics.
+    Run(RunArgs),
+    /// Remove the program from every interface and delete the instance's pinned state.
+    Detach(PinArgs),
+    /// Show the agent's state: interfaces, pins, services, stick-table fill.
+    Status,
+    /// Re-read the config file and apply the difference (as SIGHUP does).
+    Reload,
+    /// Counters per service and backend.
+    Stats {
+        /// Repeat every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List, add or remove services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// List, add, remove backends; change weight or state.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// Show, look up, clear or pin stick-table entries.
+    #[command(subcommand)]
+    Table(TableCmd),
+}
+
+#[derive(Args, Clone)]
+struct PinArgs {
+    /// bpffs mount point for pinned maps and links (mounted in the host mount namespace if
+    /// missing, so pins survive `ip netns exec`).
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Instance name: one pin directory and state directory per instance.
+    #[arg(long, default_value = "default")]
+    instance: String,
+    /// Where runtime changes are persisted (default /var/lib/stickylb/<instance>).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Config file (TOML, see docs/CONFIG.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Interface to attach to (repeat for each interface traffic arrives on).
+    #[arg(long = "iface", value_name = "IF")]
+    ifaces: Vec<String>,
+    /// XDP mode: auto = native where it works as-is, skb otherwise (veth: skb).
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: ModeChoice,
+    /// Prometheus metrics address; "off" disables.
+    #[arg(long, default_value = DEFAULT_METRICS)]
+    metrics: String,
+    /// Remove the program and pinned state when the agent exits (default: keep forwarding).
+    #[arg(long)]
+    detach_on_exit: bool,
+    #[command(flatten)]
+    pins: PinArgs,
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// List services with their counters.
+    List,
+    /// Add a service (same fields and defaults as the config file).
+    Add {
+        name: String,
+        /// VIP:PORT ([v6]:PORT; port 0 = every port).
+        #[arg(long)]
+        listen: String,
+        /// tcp | udp
+        #[arg(long)]
+        protocol: Option<String>,
+        /// roundrobin | maglev
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// nat | dsr
+        #[arg(long)]
+        forwarding: Option<String>,
+        /// Stick-table expiry, e.g. 30m, or "never".
+        #[arg(long)]
+        expire: Option<String>,
+        /// Health check kind: tcp | http | none.
+        #[arg(long)]
+        health: Option<String>,
+        /// Backend ADDR:PORT (repeatable).
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+    },
+    /// Remove a service (its clients' entries expire with it).
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// List backends with health, state, weight and counters.
+    List { service: Option<String> },
+    /// Add a backend to a service.
+    Add {
+        service: String,
+        address: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// ready | drain | maint
+        #[arg(long, default_value = "ready")]
+        state: String,
+    },
+    /// Remove a backend (its clients are re-picked on their next packet).
+    Remove { service: String, address: String },
+    /// Set the weight (0..=256; 0 = no new clients, pinned clients stay).
+    Weight {
+        service: String,
+        address: String,
+        weight: u32,
+    },
+    /// Set the admin state: ready | drain (keep clients, no new ones) | maint (nobody).
+    State {
+        service: String,
+        address: String,
+        state: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TableCmd {
+    /// Stick-table entries: client, backend, idle time.
+    Show {
+        service: Option<String>,
+        /// Only entries pinned to this backend (ADDR:PORT).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Show at most N entries (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// One client's entry and what its next packet will do.
+    Lookup { service: String, client: String },
+    /// Remove entries: all of a service, one client's, or a backend's.
+    Clear {
+        service: String,
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Pin a client to a backend.
+    Pin {
+        service: String,
+        client: String,
+        backend: String,
+    },
+}
+
+fn state_dir(p: &PinArgs) -> PathBuf {
+    p.state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/stickylb").join(&p.instance))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let req = match cli.command {
+        Command::Run(args) => {
+            let metrics = if args.metrics == "off" {
+                None
+            } else {
+                match args.metrics.parse::<SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        eprintln!("error: --metrics {:?} is not accepted: give ADDR:PORT (e.g. {DEFAULT_METRICS}) or off", args.metrics);
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                }
+            };
+            let opts = AgentOptions {
+                config: args.config,
+                ifaces: args.ifaces,
+                xdp_mode: args.xdp_mode,
+                socket: cli.socket,
+                metrics,
+                state_dir: state_dir(&args.pins),
+                bpffs: args.pins.bpffs,
+                instance: args.pins.instance,
+                detach_on_exit: args.detach_on_exit,
+            };
+            return match agent::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Detach(p) => {
+            if let Err(e) = pins::check_instance_name(&p.instance) {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let layout = PinLayout::new(&p.bpffs, &p.instance);
+            return match pins::detach_all(&layout) {
+                Ok(ifaces) => {
+                    lb_userspace::persist::StateDir::new(state_dir(&p)).clear();
+                    println!(
+                        "detached from {} interface(s){}; pinned state removed",
+                        ifaces.len(),
+                        if ifaces.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", ifaces.join(", "))
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Status => Request::Status,
+        Command::Reload => Request::Reload,
+        Command::Stats { watch } => {
+            if watch {
+                loop {
+                    let code = send(&cli.socket, &Request::Stats, cli.json);
+                    if code != ExitCode::SUCCESS {
+                        return code;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    if !cli.json {
+                        println!();
+                    }
+                }
+            }
+            Request::Stats
+        }
+        Command::Service(ServiceCmd::List) => Request::ServiceList,
+        Command::Service(ServiceCmd::Add {
+            name,
+            listen,
+            protocol,
+            scheduler,
+            forwarding,
+            expire,
+            health,
+            backends,
+        }) => Request::ServiceAdd {
+            service: ServiceDef {
+                name,
+                listen,
+                protocol,
+                scheduler,
+                forwarding,
+                expire,
+                health,
+                backends: backends
+                    .into_iter()
+                    .map(|address| BackendDef {
+                        address,
+                        weight: 1,
+                        state: "ready".into(),
+                    })
+                    .collect(),
+            },
+        },
+        Command::Service(ServiceCmd::Remove { name }) => Request::ServiceRemove { name },
+        Command::Backend(BackendCmd::List { service }) => Request::BackendList { service },
+        Command::Backend(BackendCmd::Add {
+            service,
+            address,
+            weight,
+            state,
+        }) => Request::BackendAdd {
+            service,
+            backend: BackendDef {
+                address,
+                weight,
+                state,
+            },
+        },
+        Command::Backend(BackendCmd::Remove { service, address }) => {
+            Request::BackendRemove { service, address }
+        }
+        Command::Backend(BackendCmd::Weight {
+            service,
+            address,
+            weight,
+        }) => Request::BackendWeight {
+            service,
+            address,
+            weight,
+        },
+        Command::Backend(BackendCmd::State {
+            service,
+            address,
+            state,
+        }) => Request::BackendState {
+            service,
+            address,
+            state,
+        },
+        Command::Table(TableCmd::Show {
+            service,
+            backend,
+            limit,
+        }) => Request::TableShow {
+            service,
+            backend,
+            limit,
+        },
+        Command::Table(TableCmd::Lookup { service, client }) => {
+            Request::TableLookup { service, client }
+        }
+        Command::Table(TableCmd::Clear {
+            service,
+            client,
+            backend,
+        }) => Request::TableClear {
+            service,
+            client,
+            backend,
+        },
+        Command::Table(TableCmd::Pin {
+            service,
+            client,
+            backend,
+        }) => Request::TablePin {
+            service,
+            client,
+            backend,
+        },
+    };
+    send(&cli.socket, &req, cli.json)
+}
+
+/// Sends a request, prints the answer, maps the outcome to an exit code.
+fn send(socket: &std::path::Path, req: &Request, json: bool) -> ExitCode {
+    match control::request(socket, req, Duration::from_secs(30)) {
+        Err(e @ ClientError::Unreachable { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Ok(resp) if !resp.ok => {
+            if json {
+                println!("{}", serde_json::to_string(&resp).unwrap_or_default());
+            } else {
+                eprintln!("refused: {}", resp.error.unwrap_or_default());
+            }
+            ExitCode::from(EXIT_REFUSED)
+        }
+        Ok(resp) => {
+            let result = resp.result.unwrap_or(Value::Null);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).unwrap_or_default()
+                );
+            } else {
+                print_human(req, &result);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(x) => x.to_string(),
+    }
+}
+
+fn print_human(req: &Request, v: &Value) {
+    match req {
+        Request::TableShow { .. } => {
+            println!(
+                "{:<40} {:<40} {:<24} {:>10}",
+                "SERVICE", "CLIENT", "BACKEND", "IDLE"
+            );
+            for e in v["entries"].as_array().into_iter().flatten() {
+                let idle = e["idle_ms"].as_u64().unwrap_or(0);
+                println!(
+                    "{:<40} {:<40} {:<24} {:>9.1}s",
+                    s(e, "service"),
+                    s(e, "client"),
+                    s(e, "backend"),
+                    idle as f64 / 1000.0
+                );
+            }
+            println!("{} of {} entries", s(v, "shown"), s(v, "total"));
+        }
+        Request::BackendList { .. } => {
+            println!(
+                "{:<12} {:<40} {:>6} {:<6} {:<6} {:<6} {:>10} {:>8}",
+                "SERVICE", "BACKEND", "WEIGHT", "ADMIN", "HEALTH", "STATE", "PACKETS", "CLIENTS"
+            );
+            for b in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:<40} {:>6} {:<6} {:<6} {:<6} {:>10} {:>8}",
+                    s(b, "service"),
+                    s(b, "address"),
+                    s(b, "weight"),
+                    s(b, "admin"),
+                    s(b, "health"),
+                    s(b, "state"),
+                    s(b, "packets"),
+                    s(b, "new_clients")
+                );
+            }
+        }
+        Request::ServiceList => {
+            println!(
+                "{:<12} {:<44} {:<5} {:<10} {:<4} {:>8} {:>10}",
+                "SERVICE", "LISTEN", "PROTO", "SCHEDULER", "MODE", "BACKENDS", "PACKETS"
+            );
+            for x in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:<44} {:<5} {:<10} {:<4} {:>8} {:>10}",
+                    s(x, "name"),
+                    s(x, "listen"),
+                    s(x, "protocol"),
+                    s(x, "scheduler"),
+                    s(x, "forwarding"),
+                    s(x, "backends"),
+                    s(x, "packets")
+                );
+            }
+        }
+        Request::Stats => {
+            for svc in v["services"].as_array().into_iter().flatten() {
+                println!(
+                    "service {}: packets {} bytes {} new clients {} re-picks expired {} down {} drops no-backend {} no-route {} fib-miss {} replies {}",
+                    s(svc, "name"), s(svc, "packets"), s(svc, "bytes"), s(svc, "new_clients"), s(svc, "repick_expired"), s(svc, "repick_down"),
+                    s(svc, "drop_no_backend"), s(svc, "drop_no_route"), s(svc, "fib_miss"), s(svc, "reply_packets")
+                );
+                for b in svc["backends"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<40} {:<6} packets {:>10} bytes {:>12} clients {:>8}",
+                        s(b, "address"),
+                        s(b, "state"),
+                        s(b, "packets"),
+                        s(b, "bytes"),
+                        s(b, "new_clients")
+                    );
+                }
+            }
+            println!(
+                "stick table: {} / {}",
+                s(&v["stick_table"], "entries"),
+                s(&v["stick_table"], "capacity")
+            );
+        }
+        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
 }

@@ -141,6 +141,48 @@ impl Ids {
         self.backends.get(&(service.to_string(), addr)).copied()
     }
 
+    /// Recovers ids from maps written by a previous agent (`found`, from
+    /// [`crate::dataplane::Dataplane::adopt_from_maps`]): a service keeps the id of the
+    /// map entry with its VIP, port and protocol; a backend the id of the slot with its
+    /// service, address and port. Called before the first [`Ids::plan`] of a restarted
+    /// agent, this is what keeps every stick-table entry valid.
+    pub fn adopt(&mut self, specs: &[ServiceSpec], found: &Plan) {
+        let by_key: BTreeMap<Endpoint, u32> =
+            found.services.iter().map(|s| (s.key, s.info.id)).collect();
+        let by_backend: BTreeMap<(u32, lb_common::Addr, u16, u8), u32> = found
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    (
+                        b.value.service_id,
+                        b.value.addr,
+                        b.value.port,
+                        b.value.family,
+                    ),
+                    b.id,
+                )
+            })
+            .collect();
+        for s in specs {
+            let Some(&sid) = by_key.get(&service_key(s)) else {
+                continue;
+            };
+            self.services.insert(s.name.clone(), sid);
+            for b in &s.backends {
+                let (addr, family) = addr_from_ip(b.addr.ip());
+                let port = if b.addr.port() == 0 {
+                    s.vip.port()
+                } else {
+                    b.addr.port()
+                };
+                if let Some(&bid) = by_backend.get(&(sid, addr, port.to_be(), family)) {
+                    self.backends.insert((s.name.clone(), b.addr), bid);
+                }
+            }
+        }
+    }
+
     /// Validates `specs` and computes the map contents. Ids are updated only on success.
     pub fn plan(&mut self, specs: &[ServiceSpec]) -> Result<Plan, PlanError> {
         validate(specs)?;
@@ -307,6 +349,21 @@ impl Ids {
         }
         *self = next;
         Ok(plan)
+    }
+}
+
+/// The `SERVICES` key of a service.
+pub fn service_key(s: &ServiceSpec) -> Endpoint {
+    let (addr, family) = addr_from_ip(s.vip.ip());
+    let proto = match s.protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    Endpoint {
+        addr,
+        port: s.vip.port().to_be(),
+        proto,
+        family,
     }
 }
 

@@ -119,7 +119,10 @@ pub enum HealthKind {
     /// TCP connect.
     Tcp,
     /// HTTP GET `path`; healthy on 2xx/3xx, or exactly `expect_status` when set.
-    Http { path: String, expect_status: Option<u16> },
+    Http {
+        path: String,
+        expect_status: Option<u16>,
+    },
 }
 
 /// Health check parameters of a service (HAProxy defaults: inter 2s, rise 2, fall 3).
@@ -136,6 +139,12 @@ pub struct HealthConfig {
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        Self { kind: HealthKind::Tcp, interval: Duration::from_secs(2), timeout: Duration::from_secs(1), rise: 2, fall: 3 }
+        Self {
+            kind: HealthKind::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
     }
 }

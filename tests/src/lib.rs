@@ -9,6 +9,7 @@
 //! Every namespace is named `slb<pid>-<counter>-<tag>` and deleted by a guard's
 //! `Drop`, so tests can run in parallel, re-run, and panic safely.
 
+pub mod agent;
 pub mod lab;
 pub mod netns;
 pub mod packets;

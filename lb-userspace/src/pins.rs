@@ -1,0 +1,263 @@
+//! Where an agent instance keeps its kernel state so that it outlives the process:
+//! bpffs mounting, the pin layout, attaching (or adopting an existing attachment) with
+//! pinned links, and detaching.
+//!
+//! Layout: `<bpffs>/<instance>/v<LAYOUT>/maps/<MAP>` and `.../links/<iface>`. The layout
+//! version is part of the path: a build whose map layout changed never opens old pins.
+//!
+//! Why `/run/stickylb/bpffs` by default: inside `ip netns exec`, `/sys` is remounted and
+//! a bpffs mounted from within dies with that mount namespace. A bpffs mounted in the
+//! root mount namespace under `/run` is visible inside, so the agent mounts it there
+//! (entering PID 1's mount namespace to do so) and pins survive restarts.
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    programs::{links::FdLink, links::PinnedLink, xdp::XdpLink},
+    Ebpf,
+};
+use lb_common::{
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR, MAP_SERVICES,
+    MAP_SERVICE_STATS, MAP_STICK,
+};
+
+use crate::loader::{self, XdpMode};
+
+/// Bumped whenever a map's key/value layout or size semantics change.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Default bpffs mount point (see module docs).
+pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
+/// Every map the agent pins.
+pub const PINNED_MAPS: [&str; 8] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_RING,
+    MAP_RR_CURSOR,
+    MAP_STICK,
+    MAP_REVERSE,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin paths of one instance.
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    pub root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(bpffs: &Path, instance: &str) -> Self {
+        Self {
+            root: bpffs.join(instance).join(format!("v{LAYOUT_VERSION}")),
+        }
+    }
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(iface)
+    }
+    /// Whether a previous agent left pinned state here.
+    pub fn has_state(&self) -> bool {
+        self.map(MAP_STICK).exists()
+    }
+    /// Interfaces with a pinned attachment.
+    pub fn pinned_links(&self) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(self.links_dir()) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Whether `path` is the root of a bpffs mount.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct with a valid C string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Makes sure a bpffs is mounted at `path`, mounting it in the root mount namespace if
+/// needed so it survives the agent's own mount namespace (e.g. `ip netns exec`).
+pub fn ensure_bpffs(path: &Path) -> Result<()> {
+    if is_bpffs(path) {
+        return Ok(());
+    }
+    fs::create_dir_all(path)
+        .with_context(|| format!("creating bpffs mount point {}", path.display()))?;
+    // Mount in PID 1's mount namespace: the mount propagates into ours (ip netns exec
+    // makes / a slave of it) and outlives us.
+    let status = Command::new("nsenter")
+        .args([
+            "--target", "1", "--mount", "--", "mount", "-t", "bpf", "bpf",
+        ])
+        .arg(path)
+        .status();
+    match status {
+        Ok(s) if s.success() && is_bpffs(path) => {
+            log::info!("mounted bpffs at {} (root mount namespace)", path.display());
+            return Ok(());
+        }
+        Ok(_) | Err(_) => {}
+    }
+    // Fall back to our own mount namespace.
+    let src = CString::new("bpf")?;
+    let dst = CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: mount(2) with valid C strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!(
+                "mounting bpffs at {} (needs root; or mount it: mount -t bpf bpf {})",
+                path.display(),
+                path.display()
+            )
+        });
+    }
+    log::warn!(
+        "mounted bpffs at {} in the agent's own mount namespace: pinned state will not outlive it; mount it in the host namespace for restart adoption",
+        path.display()
+    );
+    Ok(())
+}
+
+/// How an interface ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// An attachment pinned by a previous agent was switched to this program atomically.
+    Adopted,
+    /// Freshly attached in this mode.
+    Attached(XdpMode),
+}
+
+/// Attaches to `iface`, adopting a pinned attachment when there is one (atomic program
+/// replacement, traffic never stops), and pins the new link otherwise.
+pub fn attach_pinned(
+    ebpf: &mut Ebpf,
+    layout: &PinLayout,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<Attachment> {
+    let pin = layout.link(iface);
+    if pin.exists() {
+        match adopt(ebpf, &pin) {
+            Ok(()) => return Ok(Attachment::Adopted),
+            Err(e) => {
+                log::warn!("{iface}: cannot adopt pinned attachment ({e:#}); attaching afresh");
+                let _ = fs::remove_file(&pin);
+            }
+        }
+    }
+    let prog = loader::program(ebpf)?;
+    let name = CString::new(iface)?;
+    let id = prog
+        .attach(name.as_c_str(), mode.aya())
+        .with_context(|| format!("attaching XDP ({mode:?} mode) to {iface}"))?;
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link)
+        .context("the kernel attached through netlink; a pinnable bpf_link is needed")?;
+    fs::create_dir_all(layout.links_dir())?;
+    let pinned = fd
+        .pin(&pin)
+        .with_context(|| format!("pinning the link of {iface} at {}", pin.display()))?;
+    // Keep the link alive through its pin only; the fd can go.
+    drop(pinned);
+    Ok(Attachment::Attached(mode))
+}
+
+fn adopt(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
+    let pinned = PinnedLink::from_pin(pin)?;
+    let fd: FdLink = pinned.into();
+    let link = XdpLink::try_from(fd)?;
+    let prog = loader::program(ebpf)?;
+    let id = prog.attach_to_link(link)?;
+    // The link object stays pinned; drop our handle without detaching.
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link)?;
+    drop(fd);
+    Ok(())
+}
+
+/// Removes the attachment of one interface (if pinned).
+pub fn detach_link(layout: &PinLayout, iface: &str) -> Result<bool> {
+    let pin = layout.link(iface);
+    if !pin.exists() {
+        return Ok(false);
+    }
+    match PinnedLink::from_pin(&pin) {
+        Ok(link) => {
+            let fd = link.unpin()?;
+            drop(fd); // last reference: the kernel detaches the program
+        }
+        Err(_) => fs::remove_file(&pin)?,
+    }
+    Ok(true)
+}
+
+/// Removes every attachment and every pinned map of the instance.
+pub fn detach_all(layout: &PinLayout) -> Result<Vec<String>> {
+    let ifaces = layout.pinned_links();
+    for iface in &ifaces {
+        detach_link(layout, iface)?;
+    }
+    if layout.root.exists() {
+        for name in PINNED_MAPS {
+            let p = layout.map(name);
+            if p.exists() {
+                fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+        for d in [layout.maps_dir(), layout.links_dir(), layout.root.clone()] {
+            let _ = fs::remove_dir(&d);
+        }
+        if let Some(parent) = layout.root.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+    Ok(ifaces)
+}
+
+/// Refuses an instance name that would escape the pin directory.
+pub fn check_instance_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("instance name {name:?} is not accepted: use 1-64 characters from a-z, A-Z, 0-9, '-', '_'");
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Running the real `stickylb` binary in a test namespace: `ip netns exec <lb> stickylb
+//! run …` with its own config file, socket, bpffs pin directory, instance and state
+//! directory, all unique per test. The guard kills the agent and detaches it on drop.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::netns::Netns;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// bpffs shared by all test agents (mounted in the root mount namespace by the agent).
+pub const TEST_BPFFS: &str = "/run/stickylb-test/bpffs";
+
+/// The `stickylb` binary built next to the running test executable (or `$STICKYLB_BIN`).
+pub fn stickylb_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("STICKYLB_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/stickylb
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("test executable has no parent")?;
+    let bin = dir.join("stickylb");
+    if !bin.exists() {
+        bail!("{} not found: build it first (`cargo build -p lb-userspace`, or run through cargo xtask test)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A running agent.
+pub struct Agent {
+    pub ns_name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub instance: String,
+    pub ifaces: Vec<String>,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Writes `config` and starts the agent on `ifaces` of the namespace.
+    pub fn start(ns: &Netns, ifaces: &[&str], config: &str, extra_args: &[&str]) -> Result<Agent> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let instance = format!("t{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("stickylb-{instance}"));
+        std::fs::create_dir_all(&dir)?;
+        let cfg = dir.join("stickylb.toml");
+        std::fs::write(&cfg, config)?;
+        let mut agent = Agent {
+            ns_name: ns.name().to_string(),
+            socket: dir.join("ctl.sock"),
+            config: cfg,
+            log: dir.join("agent.log"),
+            dir,
+            instance,
+            ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// Starts (or restarts) the process and waits until its socket answers.
+    pub fn spawn(&mut self) -> Result<()> {
+        let bin = stickylb_bin()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns_name])
+            .arg(&bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config);
+        for i in &self.ifaces {
+            cmd.args(["--iface", i]);
+        }
+        cmd.arg("--socket").arg(&self.socket);
+        cmd.args([
+            "--bpffs",
+            TEST_BPFFS,
+            "--instance",
+            &self.instance,
+            "--metrics",
+            "off",
+        ]);
+        cmd.arg("--state-dir").arg(self.dir.join("state"));
+        cmd.args(&self.extra_args);
+        cmd.env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        self.child = Some(cmd.spawn().context("spawning stickylb run")?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(v) = self.ctl(&["status"]) {
+                if v.0 == 0 {
+                    return Ok(());
+                }
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!(
+                        "agent exited with {status} before answering; log:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent did not answer on {} within 20 s; log:\n{}",
+                    self.socket.display(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `stickylb <args> --socket … --json` (in the namespace); returns exit code,
+    /// stdout, stderr.
+    pub fn ctl(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let out: Output = Command::new(stickylb_bin()?)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--json")
+            .output()
+            .context("running stickylb")?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs a control command that must succeed; returns its JSON answer.
+    pub fn ok(&self, args: &[&str]) -> Result<Value> {
+        let (code, out, err) = self.ctl(args)?;
+        if code != 0 {
+            bail!("stickylb {args:?} exited {code}: {err}{out}");
+        }
+        serde_json::from_str(&out).with_context(|| format!("stickylb {args:?} printed {out:?}"))
+    }
+
+    /// Sends a signal to the agent process (the `ip netns exec` child execs it).
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        let pid = self.child.as_ref().context("agent not running")?.id() as i32;
+        // SAFETY: kill(2) on our child.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends `sig` and waits for the process to exit.
+    pub fn stop(&mut self, sig: i32) -> Result<()> {
+        self.signal(sig)?;
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    bail!("agent did not exit after signal {sig}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the config file.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::File::create(&tmp)?.write_all(text.as_bytes())?;
+        std::fs::rename(tmp, &self.config)?;
+        Ok(())
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(bin) = stickylb_bin() {
+            let _ = Command::new(bin)
+                .args([
+                    "detach",
+                    "--bpffs",
+                    TEST_BPFFS,
+                    "--instance",
+                    &self.instance,
+                ])
+                .arg("--state-dir")
+                .arg(self.dir.join("state"))
+                .output();
+        }
+        if std::env::var_os("SLB_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! The `stickylb` agent end to end: the real binary in the balancer namespace, real TCP
+//! clients and servers, control commands through the real CLI.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use stickylb_tests::{agent::Agent, tcp_fetch_all, NameServer, Topology, TopologyOpts};
+
+const PORT: u16 = 80;
+const BPORT: u16 = 8080;
+
+struct Setup {
+    topo: Topology,
+    servers: Vec<Option<NameServer>>,
+    agent: Agent,
+}
+
+fn config(topo: &Topology, extra: &str, backends: &[usize]) -> String {
+    let mut c = format!(
+        "[[service]]\nname = \"web\"\nlisten = \"{}:{PORT}\"\nhealth = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 2 }}\n{extra}\n",
+        topo.vip_v4()
+    );
+    for i in backends {
+        c.push_str(&format!(
+            "[[service.backend]]\naddress = \"{}:{BPORT}\"\n",
+            topo.backend(*i).v4
+        ));
+    }
+    c.push_str(&format!(
+        "[[service]]\nname = \"web6\"\nlisten = \"[{}]:{PORT}\"\nscheduler = \"maglev\"\nforwarding = \"nat\"\nhealth = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 2 }}\n",
+        topo.vip_v6()
+    ));
+    for i in backends {
+        c.push_str(&format!(
+            "[[service.backend]]\naddress = \"[{}]:{BPORT}\"\n",
+            topo.backend(*i).v6
+        ));
+    }
+    c
+}
+
+fn setup(clients: usize, extra: &str) -> Result<Setup> {
+    let topo = Topology::build(TopologyOpts {
+        backends: 3,
+        clients,
+        ..Default::default()
+    })?;
+    let servers = topo
+        .backends()
+        .iter()
+        .map(|b| NameServer::spawn(&b.ns, BPORT, &b.name).map(Some))
+        .collect::<Result<_>>()?;
+    let mut ifaces = vec![topo.lb_client_if()];
+    ifaces.extend(topo.lb_backend_ifs());
+    let cfg = config(&topo, extra, &[1, 2, 3]);
+    let agent = Agent::start(topo.lb(), &ifaces, &cfg, &[])?;
+    Ok(Setup {
+        topo,
+        servers,
+        agent,
+    })
+}
+
+/// One fetch per client address (v4 or v6) → which backend answered (None = failed).
+fn round(s: &Setup, v6: bool, clients: &[usize]) -> BTreeMap<usize, Option<String>> {
+    let vip: IpAddr = if v6 {
+        s.topo.vip_v6().into()
+    } else {
+        s.topo.vip_v4().into()
+    };
+    let pairs: Vec<(IpAddr, SocketAddr)> = clients
+        .iter()
+        .map(|&c| {
+            let src: IpAddr = if v6 {
+                s.topo.client_v6s()[c].into()
+            } else {
+                s.topo.client_v4s()[c].into()
+            };
+            (src, SocketAddr::new(vip, PORT))
+        })
+        .collect();
+    let res = tcp_fetch_all(s.topo.client(), &pairs, Duration::from_millis(700)).unwrap();
+    clients
+        .iter()
+        .copied()
+        .zip(res.into_iter().map(|r| r.ok()))
+        .collect()
+}
+
+fn all_ok(m: &BTreeMap<usize, Option<String>>) -> BTreeMap<usize, String> {
+    m.iter()
+        .map(|(c, b)| {
+            (
+                *c,
+                b.clone()
+                    .unwrap_or_else(|| panic!("client {c} got no answer: {m:?}")),
+            )
+        })
+        .collect()
+}
+
+fn backend_addr(s: &Setup, i: usize) -> String {
+    format!("{}:{BPORT}", s.topo.backend(i).v4)
+}
+
+#[test]
+fn control_commands_change_traffic_as_documented() {
+    let s = setup(24, "").unwrap();
+    let first: Vec<usize> = (0..12).collect();
+    let before = all_ok(&round(&s, false, &first));
+    assert_eq!(
+        before
+            .values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3,
+        "round-robin spreads: {before:?}"
+    );
+    // table show / lookup
+    let table = s.agent.ok(&["table", "show", "web"]).unwrap();
+    assert_eq!(table["total"], 12, "{table}");
+    let c0 = s.topo.client_v4s()[0].to_string();
+    let look = s.agent.ok(&["table", "lookup", "web", &c0]).unwrap();
+    assert_eq!(look["next_packet"], "stays on its backend", "{look}");
+    // drain backend-1: its clients stay, new clients avoid it
+    s.agent
+        .ok(&["backend", "state", "web", &backend_addr(&s, 1), "drain"])
+        .unwrap();
+    assert_eq!(
+        all_ok(&round(&s, false, &first)),
+        before,
+        "drain moved clients"
+    );
+    let new: Vec<usize> = (12..18).collect();
+    let after_drain = all_ok(&round(&s, false, &new));
+    assert!(
+        after_drain.values().all(|b| b != "backend-1"),
+        "drained backend got new clients: {after_drain:?}"
+    );
+    // weight 0 on backend-2: new clients only to backend-3
+    s.agent
+        .ok(&["backend", "weight", "web", &backend_addr(&s, 2), "0"])
+        .unwrap();
+    let new2 = all_ok(&round(&s, false, &[18, 19, 20]));
+    assert!(new2.values().all(|b| b == "backend-3"), "{new2:?}");
+    // pin and clear
+    let c1 = s.topo.client_v4s()[1].to_string();
+    s.agent
+        .ok(&["table", "pin", "web", &c1, &backend_addr(&s, 1)])
+        .unwrap();
+    assert_eq!(all_ok(&round(&s, false, &[1]))[&1], "backend-1");
+    s.agent
+        .ok(&["table", "clear", "web", "--client", &c1])
+        .unwrap();
+    assert_eq!(
+        all_ok(&round(&s, false, &[1]))[&1],
+        "backend-3",
+        "cleared client re-picked (only backend-3 takes new clients)"
+    );
+    // maint on backend-1: its clients move, nobody else does
+    s.agent
+        .ok(&["backend", "weight", "web", &backend_addr(&s, 2), "1"])
+        .unwrap();
+    s.agent
+        .ok(&["backend", "state", "web", &backend_addr(&s, 1), "ready"])
+        .unwrap();
+    let snapshot = all_ok(&round(&s, false, &first));
+    s.agent
+        .ok(&["backend", "state", "web", &backend_addr(&s, 1), "maint"])
+        .unwrap();
+    let after = all_ok(&round(&s, false, &first));
+    for c in &first {
+        if snapshot[c] == "backend-1" {
+            assert_ne!(after[c], "backend-1", "client {c} still on a maint backend");
+        } else {
+            assert_eq!(
+                after[c], snapshot[c],
+                "client {c} moved although its backend is healthy"
+            );
+        }
+    }
+    // remove and add
+    s.agent
+        .ok(&["backend", "remove", "web", &backend_addr(&s, 1)])
+        .unwrap();
+    let list = s.agent.ok(&["backend", "list", "web"]).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    s.agent
+        .ok(&["backend", "add", "web", &backend_addr(&s, 1)])
+        .unwrap();
+    let newer = all_ok(&round(&s, false, &(21..24).collect::<Vec<_>>()));
+    assert!(
+        newer.values().any(|b| b == "backend-1"),
+        "re-added backend gets new clients: {newer:?}"
+    );
+    // refusals: exit 1 with a reason; usage errors exit 2; the agent stays up
+    let (code, _, err) = s
+        .agent
+        .ctl(&["backend", "weight", "web", &backend_addr(&s, 2), "300"])
+        .unwrap();
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = s
+        .agent
+        .ctl(&["backend", "state", "web", "192.0.2.1:1", "ready"])
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(out.contains("has no backend"), "{out}");
+    let (code, out, _) = s
+        .agent
+        .ctl(&["backend", "state", "web", &backend_addr(&s, 2), "up"])
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(out.contains("use ready, drain or maint"), "{out}");
+    let (code, _, _) = s.agent.ctl(&["backend", "frobnicate"]).unwrap();
+    assert_eq!(code, 2);
+    s.agent.ok(&["status"]).unwrap();
+    // stats reflect the traffic
+    let stats = s.agent.ok(&["stats"]).unwrap();
+    assert!(
+        stats["services"][0]["new_clients"].as_u64().unwrap() >= 24,
+        "{stats}"
+    );
+}
+
+#[test]
+fn killed_backend_clients_are_served_again_without_collateral_moves_or_flap_back() {
+    let mut s = setup(30, "").unwrap();
+    let clients: Vec<usize> = (0..30).collect();
+    let before = all_ok(&round(&s, false, &clients));
+    let victims: Vec<usize> = clients
+        .iter()
+        .copied()
+        .filter(|c| before[c] == "backend-2")
+        .collect();
+    assert!(!victims.is_empty());
+    let killed = Instant::now();
+    s.servers[1] = None; // backend-2's server stops: connections are refused
+                         // Poll one victim until it is served again.
+    let probe = victims[0];
+    let served_after = loop {
+        if let Some(Some(b)) = round(&s, false, &[probe]).get(&probe) {
+            break (killed.elapsed(), b.clone());
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "victim never served again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // interval 200ms × fall 2 + interval = 600 ms, plus check timeout and one fetch.
+    assert!(
+        served_after.0 < Duration::from_millis(1500),
+        "served again only after {:?}",
+        served_after.0
+    );
+    eprintln!(
+        "killed backend's client served again after {:?}",
+        served_after.0
+    );
+    let after = all_ok(&round(&s, false, &clients));
+    for c in &clients {
+        if victims.contains(c) {
+            assert_ne!(after[c], "backend-2");
+        } else {
+            assert_eq!(after[c], before[c], "collateral move of client {c}");
+        }
+    }
+    // Backend comes back: nobody flaps back, new clients reach it.
+    s.servers[1] = Some(NameServer::spawn(&s.topo.backend(2).ns, BPORT, "backend-2").unwrap());
+    std::thread::sleep(Duration::from_millis(900)); // rise 2 × 200 ms, with margin
+    let back = all_ok(&round(&s, false, &clients));
+    assert_eq!(back, after, "clients flapped back");
+    s.agent.ok(&["table", "clear", "web"]).unwrap();
+    let fresh = all_ok(&round(&s, false, &clients));
+    assert!(
+        fresh.values().any(|b| b == "backend-2"),
+        "recovered backend gets new clients: {fresh:?}"
+    );
+    let stats = s.agent.ok(&["stats"]).unwrap();
+    assert!(
+        stats["services"][0]["repick_down"].as_u64().unwrap() >= victims.len() as u64,
+        "{stats}"
+    );
+}
+
+#[test]
+fn agent_sigterm_and_sigkill_move_nobody_and_traffic_flows_while_down() {
+    let mut s = setup(20, "").unwrap();
+    let clients: Vec<usize> = (0..20).collect();
+    let v4 = all_ok(&round(&s, false, &clients));
+    let v6 = all_ok(&round(&s, true, &clients));
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        s.agent.stop(sig).unwrap();
+        assert_eq!(
+            all_ok(&round(&s, false, &clients)),
+            v4,
+            "moved while the agent was down (signal {sig})"
+        );
+        assert_eq!(
+            all_ok(&round(&s, true, &clients)),
+            v6,
+            "IPv6 moved while the agent was down (signal {sig})"
+        );
+        s.agent.spawn().unwrap();
+        assert!(
+            s.agent.log_text().contains("adopted pinned state"),
+            "{}",
+            s.agent.log_text()
+        );
+        assert_eq!(
+            all_ok(&round(&s, false, &clients)),
+            v4,
+            "moved after restart (signal {sig})"
+        );
+        assert_eq!(all_ok(&round(&s, true, &clients)), v6);
+        let table = s.agent.ok(&["table", "show", "web"]).unwrap();
+        assert_eq!(table["total"], 20, "stick table lost: {table}");
+    }
+}
+
+#[test]
+fn reload_applies_the_difference_and_bad_input_is_refused() {
+    let s = setup(20, "").unwrap();
+    let clients: Vec<usize> = (0..20).collect();
+    // Start with backends 1 and 2 only.
+    s.agent.write_config(&config(&s.topo, "", &[1, 2])).unwrap();
+    s.agent.ok(&["reload"]).unwrap();
+    s.agent.ok(&["table", "clear", "web"]).unwrap();
+    let before = all_ok(&round(&s, false, &clients));
+    assert!(before.values().all(|b| b != "backend-3"));
+    // Add backend 3 by reload: nobody moves.
+    s.agent
+        .write_config(&config(&s.topo, "", &[1, 2, 3]))
+        .unwrap();
+    s.agent.ok(&["reload"]).unwrap();
+    assert_eq!(
+        all_ok(&round(&s, false, &clients)),
+        before,
+        "reload moved clients of unchanged backends"
+    );
+    // A broken config is refused with file and line; the running one stays.
+    s.agent
+        .write_config("[[service]]\nname = \"web\"\nlisten = \"nope\"\n")
+        .unwrap();
+    let (code, out, _) = s.agent.ctl(&["reload"]).unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("stickylb.toml") && out.contains(":3"),
+        "error must name file and line: {out}"
+    );
+    s.agent.signal(libc::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        all_ok(&round(&s, false, &clients)),
+        before,
+        "bad config changed traffic"
+    );
+    s.agent.ok(&["status"]).unwrap();
+    // Bad control requests are refused, the agent stays up.
+    let (code, out, _) = s
+        .agent
+        .ctl(&["table", "lookup", "web", "not-an-ip"])
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(out.contains("not an IP address"), "{out}");
+    let (code, out, _) = s
+        .agent
+        .ctl(&[
+            "service",
+            "add",
+            "x",
+            "--listen",
+            "10.9.9.9:80",
+            "--scheduler",
+            "leastconn",
+        ])
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("roundrobin"),
+        "error must say what is accepted: {out}"
+    );
+    s.agent.ok(&["status"]).unwrap();
+}
+
+#[test]
+fn runtime_changes_survive_restart_unless_the_file_changed() {
+    let mut s = setup(4, "").unwrap();
+    let b1 = backend_addr(&s, 1);
+    s.agent
+        .ok(&["backend", "state", "web", &b1, "drain"])
+        .unwrap();
+    s.agent.stop(libc::SIGTERM).unwrap();
+    s.agent.spawn().unwrap();
+    let list = s.agent.ok(&["backend", "list", "web"]).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == b1.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["admin"], "drain", "runtime change lost: {list}");
+    assert!(
+        s.agent.log_text().contains("using the runtime state"),
+        "{}",
+        s.agent.log_text()
+    );
+    // The file changes on disk: it wins.
+    s.agent.stop(libc::SIGTERM).unwrap();
+    s.agent
+        .write_config(&config(&s.topo, "scheduler = \"roundrobin\"", &[1, 2, 3]))
+        .unwrap();
+    s.agent.spawn().unwrap();
+    let list = s.agent.ok(&["backend", "list", "web"]).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == b1.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["admin"], "ready", "{list}");
+    assert!(
+        s.agent.log_text().contains("changed on disk"),
+        "{}",
+        s.agent.log_text()
+    );
+}
+
+#[test]
+fn detach_removes_the_data_path() {
+    let mut s = setup(4, "").unwrap();
+    assert!(all_ok(&round(&s, false, &[0])).contains_key(&0));
+    s.agent.stop(libc::SIGTERM).unwrap();
+    let bin = stickylb_tests::agent::stickylb_bin().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "detach",
+            "--bpffs",
+            stickylb_tests::agent::TEST_BPFFS,
+            "--instance",
+            &s.agent.instance,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("detached from 4 interface(s)"),
+        "{out:?}"
+    );
+    let r = round(&s, false, &[0]);
+    assert_eq!(r[&0], None, "VIP still answered after detach");
+    let links = s.topo.lb().exec(&["ip", "link"]).unwrap();
+    assert!(!links.contains("xdp"), "{links}");
+}
