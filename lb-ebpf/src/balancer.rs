@@ -6,7 +6,7 @@ use lb_common::{sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR};
 
 use crate::{
     dsr,
-    forward::{forward, Forwarded},
+    forward::{forward, lookup, send, Forwarded, Lookup},
     nat::{self, End},
     packet::Packet,
     parse::{parse, Parsed},
@@ -115,11 +115,23 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
         st.pass_ttl += 1;
         return xdp_action::XDP_PASS;
     }
+    // Route first: a packet from a backend port to the balancer itself (a health check's
+    // answer, say) is not a reply to a client and must reach the kernel untouched.
+    let route = lookup(ctx, p, &reply.vip, &p.dst);
+    if let Lookup::NotForwarded = route {
+        return xdp_action::XDP_PASS;
+    }
     if nat::rewrite(pkt, p, End::Source, &reply.vip, reply.vip_port).is_none() {
         return xdp_action::XDP_PASS;
     }
     let len = pkt.len() as u64;
-    match forward(ctx, pkt, p, &reply.vip, &p.dst, true) {
+    let outcome = match route {
+        Lookup::Route(r) => send(ctx, pkt, p, &r, true),
+        Lookup::NoNeighbour => Forwarded::NoNeighbour,
+        Lookup::NoRoute => Forwarded::NoRoute,
+        Lookup::NotForwarded => Forwarded::Kernel,
+    };
+    match outcome {
         Forwarded::Sent(action) => {
             st.reply_packets += 1;
             st.reply_bytes += len;

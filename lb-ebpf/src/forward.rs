@@ -33,18 +33,27 @@ pub enum Forwarded {
     Kernel,
 }
 
-/// Looks up `src → dst` (addresses already as they will be sent) and, on success, sets
-/// the MAC addresses, decrements the TTL when `route` (L3 forwarding; `false` for L2 DSR),
-/// and sends the packet out.
+/// A successful FIB lookup: where to send and with which MAC addresses.
+pub struct Route {
+    ifindex: u32,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+}
+
+/// What the FIB says about `src → dst`.
+pub enum Lookup {
+    Route(Route),
+    /// The FIB knows the route but not the neighbour's MAC yet.
+    NoNeighbour,
+    /// No route (unreachable, blackhole, prohibit).
+    NoRoute,
+    /// Not forwarded by the FIB: local destination, MTU exceeded, forwarding disabled…
+    NotForwarded,
+}
+
+/// Asks the kernel's FIB for the path of `src → dst` (addresses as they will be sent).
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    p: &Parsed,
-    src: &Addr,
-    dst: &Addr,
-    route: bool,
-) -> Forwarded {
+pub fn lookup(ctx: &XdpContext, p: &Parsed, src: &Addr, dst: &Addr) -> Lookup {
     // SAFETY: plain C struct, all-zero is a valid initial value.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.l4_protocol = p.proto;
@@ -73,34 +82,65 @@ pub fn forward(
         )
     } as u32;
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Forwarded::NoNeighbour,
-        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
-            return Forwarded::NoRoute
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            // SAFETY: the helper filled the MAC member of the union on success.
+            let macs = unsafe { fib.__bindgen_anon_6.__bindgen_anon_2 };
+            Lookup::Route(Route {
+                ifindex: fib.ifindex,
+                dmac: macs.dmac,
+                smac: macs.smac,
+            })
         }
-        _ => return Forwarded::Kernel,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Lookup::NoNeighbour,
+        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+            Lookup::NoRoute
+        }
+        _ => Lookup::NotForwarded,
     }
-    if route && !decrement_ttl(pkt, p) {
+}
+
+/// Sends the packet along `route`: sets the MAC addresses, decrements the TTL when
+/// `routed` (L3 forwarding; `false` for L2 DSR), then `XDP_TX` or redirect.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, pkt: &Packet, p: &Parsed, route: &Route, routed: bool) -> Forwarded {
+    if routed && !decrement_ttl(pkt, p) {
         return Forwarded::Kernel;
     }
     let (Some(dmac), Some(smac)) = (pkt.ptr::<[u8; 6]>(0), pkt.ptr::<[u8; 6]>(6)) else {
         return Forwarded::Kernel;
     };
-    // SAFETY: bounds-checked above; the union member was filled by the helper.
+    // SAFETY: bounds-checked above.
     unsafe {
-        let macs = fib.__bindgen_anon_6.__bindgen_anon_2;
-        *dmac = macs.dmac;
-        *smac = macs.smac;
+        *dmac = route.dmac;
+        *smac = route.smac;
     }
-    if p.vlan || fib.ifindex == ctx.ingress_ifindex() as u32 {
+    if p.vlan || route.ifindex == ctx.ingress_ifindex() as u32 {
         return Forwarded::Sent(xdp_action::XDP_TX);
     }
     // SAFETY: helper call; returns XDP_REDIRECT or XDP_ABORTED.
-    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(route.ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
         Forwarded::Sent(action)
     } else {
         Forwarded::NoRoute
+    }
+}
+
+/// Looks up `src → dst` and sends the (already rewritten) packet.
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    p: &Parsed,
+    src: &Addr,
+    dst: &Addr,
+    routed: bool,
+) -> Forwarded {
+    match lookup(ctx, p, src, dst) {
+        Lookup::Route(r) => send(ctx, pkt, p, &r, routed),
+        Lookup::NoNeighbour => Forwarded::NoNeighbour,
+        Lookup::NoRoute => Forwarded::NoRoute,
+        Lookup::NotForwarded => Forwarded::Kernel,
     }
 }
 

@@ -1024,8 +1024,8 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         .map(|s| s.stick_table_size as u64)
         .sum::<u64>()
         .clamp(1024, u32::MAX as u64) as u32;
-    pins::ensure_bpffs(&opts.bpffs)?;
-    let layout = PinLayout::new(&opts.bpffs, &opts.instance);
+    let bpffs = pins::ensure_bpffs(&opts.bpffs)?;
+    let layout = PinLayout::new(&bpffs, &opts.instance);
     let adopting = layout.has_state();
     let mut ebpf = loader::load(&LoadOptions {
         stick_table_size: stick_capacity,

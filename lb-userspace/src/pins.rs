@@ -101,30 +101,70 @@ pub fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// Makes sure a bpffs is mounted at `path`, mounting it in the root mount namespace if
-/// needed so it survives the agent's own mount namespace (e.g. `ip netns exec`).
-pub fn ensure_bpffs(path: &Path) -> Result<()> {
+/// The mount namespace of `/proc/<pid>`, as its `mnt:[inode]` link.
+fn mount_ns(pid: &str) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+/// Makes sure a bpffs is mounted at `path` in a mount namespace that outlives the agent.
+///
+/// Under `ip netns exec` the agent runs in a private mount namespace (a slave of the one
+/// `ip` was started from): a bpffs mounted there dies with the agent, taking pins and
+/// pinned links with it. So the mount is made in the namespace of PID 1, or failing that
+/// (containers, sandboxes) of the process that started us. When mounts do not propagate
+/// into our namespace, the bpffs is reached through `/proc/<pid>/root/<path>`, which
+/// resolves in that process's mount view; agents started later see the mount directly.
+///
+/// Returns the path to use for pins.
+pub fn ensure_bpffs(path: &Path) -> Result<PathBuf> {
     if is_bpffs(path) {
-        return Ok(());
+        return Ok(path.to_path_buf());
     }
     fs::create_dir_all(path)
         .with_context(|| format!("creating bpffs mount point {}", path.display()))?;
-    // Mount in PID 1's mount namespace: the mount propagates into ours (ip netns exec
-    // makes / a slave of it) and outlives us.
-    let status = Command::new("nsenter")
-        .args([
-            "--target", "1", "--mount", "--", "mount", "-t", "bpf", "bpf",
-        ])
-        .arg(path)
-        .status();
-    match status {
-        Ok(s) if s.success() && is_bpffs(path) => {
-            log::info!("mounted bpffs at {} (root mount namespace)", path.display());
-            return Ok(());
+    let ours = mount_ns("self");
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() }.to_string();
+    let mut shared_with_host = false;
+    for pid in ["1", ppid.as_str()] {
+        let theirs = mount_ns(pid);
+        if theirs.is_none() {
+            continue;
         }
-        Ok(_) | Err(_) => {}
+        if theirs == ours {
+            shared_with_host = true;
+            break;
+        }
+        let ok = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{pid}/ns/mnt"))
+            .args(["--", "mount", "-t", "bpf", "bpf"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            if is_bpffs(path) {
+                log::info!(
+                    "mounted bpffs at {} in the mount namespace of pid {pid}",
+                    path.display()
+                );
+                return Ok(path.to_path_buf());
+            }
+            let via = Path::new("/proc")
+                .join(pid)
+                .join("root")
+                .join(path.strip_prefix("/").unwrap_or(path));
+            if is_bpffs(&via) {
+                log::info!(
+                    "mounted bpffs at {} in the mount namespace of pid {pid}; pinning through {} (it does not propagate here)",
+                    path.display(),
+                    via.display()
+                );
+                return Ok(via);
+            }
+        }
     }
-    // Fall back to our own mount namespace.
     let src = CString::new("bpf")?;
     let dst = CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: mount(2) with valid C strings.
@@ -140,17 +180,22 @@ pub fn ensure_bpffs(path: &Path) -> Result<()> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| {
             format!(
-                "mounting bpffs at {} (needs root; or mount it: mount -t bpf bpf {})",
+                "mounting bpffs at {} (needs root; or mount it yourself: mount -t bpf bpf {})",
                 path.display(),
                 path.display()
             )
         });
     }
-    log::warn!(
-        "mounted bpffs at {} in the agent's own mount namespace: pinned state will not outlive it; mount it in the host namespace for restart adoption",
-        path.display()
-    );
-    Ok(())
+    if shared_with_host {
+        log::info!("mounted bpffs at {}", path.display());
+    } else {
+        log::warn!(
+            "mounted bpffs at {} in the agent's private mount namespace: pinned state will not outlive this process; run `mount -t bpf bpf {}` on the host for restart adoption",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(path.to_path_buf())
 }
 
 /// How an interface ended up attached.

@@ -407,6 +407,19 @@ fn nat_reply_is_rewritten_to_the_vip_exactly() {
         assert_eq!(out, want.bytes(), "{flow:?}: reply output differs");
         let st = lab.service_stats("web").unwrap();
         assert_eq!(st.reply_packets, 1);
+        // A packet from the backend port to the balancer itself (a health check's answer)
+        // is not a reply to a client: untouched, to the kernel.
+        let mut local = reply.clone();
+        local.dst = if flow.v6 {
+            "fd00:1::1".parse().unwrap()
+        } else {
+            "198.18.1.1".parse().unwrap()
+        };
+        assert_eq!(
+            send(&mut lab, &local),
+            (XDP_PASS, local.bytes()),
+            "{flow:?}: reply path hijacked local traffic"
+        );
         // A packet from the backend's other ports is not a reply of this service.
         let mut other = reply.clone();
         other.sport = 22;
