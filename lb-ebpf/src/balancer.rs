@@ -2,6 +2,7 @@
 //! before a rewrite returns `XDP_PASS` with the packet untouched.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_log_ebpf::debug;
 use lb_common::{sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR};
 
 use crate::{
@@ -13,6 +14,19 @@ use crate::{
     service::{lookup_reply, lookup_service},
     stats, sticky,
 };
+
+/// Debug logging switch, set by the loader (`stickylb run --debug`). It lives in
+/// `.rodata`, frozen at load time, so with 0 the verifier removes every logging branch:
+/// the switch costs nothing when off.
+#[unsafe(no_mangle)]
+static DEBUG: u8 = 0;
+
+#[inline(always)]
+fn debug() -> bool {
+    // SAFETY: reading a static; volatile so the compiler keeps the load for the loader
+    // to patch.
+    unsafe { core::ptr::read_volatile(&DEBUG) != 0 }
+}
 
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> u32 {
@@ -45,8 +59,39 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
     let now = unsafe { bpf_ktime_get_ns() };
     let Some((backend_id, backend, verdict)) = sticky::resolve(svc, &p.src, now) else {
         st.drop_no_backend += 1;
+        if debug() {
+            debug!(
+                ctx,
+                "service {}: no backend takes new clients, dropped", svc.id
+            );
+        }
         return xdp_action::XDP_DROP;
     };
+    if debug() && verdict != Verdict::Hit {
+        let why: u8 = match verdict {
+            Verdict::New => 0,
+            Verdict::RepickExpired => 1,
+            _ => 2,
+        };
+        if p.family == lb_common::FAMILY_V4 {
+            debug!(
+                ctx,
+                "service {}: client {:i} -> backend {} (0=new 1=expired 2=backend down: {})",
+                svc.id,
+                u32::from_be(p.src[0]),
+                backend_id,
+                why
+            );
+        } else {
+            debug!(
+                ctx,
+                "service {}: IPv6 client -> backend {} (0=new 1=expired 2=backend down: {})",
+                svc.id,
+                backend_id,
+                why
+            );
+        }
+    }
     if backend.family != p.family {
         // The agent never configures this; refuse rather than mis-forward.
         st.drop_no_backend += 1;

@@ -64,6 +64,8 @@ pub struct AgentOptions {
     pub instance: String,
     pub state_dir: PathBuf,
     pub detach_on_exit: bool,
+    /// Data-path debug log (aya-log).
+    pub debug: bool,
 }
 
 /// The running agent's state; one lock guards it all (changes are rare and short).
@@ -1030,7 +1032,25 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     let mut ebpf = loader::load(&LoadOptions {
         stick_table_size: stick_capacity,
         pin_dir: Some(layout.maps_dir()),
+        debug: opts.debug,
     })?;
+    if opts.debug {
+        // Data-path log lines (aya-log) go to this process's log at debug level.
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(mut logger) => {
+                // Drain the data path's log ring every 100 ms (debug mode only).
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+                    loop {
+                        tick.tick().await;
+                        logger.flush();
+                    }
+                });
+                log::info!("data-path debug log on (RUST_LOG=debug to see it)");
+            }
+            Err(e) => log::warn!("cannot start the data-path debug log: {e}"),
+        }
+    }
     let mut dp = Dataplane::new(&mut ebpf)?;
     let mut ids = Ids::default();
     let mut initial_down = std::collections::BTreeSet::new();

@@ -17,6 +17,8 @@ pub struct LoadOptions {
     /// Pin maps in this bpffs directory, or reuse the ones already pinned there
     /// (restart adoption: the stick table and counters carry over).
     pub pin_dir: Option<PathBuf>,
+    /// Enable the data path's debug log (aya-log); off costs nothing.
+    pub debug: bool,
 }
 
 impl Default for LoadOptions {
@@ -24,6 +26,7 @@ impl Default for LoadOptions {
         Self {
             stick_table_size: DEFAULT_STICK_TABLE_SIZE,
             pin_dir: None,
+            debug: false,
         }
     }
 }
@@ -64,6 +67,10 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
+    // The data path's `DEBUG` switch lives in .rodata: frozen at load, so when 0 the
+    // verifier drops the logging code entirely.
+    let debug: u8 = opts.debug.into();
+    loader.override_global("DEBUG", &debug, true);
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the stickylb eBPF object")?;

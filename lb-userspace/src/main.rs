@@ -95,6 +95,10 @@ struct RunArgs {
     /// Remove the program and pinned state when the agent exits (default: keep forwarding).
     #[arg(long)]
     detach_on_exit: bool,
+    /// Log the data path's decisions (new clients, re-picks, drops) at debug level; costs
+    /// nothing when off.
+    #[arg(long)]
+    debug: bool,
     #[command(flatten)]
     pins: PinArgs,
 }
@@ -232,6 +236,7 @@ fn main() -> ExitCode {
                 bpffs: args.pins.bpffs,
                 instance: args.pins.instance,
                 detach_on_exit: args.detach_on_exit,
+                debug: args.debug,
             };
             return match agent::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,

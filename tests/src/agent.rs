@@ -92,17 +92,18 @@ impl Agent {
             cmd.args(["--iface", i]);
         }
         cmd.arg("--socket").arg(&self.socket);
-        cmd.args([
-            "--bpffs",
-            TEST_BPFFS,
-            "--instance",
-            &self.instance,
-            "--metrics",
-            "off",
-        ]);
+        cmd.args(["--bpffs", TEST_BPFFS, "--instance", &self.instance]);
+        if !self.extra_args.iter().any(|a| a == "--metrics") {
+            cmd.args(["--metrics", "off"]);
+        }
         cmd.arg("--state-dir").arg(self.dir.join("state"));
         cmd.args(&self.extra_args);
-        cmd.env("RUST_LOG", "info")
+        let level = if self.extra_args.iter().any(|a| a == "--debug") {
+            "debug"
+        } else {
+            "info"
+        };
+        cmd.env("RUST_LOG", level)
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
         self.child = Some(cmd.spawn().context("spawning stickylb run")?);

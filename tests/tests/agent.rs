@@ -458,3 +458,66 @@ fn detach_removes_the_data_path() {
     let links = s.topo.lb().exec(&["ip", "link"]).unwrap();
     assert!(!links.contains("xdp"), "{links}");
 }
+
+#[test]
+fn metrics_endpoint_and_debug_log() {
+    let topo = Topology::build(TopologyOpts {
+        backends: 3,
+        clients: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let servers: Vec<NameServer> = topo
+        .backends()
+        .iter()
+        .map(|b| NameServer::spawn(&b.ns, BPORT, &b.name).unwrap())
+        .collect();
+    let mut ifaces = vec![topo.lb_client_if()];
+    ifaces.extend(topo.lb_backend_ifs());
+    let agent = Agent::start(
+        topo.lb(),
+        &ifaces,
+        &config(&topo, "", &[1, 2, 3]),
+        &["--metrics", "127.0.0.1:9478", "--debug"],
+    )
+    .unwrap();
+    let s = Setup {
+        topo,
+        servers: servers.into_iter().map(Some).collect(),
+        agent,
+    };
+    all_ok(&round(&s, false, &[0, 1, 2]));
+    // Metrics: Prometheus text from inside the balancer namespace (loopback only).
+    let body = s
+        .topo
+        .lb()
+        .enter(|| {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect("127.0.0.1:9478")?;
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .unwrap();
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(
+        body.contains("stickylb_service_new_clients_total{service=\"web\"} 3"),
+        "{body}"
+    );
+    assert!(
+        body.contains("stickylb_backend_up{service=\"web\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("stickylb_stick_table_capacity 400000"),
+        "{body}"
+    );
+    // The data path's debug log reaches the agent's log.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = s.agent.log_text();
+    assert!(
+        log.contains("-> backend"),
+        "no data-path debug line in the log:\n{log}"
+    );
+}
