@@ -62,6 +62,12 @@ enum Command {
     /// Show, look up, clear or pin stick-table entries.
     #[command(subcommand)]
     Table(TableCmd),
+    /// Live view of services and backends: health, state, rates, pinned clients, stick-table fill.
+    Top(lb_userspace::top::TopArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(lb_userspace::extras::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command with --dir.
+    Man(lb_userspace::extras::ManArgs),
 }
 
 #[derive(Args, Clone)]
@@ -271,6 +277,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Command::Top(args) => return lb_userspace::top::run(&cli.socket, cli.json, &args),
+        Command::Completions(args) => {
+            return lb_userspace::extras::completions(
+                <Cli as clap::CommandFactory>::command(),
+                &args,
+            )
+        }
+        Command::Man(args) => {
+            return lb_userspace::extras::man(<Cli as clap::CommandFactory>::command(), &args)
         }
         Command::Status => Request::Status,
         Command::Reload => Request::Reload,

@@ -38,6 +38,32 @@ pub fn stickylb_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Mounts the shared test bpffs once, in this process's mount namespace, before any
+/// agent starts: agents started by `ip netns exec` then find it already there, and
+/// parallel tests never race to mount it.
+pub fn ensure_test_bpffs() -> Result<()> {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = ONCE.lock().unwrap();
+    if *done {
+        return Ok(());
+    }
+    let path = Path::new(TEST_BPFFS);
+    if !lb_userspace::pins::is_bpffs(path) {
+        std::fs::create_dir_all(path)?;
+        let out = Command::new("mount")
+            .args(["-t", "bpf", "bpf", TEST_BPFFS])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "mount -t bpf bpf {TEST_BPFFS}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    *done = true;
+    Ok(())
+}
+
 /// A running agent.
 pub struct Agent {
     pub ns_name: String,
@@ -77,6 +103,7 @@ impl Agent {
 
     /// Starts (or restarts) the process and waits until its socket answers.
     pub fn spawn(&mut self) -> Result<()> {
+        ensure_test_bpffs()?;
         let bin = stickylb_bin()?;
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -218,6 +218,31 @@ fn control_commands_change_traffic_as_documented() {
     let (code, _, _) = s.agent.ctl(&["backend", "frobnicate"]).unwrap();
     assert_eq!(code, 2);
     s.agent.ok(&["status"]).unwrap();
+    // The socket is 0600; with the file opened up, the agent still refuses other users
+    // by their peer credentials.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&s.agent.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
+    std::fs::set_permissions(&s.agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(&s.agent.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = stickylb_tests::agent::stickylb_bin().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["status", "--socket"])
+        .arg(&s.agent.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("uid 65534 may not control stickylb"),
+        "{out:?}"
+    );
+    s.agent.ok(&["status"]).unwrap();
     // stats reflect the traffic
     let stats = s.agent.ok(&["stats"]).unwrap();
     assert!(

@@ -47,8 +47,9 @@ enum Command {
     Fmt,
     /// Lint the workspace with the pinned clippy, warnings denied.
     Clippy,
-    /// Run the end-to-end demo.
-    Demo,
+    /// Run the end-to-end demo: clients stay on their backend through a backend failure,
+    /// its recovery and an agent restart (needs root).
+    Demo(demo::Args),
     /// Run the benchmark.
     Bench,
 }
@@ -79,7 +80,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Fmt => cargo::fmt(),
         Command::Clippy => cargo::clippy(),
-        Command::Demo => demo::run(),
+        Command::Demo(args) => demo::run_with(&args),
         Command::Bench => bench::run(),
     }
 }
