@@ -137,9 +137,16 @@ pub fn ensure_bpffs(path: &Path) -> Result<PathBuf> {
         }
         // Already mounted there (by another agent started after we unshared): use it,
         // never stack a second bpffs over it.
-        let via = Path::new("/proc").join(pid).join("root").join(path.strip_prefix("/").unwrap_or(path));
+        let via = Path::new("/proc")
+            .join(pid)
+            .join("root")
+            .join(path.strip_prefix("/").unwrap_or(path));
         if is_bpffs(&via) {
-            log::info!("using the bpffs at {} of pid {pid}'s mount namespace through {}", path.display(), via.display());
+            log::info!(
+                "using the bpffs at {} of pid {pid}'s mount namespace through {}",
+                path.display(),
+                via.display()
+            );
             return Ok(via);
         }
         let ok = Command::new("nsenter")
