@@ -83,6 +83,9 @@ pub fn build(release: bool) -> Result<()> {
 /// `cargo test --no-fail-fast <extra>` for the default members only: `lb-ebpf` is a
 /// non-default member that must not be host-tested, so no `--workspace`.
 pub fn test(extra: &[String]) -> Result<()> {
+    // The agent and demo binaries the end-to-end tests run: `cargo test` builds a
+    // package's binaries only for that package's own integration tests.
+    run(&mut pinned(["build", "--bins", "-p", "lb-userspace", "-p", "stickylb-tests"]))?;
     run(pinned(["test", "--no-fail-fast"]).args(extra))
 }
 
