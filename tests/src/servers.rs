@@ -216,7 +216,10 @@ fn handle(conn: Socket, peer: SockAddr, answer: &[u8], stats: &Stats) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn fetch_here(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<String> {
+/// A TCP connection from `src` (port chosen by the kernel at connect time) to `dst`, in
+/// the calling thread's namespace, with read/write timeouts set to what is left of
+/// `timeout`.
+pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     // Pick the local port at connect time, with the full 4-tuple known, so
@@ -240,7 +243,12 @@ fn fetch_here(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<String>
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
     sock.set_read_timeout(Some(left))?;
-    let mut stream = TcpStream::from(sock);
+    sock.set_write_timeout(Some(left))?;
+    Ok(TcpStream::from(sock))
+}
+
+fn fetch_here(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut stream = connect_from(src, dst, timeout)?;
     let mut buf = String::new();
     stream.read_to_string(&mut buf).context("read")?;
     Ok(buf.trim().to_owned())

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -151,31 +151,7 @@ fn answer(conn: Socket, response: &[u8]) {
 /// One `GET /` from source address `src` (port chosen by the kernel) to `dst`, in the
 /// calling thread's namespace. Returns the body, trimmed: the backend's name.
 pub fn http_get_here(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
-    let one: libc::c_int = 1;
-    // Pick the local port at connect time, with the whole 4-tuple known, so that many
-    // requests from one source never run out of ephemeral ports.
-    // SAFETY: valid fd and a pointer to a c_int of the given size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    sock.bind(&SocketAddr::new(src, 0).into())
-        .context("bind source")?;
-    sock.connect_timeout(&dst.into(), timeout)
-        .context("connect")?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    sock.set_read_timeout(Some(left))?;
-    sock.set_write_timeout(Some(left))?;
-    let mut stream = TcpStream::from(sock);
+    let mut stream = stickylb_tests::servers::connect_from(src, dst, timeout)?;
     let host = match dst {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
