@@ -7,6 +7,8 @@ pub const FAMILY_V6: u8 = 6;
 /// IP protocol numbers.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Forwarding modes ([`crate::ServiceInfo::forwarding`]).
 pub const FWD_NAT: u8 = 1;
@@ -59,5 +61,12 @@ pub const MAP_RR_CURSOR: &str = "RR_CURSOR";
 pub const MAP_STICK: &str = "STICK";
 pub const MAP_REVERSE: &str = "REVERSE";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const PROGRAM_NAME: &str = "stickylb";
+/// The side-path programs, reached by tail call through `JUMP` at these slots.
+pub const PROGRAM_ICMP: &str = "stickylb_icmp";
+pub const PROGRAM_FRAGMENT: &str = "stickylb_fragment";
+pub const MAP_JUMP: &str = "JUMP";
+pub const JUMP_ICMP: u32 = 0;
+pub const JUMP_FRAGMENT: u32 = 1;

@@ -87,6 +87,22 @@ pub struct ReverseValue {
     pub service_id: u32,
 }
 
+/// Most services sharing one VIP and protocol that non-first fragments are matched
+/// against.
+pub const FRAG_CANDIDATES: usize = 4;
+
+/// Value of `FRAGMENTS`, keyed by (VIP, port 0, protocol, family): the services on that
+/// VIP a non-first IPv4 fragment (which carries no ports) may belong to. It follows the
+/// client's entry when exactly one of them has a live one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragCandidates {
+    pub services: [Endpoint; FRAG_CANDIDATES],
+    /// Services in `services`; above [`FRAG_CANDIDATES`] when the VIP has more services
+    /// than fit, so that its later fragments are always ambiguous (passed, not guessed).
+    pub count: u32,
+}
+
 /// Per-CPU counters of one service (`SERVICE_STATS`, indexed by service id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,6 +127,16 @@ pub struct ServiceStats {
     /// Backend→client NAT replies rewritten and forwarded.
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// ICMP errors about a client's flow (fragmentation needed, packet too big,
+    /// unreachable) steered to the backend that owns the client.
+    pub icmp_to_backend: u64,
+    /// ICMP errors about this service with no live client entry: passed to the kernel.
+    pub icmp_unmatched: u64,
+    /// IPv4 fragments forwarded (first fragments with the flow, later ones by the
+    /// client's entry).
+    pub frag_forwarded: u64,
+    /// Non-first fragments with no (or an ambiguous) client entry: passed to the kernel.
+    pub frag_unmatched: u64,
 }
 
 /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
@@ -136,6 +162,10 @@ impl ServiceStats {
         self.pass_ttl += o.pass_ttl;
         self.reply_packets += o.reply_packets;
         self.reply_bytes += o.reply_bytes;
+        self.icmp_to_backend += o.icmp_to_backend;
+        self.icmp_unmatched += o.icmp_unmatched;
+        self.frag_forwarded += o.frag_forwarded;
+        self.frag_unmatched += o.frag_unmatched;
     }
 }
 
@@ -158,6 +188,7 @@ mod pod {
     unsafe impl aya::Pod for StickKey {}
     unsafe impl aya::Pod for StickValue {}
     unsafe impl aya::Pod for ReverseValue {}
+    unsafe impl aya::Pod for FragCandidates {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for BackendStats {}
 }

@@ -3,14 +3,19 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use aya_log_ebpf::debug;
-use lb_common::{sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR};
+use lb_common::{
+    sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR, JUMP_FRAGMENT, JUMP_ICMP, PROTO_ICMP,
+    PROTO_ICMPV6,
+};
 
 use crate::{
     dsr,
     forward::{forward, lookup, send, Forwarded, Lookup},
+    fragment, icmp,
+    maps::JUMP,
     nat::{self, End},
     packet::Packet,
-    parse::{parse, Parsed},
+    parse::{parse, Parsed, FRAG_FIRST, FRAG_LATER},
     service::{lookup_reply, lookup_service},
     stats, sticky,
 };
@@ -34,11 +39,49 @@ pub fn process(ctx: &XdpContext) -> u32 {
     let Some(p) = parse(&pkt) else {
         return xdp_action::XDP_PASS;
     };
-    if let Some(svc) = lookup_service(&p) {
-        return to_backend(ctx, &pkt, &p, &svc);
+    // Side paths run as separate programs (tail calls), each with its own 512-byte
+    // stack; the main path stays one inlined function. If the jump fails (slot not
+    // loaded), the packet passes untouched.
+    if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
+        // SAFETY: tail call into a program of the same type; does not return on success.
+        unsafe { JUMP.tail_call(ctx, JUMP_ICMP) };
+        return xdp_action::XDP_PASS;
     }
-    if let Some(reply) = lookup_reply(&p) {
-        return to_client(ctx, &pkt, &p, &reply);
+    if p.frag == FRAG_LATER {
+        unsafe { JUMP.tail_call(ctx, JUMP_FRAGMENT) };
+        return xdp_action::XDP_PASS;
+    }
+    balance(ctx, &pkt, &p)
+}
+
+/// Entry of the ICMP program: parses again (cheap) and steers the error.
+#[inline(always)]
+pub fn process_icmp(ctx: &XdpContext) -> u32 {
+    let pkt = Packet::new(ctx);
+    match parse(&pkt) {
+        Some(p) if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 => icmp::process(ctx, &pkt, &p),
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Entry of the fragment program.
+#[inline(always)]
+pub fn process_fragment(ctx: &XdpContext) -> u32 {
+    let pkt = Packet::new(ctx);
+    match parse(&pkt) {
+        Some(p) if p.frag == FRAG_LATER => fragment::process(ctx, &p),
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// TCP/UDP: a service's traffic, a NAT reply, or not ours.
+#[inline(always)]
+fn balance(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
+    if let Some(svc) = lookup_service(p) {
+        return to_backend(ctx, pkt, p, &svc);
+    }
+    if let Some(reply) = lookup_reply(p) {
+        return to_client(ctx, pkt, p, &reply);
     }
     xdp_action::XDP_PASS
 }
@@ -123,6 +166,9 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         Forwarded::Sent(action) => {
             st.packets += 1;
             st.bytes += len;
+            if p.frag == FRAG_FIRST {
+                st.frag_forwarded += 1;
+            }
             if let Some(b) = stats::backend(backend_id) {
                 b.packets += 1;
                 b.bytes += len;

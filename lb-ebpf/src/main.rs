@@ -12,6 +12,18 @@ mod program {
         lb_ebpf::balancer::process(&ctx)
     }
 
+    /// ICMP errors about service flows (tail call from `stickylb`).
+    #[xdp]
+    pub fn stickylb_icmp(ctx: XdpContext) -> u32 {
+        lb_ebpf::balancer::process_icmp(&ctx)
+    }
+
+    /// Later IPv4 fragments (tail call from `stickylb`).
+    #[xdp]
+    pub fn stickylb_fragment(ctx: XdpContext) -> u32 {
+        lb_ebpf::balancer::process_fragment(&ctx)
+    }
+
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
         loop {}

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue,
-    DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, RING_SLOTS,
+    Backend, BackendStats, Endpoint, FragCandidates, ReverseValue, ServiceInfo, ServiceStats,
+    StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, RING_SLOTS,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
@@ -47,3 +47,14 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// (VIP, port 0, protocol) → services on that VIP that non-first IPv4 fragments (no
+/// ports) may belong to.
+#[map]
+pub static FRAGMENTS: HashMap<Endpoint, FragCandidates> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Tail-call targets: the ICMP-error and later-fragment programs (slots `JUMP_ICMP`,
+/// `JUMP_FRAGMENT`), filled by the loader.
+#[map]
+pub static JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);

@@ -19,6 +19,20 @@ impl Packet {
         }
     }
 
+    /// The bounds read again from the context (volatile loads). Pointers taken from it
+    /// get bounds checks of their own that the compiler cannot merge with (or replace by)
+    /// earlier ones: use it to write after helper calls.
+    #[inline(always)]
+    pub fn reload(ctx: &XdpContext) -> Self {
+        // SAFETY: `ctx.ctx` is the program's context pointer, valid for the whole run.
+        unsafe {
+            Self {
+                start: core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+                end: core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+            }
+        }
+    }
+
     /// Total length in bytes.
     #[inline(always)]
     pub fn len(&self) -> usize {
@@ -47,4 +61,24 @@ impl Packet {
         // SAFETY: `ptr` checked that the packet holds a whole `T` at `off`.
         self.ptr::<T>(off).map(|p| unsafe { *p })
     }
+}
+
+/// Reads a `T` at byte `off` of a bounds-checked region (`off` a constant: the verifier
+/// sees one access at a fixed offset from the checked pointer).
+///
+/// # Safety
+/// `region` must come from [`Packet::ptr`] for a type at least `off + size_of::<T>()`
+/// bytes long.
+#[inline(always)]
+pub unsafe fn get<T: Copy>(region: *mut u8, off: usize) -> T {
+    unsafe { core::ptr::read_unaligned(region.add(off) as *const T) }
+}
+
+/// Writes a `T` at byte `off` of a bounds-checked region; see [`get`].
+///
+/// # Safety
+/// As for [`get`].
+#[inline(always)]
+pub unsafe fn set<T: Copy>(region: *mut u8, off: usize, value: T) {
+    unsafe { core::ptr::write_unaligned(region.add(off) as *mut T, value) }
 }

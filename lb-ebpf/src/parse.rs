@@ -1,8 +1,9 @@
 //! Stage 1: parse Ethernet (optionally one 802.1Q tag), IPv4 (with options) or IPv6, and
-//! TCP or UDP. Anything else — other protocols, fragments, IPv6 extension headers,
-//! truncated headers — is `None`, and the packet passes to the kernel untouched.
+//! TCP, UDP or ICMP (v4) / ICMPv6. IPv4 fragments are classified (first / later). Anything
+//! else — other protocols, IPv6 extension headers, truncated headers, lying lengths — is
+//! `None`, and the packet passes to the kernel untouched.
 
-use lb_common::{Addr, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{Addr, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 use crate::packet::Packet;
 
@@ -13,6 +14,15 @@ const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
 const ETH_P_8021Q: u16 = 0x8100u16.to_be();
 /// More-fragments flag and fragment offset bits of the IPv4 `frag_off` field.
 const IPV4_MF_OFFSET: u16 = 0x3FFFu16.to_be();
+/// Fragment offset bits of the IPv4 `frag_off` field.
+const IPV4_OFFSET: u16 = 0x1FFFu16.to_be();
+
+/// Not a fragment.
+pub const FRAG_NONE: u8 = 0;
+/// First IPv4 fragment: carries the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// Later IPv4 fragment: no L4 header, no ports.
+pub const FRAG_LATER: u8 = 2;
 
 /// Offset of the checksum field in a TCP / UDP header.
 pub const TCP_CHECK_OFF: usize = 16;
@@ -26,6 +36,8 @@ pub struct Parsed {
     /// Offset of the TCP/UDP header.
     pub l4_off: usize,
     pub vlan: bool,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`] (IPv4 only).
+    pub frag: u8,
     pub family: u8,
     pub proto: u8,
     pub src: Addr,
@@ -76,6 +88,15 @@ pub fn parse(pkt: &Packet) -> Option<Parsed> {
     if p.l3_off + p.ip_len as usize > pkt.len() {
         return None;
     }
+    if p.frag == FRAG_LATER {
+        // No L4 header in this fragment: no ports.
+        return Some(p);
+    }
+    if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
+        // Type, code, checksum and 4 more bytes; the quoted packet is parsed by `icmp`.
+        pkt.ptr::<[u8; 8]>(p.l4_off)?;
+        return Some(p);
+    }
     // Both TCP and UDP start with the two ports; check the whole fixed header is there.
     if p.proto == PROTO_TCP {
         pkt.ptr::<[u8; 20]>(p.l4_off)?;
@@ -99,12 +120,16 @@ fn parse_ipv4(pkt: &Packet, l3: usize) -> Option<Parsed> {
     if ihl < 20 {
         return None;
     }
-    let frag: u16 = pkt.read(l3 + 6)?;
-    if frag & IPV4_MF_OFFSET != 0 {
-        return None;
-    }
+    let frag_off: u16 = pkt.read(l3 + 6)?;
+    let frag = if frag_off & IPV4_MF_OFFSET == 0 {
+        FRAG_NONE
+    } else if frag_off & IPV4_OFFSET == 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_LATER
+    };
     let proto: u8 = pkt.read(l3 + 9)?;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && !(proto == PROTO_ICMP && frag == FRAG_NONE) {
         return None;
     }
     let tos: u8 = pkt.read(l3 + 1)?;
@@ -119,6 +144,7 @@ fn parse_ipv4(pkt: &Packet, l3: usize) -> Option<Parsed> {
         l3_off: l3,
         l4_off: l3 + ihl,
         vlan: false,
+        frag,
         family: FAMILY_V4,
         proto,
         src: [src, 0, 0, 0],
@@ -139,7 +165,7 @@ fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
         return None;
     }
     let proto: u8 = pkt.read(l3 + 6)?;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMPV6 {
         return None;
     }
     let payload_len: u16 = pkt.read(l3 + 4)?;
@@ -150,6 +176,7 @@ fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
         l3_off: l3,
         l4_off: l3 + 40,
         vlan: false,
+        frag: FRAG_NONE,
         family: FAMILY_V6,
         proto,
         src,

@@ -28,6 +28,7 @@ pub struct Dataplane {
     /// The stick table (an LRU hash; aya's `HashMap` handles both hash kinds).
     pub stick: HashMap<MapData, StickKey, StickValue>,
     pub reverse: HashMap<MapData, Endpoint, ReverseValue>,
+    pub fragments: HashMap<MapData, Endpoint, lb_common::FragCandidates>,
     pub service_stats: PerCpuArray<MapData, ServiceStats>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     /// What was written last, to compute removals and skip unchanged tables.
@@ -59,6 +60,7 @@ impl Dataplane {
             rr_cursor: take(ebpf, MAP_RR_CURSOR)?,
             stick: take(ebpf, MAP_STICK)?,
             reverse: take(ebpf, MAP_REVERSE)?,
+            fragments: take(ebpf, lb_common::MAP_FRAGMENTS)?,
             service_stats: take(ebpf, MAP_SERVICE_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             applied: Plan::default(),
@@ -94,6 +96,9 @@ impl Dataplane {
         }
         for item in self.reverse.iter() {
             plan.reverse.push(item.context("reading REVERSE")?);
+        }
+        for item in self.fragments.iter() {
+            plan.fragments.push(item.context("reading FRAGMENTS")?);
         }
         plan.services.sort_by_key(|s| s.info.id);
         self.applied = plan.clone();
@@ -171,6 +176,22 @@ impl Dataplane {
                 self.reverse
                     .insert(k, v, 0)
                     .context("writing a reply-NAT entry")?;
+            }
+        }
+        // Fragment candidates.
+        let old_frags: BTreeMap<Endpoint, lb_common::FragCandidates> =
+            old.fragments.iter().copied().collect();
+        for (k, v) in &plan.fragments {
+            if old_frags.get(k) != Some(v) {
+                self.fragments
+                    .insert(k, v, 0)
+                    .context("writing a fragment entry")?;
+            }
+        }
+        let new_frags: BTreeSet<Endpoint> = plan.fragments.iter().map(|(k, _)| *k).collect();
+        for k in old_frags.keys() {
+            if !new_frags.contains(k) {
+                let _ = self.fragments.remove(k);
             }
         }
         // 5. Removals.

@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
-use lb_common::{DEFAULT_STICK_TABLE_SIZE, MAP_STICK, PROGRAM_NAME};
+use aya::{maps::ProgramArray, programs::Xdp, Ebpf, EbpfLoader};
+use lb_common::{
+    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, MAP_JUMP, MAP_STICK, PROGRAM_FRAGMENT,
+    PROGRAM_ICMP, PROGRAM_NAME,
+};
 
 /// The compiled data path, embedded at build time by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -77,6 +80,23 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     program(&mut ebpf)?
         .load()
         .context("verifying the stickylb XDP program")?;
+    // The side paths (ICMP errors, later fragments) are programs of their own, reached
+    // by tail call through JUMP.
+    for (name, slot) in [(PROGRAM_ICMP, JUMP_ICMP), (PROGRAM_FRAGMENT, JUMP_FRAGMENT)] {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("verifying the {name} XDP program"))?;
+        let fd = prog.fd()?.try_clone()?;
+        let mut jump: ProgramArray<&mut aya::maps::MapData> = ebpf
+            .map_mut(MAP_JUMP)
+            .context("map JUMP missing from the object")?
+            .try_into()?;
+        jump.set(slot, &fd, 0)
+            .with_context(|| format!("installing {name} as a tail call"))?;
+    }
     Ok(ebpf)
 }
 

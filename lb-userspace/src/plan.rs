@@ -104,6 +104,8 @@ pub struct Plan {
     pub services: Vec<ServiceEntry>,
     pub backends: Vec<BackendEntry>,
     pub reverse: Vec<(Endpoint, ReverseValue)>,
+    /// (VIP, port 0, proto) → services later IPv4 fragments may belong to.
+    pub fragments: Vec<(Endpoint, lb_common::FragCandidates)>,
 }
 
 /// Id allocation that stays stable across plans: a service keeps its id while its name
@@ -347,9 +349,39 @@ impl Ids {
                 ring,
             });
         }
+        plan.fragments = fragment_candidates(&plan.services);
         *self = next;
         Ok(plan)
     }
+}
+
+/// Groups IPv4 services by (VIP, protocol) for later fragments (the all-ports service
+/// first). A VIP and protocol with more than [`lb_common::FRAG_CANDIDATES`] services gets
+/// a `count` above that: the data path cannot tell its fragments apart and passes them
+/// (counted as unmatched) rather than guess.
+fn fragment_candidates(services: &[ServiceEntry]) -> Vec<(Endpoint, lb_common::FragCandidates)> {
+    let mut groups: BTreeMap<Endpoint, Vec<Endpoint>> = BTreeMap::new();
+    for s in services
+        .iter()
+        .filter(|s| s.key.family == lb_common::FAMILY_V4)
+    {
+        groups
+            .entry(Endpoint { port: 0, ..s.key })
+            .or_default()
+            .push(s.key);
+    }
+    groups
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by_key(|e| e.port != 0);
+            let mut c = lb_common::FragCandidates::default();
+            for (slot, e) in c.services.iter_mut().zip(v.iter()) {
+                *slot = *e;
+            }
+            c.count = v.len().min(lb_common::FRAG_CANDIDATES + 1) as u32;
+            (k, c)
+        })
+        .collect()
 }
 
 /// The `SERVICES` key of a service.
@@ -488,6 +520,57 @@ mod tests {
         assert_eq!(plan.reverse[0].0.port, 8080u16.to_be());
         assert_eq!(plan.reverse[0].1.vip_port, 80u16.to_be());
         assert_eq!(plan.reverse[0].1.vip, s.key.addr);
+    }
+
+    #[test]
+    fn fragment_candidates_group_ipv4_services_by_vip_and_protocol() {
+        let any = ServiceSpec::new("any", sa("10.0.0.100:0")).backend(sa("192.168.1.2:0"));
+        let api = ServiceSpec::new("api", sa("10.0.0.100:443")).backend(sa("192.168.1.4:443"));
+        let mut dns = ServiceSpec::new("dns", sa("10.0.0.100:53")).backend(sa("192.168.1.5:53"));
+        dns.protocol = Protocol::Udp;
+        let v6 = ServiceSpec::new("v6", sa("[2001:db8::100]:80")).backend(sa("[2001:db8:1::2]:80"));
+        let plan = Ids::default().plan(&[web(), any, api, dns, v6]).unwrap();
+        let key = |s: &ServiceEntry| s.key;
+        let by_name = |n: &str| key(plan.services.iter().find(|s| s.name == n).expect("service"));
+        assert_eq!(
+            plan.fragments.len(),
+            2,
+            "one entry per IPv4 VIP and protocol"
+        );
+        let tcp = plan
+            .fragments
+            .iter()
+            .find(|(k, _)| k.proto == PROTO_TCP)
+            .unwrap();
+        assert_eq!(
+            tcp.0,
+            Endpoint {
+                port: 0,
+                ..by_name("web")
+            }
+        );
+        assert_eq!(tcp.1.count, 3);
+        assert_eq!(tcp.1.services[0], by_name("any"), "all-ports service first");
+        assert!(tcp.1.services[..3].contains(&by_name("web")));
+        assert!(tcp.1.services[..3].contains(&by_name("api")));
+        let udp = plan
+            .fragments
+            .iter()
+            .find(|(k, _)| k.proto == PROTO_UDP)
+            .unwrap();
+        assert_eq!((udp.1.count, udp.1.services[0]), (1, by_name("dns")));
+        // Too many services on one VIP: marked, not truncated.
+        let many: Vec<ServiceSpec> = (0..6)
+            .map(|i| {
+                ServiceSpec::new(&format!("s{i}"), sa(&format!("10.0.0.7:{}", 80 + i)))
+                    .backend(sa(&format!("192.168.1.2:{}", 8000 + i)))
+            })
+            .collect();
+        let plan = Ids::default().plan(&many).unwrap();
+        assert_eq!(
+            plan.fragments[0].1.count as usize,
+            lb_common::FRAG_CANDIDATES + 1
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 use std::net::IpAddr;
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, SingleVlanHeader,
-    TcpHeader, UdpHeader, VlanId, VlanPcp,
+    icmpv4::DestUnreachableHeader, EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header,
+    Icmpv4Type, Icmpv6Header, Icmpv6Type, IpFragOffset, IpNumber, Ipv4Header, Ipv6FlowLabel,
+    Ipv6Header, SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
 };
 
 /// Transport protocol of a fixture.
@@ -33,6 +34,8 @@ pub struct Pkt {
     pub syn: bool,
     /// Send UDP/IPv4 with checksum 0 ("none").
     pub udp_no_checksum: bool,
+    /// IPv4 only: a first fragment (more-fragments set, offset 0, DF clear).
+    pub more_fragments: bool,
     pub payload: Vec<u8>,
 }
 
@@ -52,6 +55,7 @@ impl Pkt {
             ipv4_options: Vec::new(),
             syn: true,
             udp_no_checksum: false,
+            more_fragments: false,
             payload: b"hello stickylb".to_vec(),
         }
     }
@@ -100,7 +104,8 @@ impl Pkt {
                     Ipv4Header::new(l4_len as u16, self.ttl, proto, s.octets(), d.octets())
                         .unwrap();
                 ip.identification = 0x4242;
-                ip.dont_fragment = true;
+                ip.dont_fragment = !self.more_fragments;
+                ip.more_fragments = self.more_fragments;
                 ip.options = self
                     .ipv4_options
                     .as_slice()
@@ -197,4 +202,167 @@ impl Pkt {
         b.push(off);
         b
     }
+}
+
+/// An IP packet with a raw payload (no TCP/UDP header built): ICMP messages and later
+/// IPv4 fragments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Raw {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: IpNumber,
+    pub ttl: u8,
+    /// IPv4 only.
+    pub more_fragments: bool,
+    /// IPv4 only, in 8-byte units.
+    pub fragment_offset: u16,
+    pub payload: Vec<u8>,
+}
+
+/// ICMP messages the fixtures need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Icmp {
+    /// IPv4 destination unreachable, code 4, with the next-hop MTU.
+    FragmentationNeeded(u16),
+    /// ICMPv6 packet too big, with the MTU.
+    PacketTooBig(u32),
+    /// ICMPv6 destination unreachable, port unreachable.
+    PortUnreachableV6,
+    /// Echo request (either family).
+    EchoRequest,
+}
+
+impl Raw {
+    pub fn new(src: IpAddr, dst: IpAddr, proto: IpNumber, payload: Vec<u8>) -> Raw {
+        Raw {
+            src_mac: [0x02, 0, 0, 0, 0, 0xaa],
+            dst_mac: [0x02, 0, 0, 0, 0, 0xbb],
+            src,
+            dst,
+            proto,
+            ttl: 64,
+            more_fragments: false,
+            fragment_offset: 0,
+            payload,
+        }
+    }
+
+    /// An ICMP (IPv4) or ICMPv6 message from `src` to `dst` quoting `quoted` (an IP
+    /// packet, from its IP header on), with its checksum computed from scratch.
+    pub fn icmp(src: IpAddr, dst: IpAddr, kind: Icmp, quoted: &[u8]) -> Raw {
+        let echo = IcmpEchoHeader { id: 7, seq: 1 };
+        let (proto, mut payload) = match (src, dst) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => {
+                let ty = match kind {
+                    Icmp::FragmentationNeeded(mtu) => Icmpv4Type::DestinationUnreachable(
+                        DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+                    ),
+                    Icmp::EchoRequest => Icmpv4Type::EchoRequest(echo),
+                    other => panic!("{other:?} is not an IPv4 ICMP message"),
+                };
+                (
+                    IpNumber::ICMP,
+                    Icmpv4Header::with_checksum(ty, quoted).to_bytes().to_vec(),
+                )
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let ty = match kind {
+                    Icmp::PacketTooBig(mtu) => Icmpv6Type::PacketTooBig { mtu },
+                    Icmp::PortUnreachableV6 => Icmpv6Type::DestinationUnreachable(
+                        etherparse::icmpv6::DestUnreachableCode::Port,
+                    ),
+                    Icmp::EchoRequest => Icmpv6Type::EchoRequest(echo),
+                    other => panic!("{other:?} is not an ICMPv6 message"),
+                };
+                (
+                    IpNumber::IPV6_ICMP,
+                    Icmpv6Header::with_checksum(ty, s.octets(), d.octets(), quoted)
+                        .unwrap()
+                        .to_bytes()
+                        .to_vec(),
+                )
+            }
+            _ => panic!("mixed address families in a fixture"),
+        };
+        payload.extend_from_slice(quoted);
+        Raw::new(src, dst, proto, payload)
+    }
+
+    /// Serialises the packet with the IP header checksum computed from scratch.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let ether_type = if self.src.is_ipv4() {
+            EtherType::IPV4
+        } else {
+            EtherType::IPV6
+        };
+        out.extend_from_slice(
+            &Ethernet2Header {
+                source: self.src_mac,
+                destination: self.dst_mac,
+                ether_type,
+            }
+            .to_bytes(),
+        );
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut ip = Ipv4Header::new(
+                    self.payload.len() as u16,
+                    self.ttl,
+                    self.proto,
+                    s.octets(),
+                    d.octets(),
+                )
+                .unwrap();
+                ip.identification = 0x4243;
+                ip.more_fragments = self.more_fragments;
+                ip.fragment_offset = IpFragOffset::try_new(self.fragment_offset).unwrap();
+                ip.header_checksum = ip.calc_header_checksum();
+                out.extend_from_slice(&ip.to_bytes());
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let ip = Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Ipv6FlowLabel::try_new(0x54321).unwrap(),
+                    payload_length: self.payload.len() as u16,
+                    next_header: self.proto,
+                    hop_limit: self.ttl,
+                    source: s.octets(),
+                    destination: d.octets(),
+                };
+                out.extend_from_slice(&ip.to_bytes());
+            }
+            _ => panic!("mixed address families in a fixture"),
+        }
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+/// Rewrites the source address and port of a quoted IP packet (from its IP header on)
+/// the way a NAT'd ICMP error must carry it, recomputing the IPv4 header checksum from
+/// scratch. The quoted TCP/UDP checksum is left as it was (nobody checks it in an ICMP
+/// error, and the quote may not even hold it).
+pub fn requote(quoted: &[u8], src: IpAddr, sport: u16) -> Vec<u8> {
+    let mut out;
+    let l4 = match src {
+        IpAddr::V4(a) => {
+            let (mut ip, _) = Ipv4Header::from_slice(quoted).unwrap();
+            ip.source = a.octets();
+            ip.header_checksum = ip.calc_header_checksum();
+            let hl = ip.header_len();
+            out = ip.to_bytes().to_vec();
+            out.extend_from_slice(&quoted[hl..]);
+            hl
+        }
+        IpAddr::V6(a) => {
+            out = quoted.to_vec();
+            out[8..24].copy_from_slice(&a.octets());
+            40
+        }
+    };
+    out[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+    out
 }

@@ -7,10 +7,11 @@ use std::{
     time::Duration,
 };
 
+use etherparse::IpNumber;
 use lb_userspace::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
 use stickylb_tests::{
     lab::{backend_mac, Lab, CLIENT_GW_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
-    packets::{Pkt, L4},
+    packets::{requote, Icmp, Pkt, Raw, L4},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -568,7 +569,8 @@ fn traffic_not_for_a_service_passes_byte_for_byte() {
         let mut qinq = qinq.bytes();
         qinq[12..14].copy_from_slice(&[0x88, 0xa8]);
         cases.push(qinq);
-        // IP protocol we do not balance (ICMP) and, for IPv4, a fragment.
+        // ICMP that is no error about a service flow (the TCP/UDP bytes read as ICMP).
+        // Fragments of service flows are balanced: see `fragments_*`.
         let mut other = flow.request(1).bytes();
         if flow.v6 {
             other[14 + 6] = 58;
@@ -576,11 +578,6 @@ fn traffic_not_for_a_service_passes_byte_for_byte() {
             other[14 + 9] = 1;
         }
         cases.push(other);
-        if !flow.v6 {
-            let mut frag = flow.request(1).bytes();
-            frag[14 + 6] = 0x20; // more fragments
-            cases.push(frag);
-        }
         for (i, pkt) in cases.iter().enumerate() {
             let (action, out) = lab.run(pkt).unwrap();
             assert_eq!(action, XDP_PASS, "{flow:?} case {i}");
@@ -692,4 +689,408 @@ fn services_are_isolated_from_each_other() {
         "the same client has its own entry per service"
     );
     assert_eq!(backend_for(&mut lab, flow, 1), 2);
+}
+
+// ---- ICMP errors about service flows ----
+
+impl Flow {
+    /// A router on the way to the clients that reports a problem with a reply.
+    fn router(self) -> IpAddr {
+        if self.v6 {
+            "2001:db8:c::fe0".parse().unwrap()
+        } else {
+            "198.51.100.254".parse().unwrap()
+        }
+    }
+    /// "Fragmentation needed" (IPv4) or "packet too big" (IPv6).
+    fn too_big(self) -> Icmp {
+        if self.v6 {
+            Icmp::PacketTooBig(1400)
+        } else {
+            Icmp::FragmentationNeeded(1400)
+        }
+    }
+    /// The reply VIP:80 → client:40000 as an ICMP error quotes it (IP header on).
+    fn quoted_reply(self, client: u16) -> Vec<u8> {
+        let mut r = Pkt::new(
+            self.l4,
+            self.vip(),
+            VIP_PORT,
+            self.client(client),
+            CLIENT_PORT,
+        );
+        r.syn = false;
+        r.bytes()[14..].to_vec()
+    }
+    /// The router's error about the reply to `client`, sent to the VIP.
+    fn icmp_error(self, client: u16) -> Raw {
+        Raw::icmp(
+            self.router(),
+            self.vip(),
+            self.too_big(),
+            &self.quoted_reply(client),
+        )
+    }
+}
+
+/// One's complement sum of `data` as big-endian 16-bit words.
+fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
+    for c in data.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// Verifies every checksum of an ICMP error frame by full recompute: the outer IPv4
+/// header, the ICMP message (ICMPv6: with its pseudo-header) and the quoted IPv4 header.
+fn assert_icmp_checksums(frame: &[u8], v6: bool, what: &str) {
+    let ip = &frame[14..];
+    if v6 {
+        let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&ip[8..40]);
+        pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        let sum = ones_sum(&ip[40..40 + len], ones_sum(&pseudo, 0));
+        assert_eq!(sum, 0xffff, "{what}: ICMPv6 checksum");
+    } else {
+        assert_eq!(
+            ones_sum(&ip[..20], 0),
+            0xffff,
+            "{what}: IPv4 header checksum"
+        );
+        let len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        assert_eq!(ones_sum(&ip[20..len], 0), 0xffff, "{what}: ICMP checksum");
+        assert_eq!(
+            ones_sum(&ip[28..48], 0),
+            0xffff,
+            "{what}: quoted IPv4 header checksum"
+        );
+    }
+}
+
+#[test]
+fn icmp_errors_reach_the_clients_backend_nat_exact() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        lab.configure(&[flow.service()]).unwrap();
+        assert_eq!(backend_for(&mut lab, flow, 1), 2);
+        assert_eq!(backend_for(&mut lab, flow, 2), 3);
+        // Full quote, and (IPv4) the classic minimum: IP header + 8 bytes.
+        let mut quotes = vec![flow.quoted_reply(2)];
+        if !flow.v6 {
+            quotes.push(flow.quoted_reply(2)[..28].to_vec());
+        }
+        let mut kinds = vec![flow.too_big()];
+        if flow.v6 {
+            kinds.push(Icmp::PortUnreachableV6);
+        }
+        let mut sent = 0;
+        for quote in &quotes {
+            for &kind in &kinds {
+                let err = Raw::icmp(flow.router(), flow.vip(), kind, quote);
+                let (action, out) = lab.run(&err.bytes()).unwrap();
+                assert_eq!(action, XDP_REDIRECT, "{flow:?} {kind:?}");
+                // The backend sees an error about the packet it sent: backend:8080 →
+                // client, addressed to itself.
+                let mut want = Raw::icmp(
+                    flow.router(),
+                    flow.backend(3),
+                    kind,
+                    &requote(quote, flow.backend(3), BACKEND_PORT),
+                );
+                want.ttl -= 1;
+                want.dst_mac = backend_mac(3);
+                want.src_mac = lab.fx0_mac;
+                assert_eq!(
+                    out,
+                    want.bytes(),
+                    "{flow:?} {kind:?} quote of {}: NAT output differs",
+                    quote.len()
+                );
+                assert_icmp_checksums(&out, flow.v6, &format!("{flow:?} {kind:?}"));
+                sent += 1;
+            }
+        }
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!(
+            (st.icmp_to_backend, st.icmp_unmatched),
+            (sent, 0),
+            "{flow:?}"
+        );
+        assert_eq!(
+            st.new_clients, 2,
+            "{flow:?}: an ICMP error picked a backend"
+        );
+    }
+}
+
+#[test]
+fn icmp_errors_in_dsr_mode_change_only_the_macs() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        let mut svc = flow.service();
+        svc.forwarding = Forwarding::Dsr;
+        lab.configure(&[svc]).unwrap();
+        for c in 1..=2 {
+            assert_eq!(send(&mut lab, &flow.request(c)).0, XDP_REDIRECT);
+        }
+        let err = flow.icmp_error(2);
+        let (action, out) = lab.run(&err.bytes()).unwrap();
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        let mut want = err.clone();
+        want.dst_mac = backend_mac(3);
+        want.src_mac = lab.fx0_mac;
+        assert_eq!(
+            out,
+            want.bytes(),
+            "{flow:?}: DSR changed more than the MACs"
+        );
+        assert_eq!(lab.service_stats("web").unwrap().icmp_to_backend, 1);
+    }
+}
+
+#[test]
+fn icmp_without_a_client_entry_or_not_an_error_passes_untouched() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        lab.configure(&[flow.service()]).unwrap();
+        // No entry for the client yet.
+        let err = flow.icmp_error(1).bytes();
+        assert_eq!(lab.run(&err).unwrap(), (XDP_PASS, err.clone()), "{flow:?}");
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!((st.icmp_unmatched, st.icmp_to_backend), (1, 0), "{flow:?}");
+        assert!(
+            lab.stick_entry("web", flow.client(1)).is_none(),
+            "{flow:?}: an ICMP error created an entry"
+        );
+        // Another client's entry does not count.
+        assert_eq!(backend_for(&mut lab, flow, 2), 2);
+        assert_eq!(lab.run(&err).unwrap(), (XDP_PASS, err.clone()), "{flow:?}");
+        // Echo request to the VIP: the kernel's.
+        let echo = Raw::icmp(flow.client(2), flow.vip(), Icmp::EchoRequest, b"ping").bytes();
+        assert_eq!(lab.run(&echo).unwrap(), (XDP_PASS, echo), "{flow:?} echo");
+        // An error quoting a packet that is no reply of a service (other source port).
+        let mut q = Pkt::new(flow.l4, flow.vip(), 22, flow.client(2), CLIENT_PORT);
+        q.syn = false;
+        let other = Raw::icmp(flow.router(), flow.vip(), flow.too_big(), &q.bytes()[14..]).bytes();
+        assert_eq!(
+            lab.run(&other).unwrap(),
+            (XDP_PASS, other),
+            "{flow:?} other"
+        );
+        // A quote too short to hold the ports (well-formed lengths otherwise).
+        let short = &flow.quoted_reply(2)[..if flow.v6 { 42 } else { 22 }];
+        let short = Raw::icmp(flow.router(), flow.vip(), flow.too_big(), short).bytes();
+        assert_eq!(
+            lab.run(&short).unwrap(),
+            (XDP_PASS, short),
+            "{flow:?} short"
+        );
+        // A routed hop that would expire (NAT): the kernel answers.
+        let mut expiring = flow.icmp_error(2);
+        expiring.ttl = 1;
+        let expiring = expiring.bytes();
+        assert_eq!(
+            lab.run(&expiring).unwrap(),
+            (XDP_PASS, expiring),
+            "{flow:?} ttl"
+        );
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!(
+            (st.icmp_unmatched, st.icmp_to_backend, st.pass_ttl),
+            (2, 0, 1),
+            "{flow:?}"
+        );
+    }
+}
+
+// ---- IPv4 fragments ----
+
+const V4_FLOWS: [Flow; 2] = [FLOWS[0], FLOWS[1]];
+
+impl Flow {
+    /// A later fragment (no L4 header) of a datagram from `client` to the VIP.
+    fn later_fragment(self, client: u16, more: bool) -> Raw {
+        let proto = match self.l4 {
+            L4::Tcp => IpNumber::TCP,
+            L4::Udp => IpNumber::UDP,
+        };
+        let mut f = Raw::new(
+            self.client(client),
+            self.vip(),
+            proto,
+            b"the rest of a datagram that did not fit".to_vec(),
+        );
+        f.fragment_offset = 5;
+        f.more_fragments = more;
+        f
+    }
+    fn first_fragment(self, client: u16) -> Pkt {
+        let mut p = self.request(client);
+        p.more_fragments = true;
+        p
+    }
+}
+
+/// A later fragment NAT'd to backend `n`: only the IP destination (and checksum) and the
+/// routed hop change.
+fn expected_fragment_nat(lab: &Lab, flow: Flow, f: &Raw, n: u8) -> Vec<u8> {
+    let mut e = f.clone();
+    e.dst = flow.backend(n);
+    e.ttl -= 1;
+    e.dst_mac = backend_mac(n);
+    e.src_mac = lab.fx0_mac;
+    e.bytes()
+}
+
+#[test]
+fn fragments_follow_the_clients_entry() {
+    for flow in V4_FLOWS {
+        let mut lab = Lab::new().unwrap();
+        lab.configure(&[flow.service()]).unwrap();
+        // First fragments carry the ports: balanced like any packet.
+        let first = flow.first_fragment(1);
+        let (action, out) = send(&mut lab, &first);
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        assert_eq!(out, expected_nat(&lab, flow, &first, 2), "{flow:?} first");
+        assert_eq!(lab.service_stats("web").unwrap().frag_forwarded, 1);
+        // Client 2 lands on backend 3.
+        assert_eq!(backend_for(&mut lab, flow, 2), 3);
+        // Later fragments (middle and last) follow each client's entry.
+        for (client, n) in [(1, 2), (2, 3)] {
+            for more in [true, false] {
+                let f = flow.later_fragment(client, more);
+                let (action, out) = lab.run(&f.bytes()).unwrap();
+                assert_eq!(action, XDP_REDIRECT, "{flow:?} client {client}");
+                assert_eq!(
+                    out,
+                    expected_fragment_nat(&lab, flow, &f, n),
+                    "{flow:?} client {client} more={more}"
+                );
+            }
+        }
+        // No entry: to the kernel, untouched.
+        let f = flow.later_fragment(3, false).bytes();
+        assert_eq!(lab.run(&f).unwrap(), (XDP_PASS, f), "{flow:?} no entry");
+        // A later fragment of the other protocol: no service, not counted.
+        let mut other = flow.later_fragment(1, false);
+        other.proto = if flow.l4 == L4::Tcp {
+            IpNumber::UDP
+        } else {
+            IpNumber::TCP
+        };
+        let other = other.bytes();
+        assert_eq!(
+            lab.run(&other).unwrap(),
+            (XDP_PASS, other),
+            "{flow:?} other proto"
+        );
+        // A routed hop that would expire.
+        let mut expiring = flow.later_fragment(1, false);
+        expiring.ttl = 1;
+        let expiring = expiring.bytes();
+        assert_eq!(
+            lab.run(&expiring).unwrap(),
+            (XDP_PASS, expiring),
+            "{flow:?} ttl"
+        );
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!(
+            (
+                st.frag_forwarded,
+                st.frag_unmatched,
+                st.pass_ttl,
+                st.new_clients
+            ),
+            (5, 1, 1, 2),
+            "{flow:?}"
+        );
+    }
+}
+
+#[test]
+fn fragments_in_dsr_mode_change_only_the_macs() {
+    for flow in V4_FLOWS {
+        let mut lab = Lab::new().unwrap();
+        let mut svc = flow.service();
+        svc.forwarding = Forwarding::Dsr;
+        lab.configure(&[svc]).unwrap();
+        let first = flow.first_fragment(1);
+        let (action, out) = send(&mut lab, &first);
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        let mut want = first.clone();
+        want.dst_mac = backend_mac(2);
+        want.src_mac = lab.fx0_mac;
+        assert_eq!(out, want.bytes(), "{flow:?} first");
+        let f = flow.later_fragment(1, false);
+        let (action, out) = lab.run(&f.bytes()).unwrap();
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        let mut want = f.clone();
+        want.dst_mac = backend_mac(2);
+        want.src_mac = lab.fx0_mac;
+        assert_eq!(
+            out,
+            want.bytes(),
+            "{flow:?}: DSR changed more than the MACs"
+        );
+        assert_eq!(lab.service_stats("web").unwrap().frag_forwarded, 2);
+    }
+}
+
+#[test]
+fn fragments_with_entries_in_two_services_of_the_vip_pass() {
+    let flow = FLOWS[0];
+    let mut lab = Lab::new().unwrap();
+    let web = flow.service();
+    let mut api = ServiceSpec::new("api", SocketAddr::new(flow.vip(), 443));
+    api = api.backend(SocketAddr::new(flow.backend(4), 8443));
+    lab.configure(&[web, api]).unwrap();
+    // Only an entry in `web`: the fragment is unambiguous.
+    assert_eq!(backend_for(&mut lab, flow, 1), 2);
+    let f = flow.later_fragment(1, false);
+    let (action, out) = lab.run(&f.bytes()).unwrap();
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_fragment_nat(&lab, flow, &f, 2));
+    // An entry in `api` too: it could belong to either flow, so the kernel gets it.
+    let mut req = flow.request(1);
+    req.dport = 443;
+    assert_eq!(send(&mut lab, &req).0, XDP_REDIRECT);
+    let bytes = f.bytes();
+    assert_eq!(lab.run(&bytes).unwrap(), (XDP_PASS, bytes), "ambiguous");
+    let (web, api) = (
+        lab.service_stats("web").unwrap(),
+        lab.service_stats("api").unwrap(),
+    );
+    assert_eq!(web.frag_forwarded + api.frag_forwarded, 1);
+    assert_eq!(web.frag_unmatched + api.frag_unmatched, 1);
+}
+
+#[test]
+fn fragments_of_an_all_ports_service() {
+    for flow in V4_FLOWS {
+        let mut lab = Lab::new().unwrap();
+        let mut svc = ServiceSpec::new("any", SocketAddr::new(flow.vip(), 0));
+        svc.protocol = flow.protocol();
+        svc = svc.backend(SocketAddr::new(flow.backend(2), 0));
+        lab.configure(&[svc]).unwrap();
+        let mut first = flow.first_fragment(1);
+        first.dport = 5353;
+        let (action, out) = send(&mut lab, &first);
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        let mut want = first.clone();
+        want.dst = flow.backend(2);
+        want.ttl -= 1;
+        want.dst_mac = backend_mac(2);
+        want.src_mac = lab.fx0_mac;
+        assert_eq!(out, want.bytes(), "{flow:?} first");
+        let f = flow.later_fragment(1, false);
+        let (action, out) = lab.run(&f.bytes()).unwrap();
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        assert_eq!(out, expected_fragment_nat(&lab, flow, &f, 2), "{flow:?}");
+        assert_eq!(lab.service_stats("any").unwrap().frag_forwarded, 2);
+    }
 }

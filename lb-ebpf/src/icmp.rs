@@ -1,0 +1,266 @@
+//! ICMP errors about a service flow — IPv4 destination unreachable (including
+//! "fragmentation needed"), ICMPv6 destination unreachable and packet too big — are
+//! steered to the backend that owns the client, as Katran does: the quoted packet is a
+//! reply sent from the VIP to the client, so (quoted source, quoted source port) names the
+//! service and the quoted destination the client. The client's live entry decides the
+//! backend; no entry means the error passes to the kernel (counted). In NAT mode the
+//! outer destination and the quoted source are rewritten to the backend so its stack
+//! recognises its own packet; in DSR mode only the MAC changes. Echo requests and other
+//! ICMP pass untouched.
+//!
+//! Verifier-friendly access: each family reads and writes through one or two pointers to
+//! fixed-size regions, at constant offsets inside them (no per-field bounds checks that
+//! the compiler could merge or reorder). The quoted IPv4 header must have no options
+//! (as in Katran); otherwise the error passes.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use lb_common::{
+    csum,
+    sticky::{judge, Verdict},
+    Addr, Backend, Endpoint, ServiceInfo, StickKey, FAMILY_V4, FWD_DSR, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    forward::{forward, Forwarded},
+    maps::{BACKENDS, SERVICES, STICK},
+    packet::{get, set, Packet},
+    parse::Parsed,
+    stats,
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+
+/// IPv4 region at the ICMP header: ICMP header (8), quoted IPv4 header without options
+/// (20), quoted ports (4).
+const V4_REGION: usize = 32;
+/// Offsets inside it.
+const V4_ICMP_CHECK: usize = 2;
+const V4_Q_VIHL: usize = 8;
+const V4_Q_PROTO: usize = 8 + 9;
+const V4_Q_CHECK: usize = 8 + 10;
+const V4_Q_SRC: usize = 8 + 12;
+const V4_Q_DST: usize = 8 + 16;
+const V4_Q_SPORT: usize = 28;
+/// Outer IPv4 header (fixed part), at the IP header.
+const V4_OUTER: usize = 20;
+const V4_OUTER_CHECK: usize = 10;
+const V4_OUTER_DST: usize = 16;
+
+/// IPv6 region at the IP header: outer IPv6 header (40), ICMPv6 header (8), quoted IPv6
+/// header (40), quoted ports (4).
+const V6_REGION: usize = 92;
+const V6_OUTER_DST: usize = 24;
+const V6_ICMP_TYPE: usize = 40;
+const V6_ICMP_CHECK: usize = 42;
+const V6_Q_NEXT: usize = 48 + 6;
+const V6_Q_SRC: usize = 48 + 8;
+const V6_Q_DST: usize = 48 + 24;
+const V6_Q_SPORT: usize = 88;
+
+/// Runs as its own XDP program, reached by tail call from the main program.
+#[inline(always)]
+pub fn process(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
+    if p.family == FAMILY_V4 {
+        process_v4(ctx, pkt, p)
+    } else {
+        process_v6(ctx, pkt, p)
+    }
+}
+
+#[inline(always)]
+fn process_v4(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
+    let Some(r) = pkt.ptr::<[u8; V4_REGION]>(p.l4_off) else {
+        return xdp_action::XDP_PASS;
+    };
+    let r = r as *mut u8;
+    // SAFETY: constant offsets inside the bounds-checked region.
+    let (ty, vihl, proto, src, dst, sport) = unsafe {
+        (
+            get::<u8>(r, 0),
+            get::<u8>(r, V4_Q_VIHL),
+            get::<u8>(r, V4_Q_PROTO),
+            get::<u32>(r, V4_Q_SRC),
+            get::<u32>(r, V4_Q_DST),
+            get::<u16>(r, V4_Q_SPORT),
+        )
+    };
+    if ty != ICMP_DEST_UNREACH || vihl != 0x45 {
+        return xdp_action::XDP_PASS;
+    }
+    let Some((svc, backend)) = owner(p, [src, 0, 0, 0], sport, proto, [dst, 0, 0, 0]) else {
+        return xdp_action::XDP_PASS;
+    };
+    let dsr = svc.forwarding == FWD_DSR;
+    // Pointers for the writes are taken afresh after the helper calls.
+    let pkt = Packet::reload(ctx);
+    if !dsr {
+        let (Some(outer), Some(r)) = (
+            pkt.ptr::<[u8; V4_OUTER]>(p.l3_off),
+            pkt.ptr::<[u8; V4_REGION]>(p.l4_off),
+        ) else {
+            return xdp_action::XDP_PASS;
+        };
+        let (outer, r) = (outer as *mut u8, r as *mut u8);
+        let addr = backend.addr[0];
+        let new_sport = if backend.port == 0 {
+            sport
+        } else {
+            backend.port
+        };
+        // SAFETY: constant offsets inside the bounds-checked regions.
+        unsafe {
+            let old_qc: u16 = get(r, V4_Q_CHECK);
+            let new_qc = csum::replace32(old_qc, src, addr);
+            let mut sum = csum::begin(get(r, V4_ICMP_CHECK));
+            sum = csum::diff32(sum, src, addr);
+            sum = csum::diff16(sum, sport, new_sport);
+            sum = csum::diff16(sum, old_qc, new_qc);
+            set(r, V4_Q_CHECK, new_qc);
+            set(r, V4_Q_SRC, addr);
+            set(r, V4_Q_SPORT, new_sport);
+            set(r, V4_ICMP_CHECK, csum::finish(sum));
+            let outer_dst: u32 = get(outer, V4_OUTER_DST);
+            set(
+                outer,
+                V4_OUTER_CHECK,
+                csum::replace32(get(outer, V4_OUTER_CHECK), outer_dst, addr),
+            );
+            set(outer, V4_OUTER_DST, addr);
+        }
+    }
+    send(ctx, &pkt, p, &svc, &backend)
+}
+
+#[inline(always)]
+fn process_v6(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
+    let Some(r) = pkt.ptr::<[u8; V6_REGION]>(p.l3_off) else {
+        return xdp_action::XDP_PASS;
+    };
+    let r = r as *mut u8;
+    // SAFETY: constant offsets inside the bounds-checked region.
+    let (ty, next, src, dst, sport) = unsafe {
+        (
+            get::<u8>(r, V6_ICMP_TYPE),
+            get::<u8>(r, V6_Q_NEXT),
+            get::<Addr>(r, V6_Q_SRC),
+            get::<Addr>(r, V6_Q_DST),
+            get::<u16>(r, V6_Q_SPORT),
+        )
+    };
+    if ty != ICMPV6_DEST_UNREACH && ty != ICMPV6_PKT_TOOBIG {
+        return xdp_action::XDP_PASS;
+    }
+    let Some((svc, backend)) = owner(p, src, sport, next, dst) else {
+        return xdp_action::XDP_PASS;
+    };
+    let dsr = svc.forwarding == FWD_DSR;
+    let pkt = Packet::reload(ctx);
+    if !dsr {
+        let Some(r) = pkt.ptr::<[u8; V6_REGION]>(p.l3_off) else {
+            return xdp_action::XDP_PASS;
+        };
+        let r = r as *mut u8;
+        let addr = backend.addr;
+        let new_sport = if backend.port == 0 {
+            sport
+        } else {
+            backend.port
+        };
+        // SAFETY: constant offsets inside the bounds-checked region.
+        unsafe {
+            let outer_dst: Addr = get(r, V6_OUTER_DST);
+            let mut sum = csum::begin(get(r, V6_ICMP_CHECK));
+            sum = csum::diff_addr(sum, &src, &addr, 4);
+            sum = csum::diff16(sum, sport, new_sport);
+            // ICMPv6 checksums the pseudo-header, which holds the outer destination.
+            sum = csum::diff_addr(sum, &outer_dst, &addr, 4);
+            set(r, V6_Q_SRC, addr);
+            set(r, V6_Q_SPORT, new_sport);
+            set(r, V6_OUTER_DST, addr);
+            set(r, V6_ICMP_CHECK, csum::finish(sum));
+        }
+    }
+    send(ctx, &pkt, p, &svc, &backend)
+}
+
+/// The service the quoted reply came from and the backend owning the quoted client, if
+/// the client has a live entry. A service without one counts `icmp_unmatched`.
+#[inline(always)]
+fn owner(
+    p: &Parsed,
+    src: Addr,
+    sport: u16,
+    proto: u8,
+    client: Addr,
+) -> Option<(ServiceInfo, Backend)> {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let mut key = Endpoint {
+        addr: src,
+        port: sport,
+        proto,
+        family: p.family,
+    };
+    // SAFETY: map values copied out at once.
+    let svc = match unsafe { SERVICES.get(&key) } {
+        Some(s) => *s,
+        None => {
+            key.port = 0;
+            *unsafe { SERVICES.get(&key) }?
+        }
+    };
+    let st = stats::service(svc.id)?;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let found = unsafe {
+        STICK.get(&StickKey {
+            service_id: svc.id,
+            client,
+        })
+    }
+    .and_then(|e| {
+        let b = BACKENDS.get(e.backend_id)?;
+        (judge(e, Some(b), svc.id, now, svc.expiry_ns) == Verdict::Hit && b.family == p.family)
+            .then_some(*b)
+    });
+    let Some(backend) = found else {
+        st.icmp_unmatched += 1;
+        return None;
+    };
+    if svc.forwarding != FWD_DSR && p.ttl <= 1 {
+        // Routed hop would expire: the kernel answers.
+        st.pass_ttl += 1;
+        return None;
+    }
+    Some((svc, backend))
+}
+
+/// Forwards the (rewritten, in NAT mode) error to the backend and counts it.
+#[inline(always)]
+fn send(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo, backend: &Backend) -> u32 {
+    let dsr = svc.forwarding == FWD_DSR;
+    let Some(st) = stats::service(svc.id) else {
+        return xdp_action::XDP_PASS;
+    };
+    match forward(ctx, pkt, p, &p.src, &backend.addr, !dsr) {
+        Forwarded::Sent(action) => {
+            st.icmp_to_backend += 1;
+            action
+        }
+        Forwarded::NoRoute => {
+            st.drop_no_route += 1;
+            xdp_action::XDP_DROP
+        }
+        Forwarded::NoNeighbour | Forwarded::Kernel => {
+            st.fib_miss += 1;
+            if dsr {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}
