@@ -806,6 +806,8 @@ impl Agent {
                 "drop_no_backend": st.drop_no_backend, "drop_no_route": st.drop_no_route,
                 "fib_miss": st.fib_miss, "pass_ttl": st.pass_ttl,
                 "reply_packets": st.reply_packets, "reply_bytes": st.reply_bytes,
+                "icmp_to_backend": st.icmp_to_backend, "icmp_unmatched": st.icmp_unmatched,
+                "frag_forwarded": st.frag_forwarded, "frag_unmatched": st.frag_unmatched,
                 "backends": backends,
             }));
         }

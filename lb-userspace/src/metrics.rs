@@ -50,6 +50,26 @@ pub fn render(stats: &Value) -> String {
             "stickylb_service_fib_miss_total",
             "Packets handed to the kernel because the FIB had no neighbour or fast path.",
         ),
+        (
+            "icmp_to_backend",
+            "stickylb_service_icmp_to_backend_total",
+            "ICMP errors about a client's flow steered to its backend.",
+        ),
+        (
+            "icmp_unmatched",
+            "stickylb_service_icmp_unmatched_total",
+            "ICMP errors about the service with no live client entry, passed to the kernel.",
+        ),
+        (
+            "frag_forwarded",
+            "stickylb_service_fragments_forwarded_total",
+            "IPv4 fragments forwarded (first ones with the flow, later ones by the client's entry).",
+        ),
+        (
+            "frag_unmatched",
+            "stickylb_service_fragments_unmatched_total",
+            "Later IPv4 fragments without a single live client entry, passed to the kernel.",
+        ),
     ];
     let services = stats
         .get("services")
