@@ -85,7 +85,14 @@ pub fn build(release: bool) -> Result<()> {
 pub fn test(extra: &[String]) -> Result<()> {
     // The agent and demo binaries the end-to-end tests run: `cargo test` builds a
     // package's binaries only for that package's own integration tests.
-    run(&mut pinned(["build", "--bins", "-p", "lb-userspace", "-p", "stickylb-tests"]))?;
+    run(&mut pinned([
+        "build",
+        "--bins",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "stickylb-tests",
+    ]))?;
     run(pinned(["test", "--no-fail-fast"]).args(extra))
 }
 

@@ -51,7 +51,7 @@ enum Command {
     /// its recovery and an agent restart (needs root).
     Demo(demo::Args),
     /// Run the benchmark.
-    Bench,
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +81,6 @@ fn run(command: Command) -> Result<()> {
         Command::Fmt => cargo::fmt(),
         Command::Clippy => cargo::clippy(),
         Command::Demo(args) => demo::run_with(&args),
-        Command::Bench => bench::run(),
+        Command::Bench(args) => bench::run_with(&args),
     }
 }

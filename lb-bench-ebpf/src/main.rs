@@ -1,0 +1,300 @@
+//! XDP programs of the benchmark (`stickylb-bench`), built for the BPF target by
+//! `bench/build.rs`; on the host this crate compiles to an empty binary.
+//!
+//! - `bench_wrapper` makes `BPF_PROG_TEST_RUN` with `repeat` measure the same packet
+//!   every time: the kernel runs the program `repeat` times on one buffer and never
+//!   restores it, so a NAT rewrite would change every later run. On each run the wrapper
+//!   sets the packet back to the fixture (length with `bpf_xdp_adjust_tail`, bytes copied
+//!   from the `FIXTURE` array in a bounded loop), optionally writes a varying 32-bit
+//!   value (a client address) into it, then tail-calls the program under test in slot 0
+//!   of `TARGET`. A failed tail call returns `XDP_ABORTED`, which the bench rejects.
+//! - `bench_pass` (returns `XDP_PASS`) and `bench_macswap` (parses Ethernet and the IP
+//!   header, swaps the MACs, `XDP_TX`) are the baselines.
+//! - `bench_ktime`, `bench_ktime_coarse`, `bench_hash`, `bench_lru` and `bench_fib` each do one of the costly
+//!   operations of stickylb's hit path, to show where its time goes.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{
+        bindings::{bpf_fib_lookup, xdp_action},
+        helpers::{
+            self, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_xdp_adjust_tail,
+        },
+        macros::{map, xdp},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+        programs::XdpContext,
+        EbpfContext as _,
+    };
+
+    /// Largest fixture, in bytes.
+    const FIXTURE_MAX: usize = 256;
+
+    /// The packet every run starts from. Layout shared with `bench/src/wrapper.rs`.
+    #[repr(C)]
+    pub struct Fixture {
+        /// Length in bytes, 14..=256.
+        len: u32,
+        /// Byte offset of the 32-bit field to vary per run; 0 = none.
+        vary_offset: u32,
+        /// The field is `vary_base + (run counter & vary_mask)`, written big-endian.
+        vary_base: u32,
+        vary_mask: u32,
+        /// The packet, then slack for the last word's masked offset.
+        data: [u8; FIXTURE_MAX + 8],
+    }
+
+    #[map]
+    static FIXTURE: Array<Fixture> = Array::with_max_entries(1, 0);
+
+    /// Per-CPU run counter for the varying field.
+    #[map]
+    static COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Slot 0: the program under test.
+    #[map]
+    static TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+    #[xdp]
+    pub fn bench_wrapper(ctx: XdpContext) -> u32 {
+        if reset(&ctx).is_none() {
+            return xdp_action::XDP_ABORTED;
+        }
+        // SAFETY: tail call into a program of the same type; returns only on failure.
+        unsafe { TARGET.tail_call(&ctx, 0) };
+        xdp_action::XDP_ABORTED
+    }
+
+    /// Rewrites the packet to the fixture; `None` if that was not possible.
+    #[inline(always)]
+    fn reset(ctx: &XdpContext) -> Option<()> {
+        let fx = FIXTURE.get_ptr(0)?;
+        // SAFETY: map value pointer, valid for this run.
+        let fx = unsafe { &*fx };
+        let len = fx.len as usize;
+        if !(14..=FIXTURE_MAX).contains(&len) {
+            return None;
+        }
+        if ctx.data_end() - ctx.data() != len {
+            let delta = len as i32 - (ctx.data_end() - ctx.data()) as i32;
+            // SAFETY: helper on the program's own context.
+            if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+                return None;
+            }
+        }
+        let data = ctx.data();
+        let end = ctx.data_end();
+        if end - data != len {
+            return None;
+        }
+        let src = fx.data.as_ptr();
+        // Whole 8-byte words, then one more word ending at the last byte (overlapping
+        // the previous one). Volatile stores keep the compiler from turning this into a
+        // `memcpy` call, which BPF does not have.
+        let mut off = 0;
+        for _ in 0..FIXTURE_MAX / 8 {
+            if off + 8 > len {
+                break;
+            }
+            let p = data + off;
+            if p + 8 > end {
+                return None;
+            }
+            // SAFETY: packet bounds checked above; `off + 8 <= len <= FIXTURE_MAX`.
+            unsafe {
+                let word = core::ptr::read_unaligned(src.add(off) as *const u64);
+                core::ptr::write_volatile(p as *mut u64, word);
+            }
+            off += 8;
+        }
+        if off < len {
+            // `len - 8` (len >= 14), masked so that the verifier sees its bounds.
+            let last = (len - 8) & (FIXTURE_MAX - 1);
+            let p = data + last;
+            if p + 8 > end {
+                return None;
+            }
+            // SAFETY: packet bounds checked above; `last + 8 <= FIXTURE_MAX + 7`, within
+            // the fixture buffer's slack.
+            unsafe {
+                let word = core::ptr::read_unaligned(src.add(last) as *const u64);
+                core::ptr::write_volatile(p as *mut u64, word);
+            }
+        }
+        let at = fx.vary_offset as usize;
+        if at != 0 {
+            let counter = COUNTER.get_ptr_mut(0)?;
+            // SAFETY: per-CPU map value, this CPU's copy, valid for this run.
+            let n = unsafe {
+                let n = (*counter).wrapping_add(1);
+                *counter = n;
+                n
+            };
+            let value = fx.vary_base.wrapping_add(n & fx.vary_mask).to_be();
+            let at = at & (FIXTURE_MAX - 1);
+            if data + at + 4 > end {
+                return None;
+            }
+            // SAFETY: bounds checked against the packet end just above.
+            unsafe { core::ptr::write_unaligned((data + at) as *mut u32, value) };
+        }
+        Some(())
+    }
+
+    #[xdp]
+    pub fn bench_pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
+    const ETH_HLEN: usize = 14;
+    const ETH_P_IP: u16 = 0x0800;
+    const ETH_P_IPV6: u16 = 0x86DD;
+
+    /// Parses Ethernet and the IPv4 / IPv6 header, swaps the MACs and bounces the packet.
+    #[xdp]
+    pub fn bench_macswap(ctx: XdpContext) -> u32 {
+        let data = ctx.data();
+        let end = ctx.data_end();
+        if data + ETH_HLEN > end {
+            return xdp_action::XDP_PASS;
+        }
+        let eth = data as *mut u8;
+        // SAFETY: bounds checked against data_end above and below.
+        unsafe {
+            let proto = u16::from_be(*(eth.add(12) as *const u16));
+            let ip = data + ETH_HLEN;
+            match proto {
+                ETH_P_IP => {
+                    if ip + 20 > end || *(ip as *const u8) >> 4 != 4 {
+                        return xdp_action::XDP_PASS;
+                    }
+                }
+                ETH_P_IPV6 => {
+                    if ip + 40 > end || *(ip as *const u8) >> 4 != 6 {
+                        return xdp_action::XDP_PASS;
+                    }
+                }
+                _ => return xdp_action::XDP_PASS,
+            }
+            let dst = eth as *mut [u8; 6];
+            let src = eth.add(6) as *mut [u8; 6];
+            let tmp = *dst;
+            *dst = *src;
+            *src = tmp;
+        }
+        xdp_action::XDP_TX
+    }
+
+    // Components, run without the wrapper (they leave the packet alone). Each answers
+    // `XDP_TX` when its operation succeeded and `XDP_DROP` otherwise, so the bench can
+    // tell that it measured the successful path.
+
+    /// Keyed by a 24-byte endpoint (the size of stickylb's service key): IPv4 destination.
+    #[map]
+    static HASH: HashMap<[u32; 6], u32> = HashMap::with_max_entries(1024, 0);
+
+    /// Keyed and valued like stickylb's stick table: (0, IPv4 source) → 16 bytes.
+    #[map]
+    static LRU: LruHashMap<[u32; 5], [u64; 2]> = LruHashMap::with_max_entries(1024, 0);
+
+    const AF_INET: u8 = 2;
+
+    /// (source, destination) of an untagged IPv4 frame, as the 32-bit words in memory.
+    #[inline(always)]
+    fn ipv4(ctx: &XdpContext) -> Option<(u32, u32)> {
+        let data = ctx.data();
+        if data + ETH_HLEN + 20 > ctx.data_end() {
+            return None;
+        }
+        // SAFETY: bounds checked above.
+        unsafe {
+            if u16::from_be(*((data + 12) as *const u16)) != ETH_P_IP {
+                return None;
+            }
+            Some((
+                core::ptr::read_unaligned((data + ETH_HLEN + 12) as *const u32),
+                core::ptr::read_unaligned((data + ETH_HLEN + 16) as *const u32),
+            ))
+        }
+    }
+
+    #[inline(always)]
+    fn verdict(ok: bool) -> u32 {
+        if ok {
+            xdp_action::XDP_TX
+        } else {
+            xdp_action::XDP_DROP
+        }
+    }
+
+    /// `bpf_ktime_get_ns` (stickylb reads it once per packet for `last_seen`).
+    #[xdp]
+    pub fn bench_ktime(_ctx: XdpContext) -> u32 {
+        // SAFETY: helper without arguments.
+        verdict(unsafe { bpf_ktime_get_ns() } != 0)
+    }
+
+    /// `bpf_ktime_get_coarse_ns`: the same clock at tick resolution, for comparison.
+    #[xdp]
+    pub fn bench_ktime_coarse(_ctx: XdpContext) -> u32 {
+        // SAFETY: helper without arguments.
+        verdict(unsafe { bpf_ktime_get_coarse_ns() } != 0)
+    }
+
+    /// One lookup in a hash map with a 24-byte key (stickylb's service lookup).
+    #[xdp]
+    pub fn bench_hash(ctx: XdpContext) -> u32 {
+        let Some((_, dst)) = ipv4(&ctx) else {
+            return xdp_action::XDP_PASS;
+        };
+        verdict(HASH.get_ptr(&[dst, 0, 0, 0, 0, 0]).is_some())
+    }
+
+    /// One lookup in an LRU hash keyed like the stick table (a sticky hit's lookup).
+    #[xdp]
+    pub fn bench_lru(ctx: XdpContext) -> u32 {
+        let Some((src, _)) = ipv4(&ctx) else {
+            return xdp_action::XDP_PASS;
+        };
+        verdict(LRU.get_ptr_mut(&[0, src, 0, 0, 0]).is_some())
+    }
+
+    /// One `bpf_fib_lookup` of the packet's IPv4 source → destination (what stickylb
+    /// does for every forwarded packet); `XDP_TX` when the FIB gave a next hop.
+    #[xdp]
+    pub fn bench_fib(ctx: XdpContext) -> u32 {
+        let Some((src, dst)) = ipv4(&ctx) else {
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: plain C struct, all-zero is a valid initial value.
+        let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        fib.family = AF_INET;
+        fib.l4_protocol = 6;
+        fib.ifindex = ctx.ingress_ifindex() as u32;
+        fib.__bindgen_anon_3.ipv4_src = src;
+        fib.__bindgen_anon_4.ipv4_dst = dst;
+        // SAFETY: helper call with a pointer to a properly sized, initialised struct.
+        let rc = unsafe {
+            helpers::bpf_fib_lookup(
+                ctx.as_ptr(),
+                &mut fib,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                0,
+            )
+        };
+        verdict(rc == 0)
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 4] = *b"GPL\0";
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
