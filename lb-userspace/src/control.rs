@@ -206,10 +206,16 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Respon
     let mut line =
         serde_json::to_string(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    // The agent may answer and close before reading (a refused peer): a failed write
+    // still leaves its answer to read.
+    let written = (&stream).write_all(line.as_bytes());
     let mut reader = BufReader::new(&stream);
     let mut resp = String::new();
-    reader.read_line(&mut resp).map_err(io)?;
+    let read = reader.read_line(&mut resp);
+    if resp.is_empty() {
+        written.map_err(io)?;
+        read.map_err(io)?;
+    }
     serde_json::from_str(&resp).map_err(|e| ClientError::BadResponse(format!("{e}: {resp:?}")))
 }
 
