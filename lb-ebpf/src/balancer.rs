@@ -10,7 +10,7 @@ use lb_common::{
 
 use crate::{
     dsr,
-    forward::{forward, lookup, send, Forwarded, Lookup},
+    forward::{forward, lookup, not_sent, send, Forwarded, Lookup},
     fragment, icmp,
     maps::JUMP,
     nat::{self, End},
@@ -175,23 +175,16 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             }
             action
         }
-        Forwarded::NoRoute => {
-            st.drop_no_route += 1;
-            xdp_action::XDP_DROP
-        }
-        Forwarded::NoNeighbour | Forwarded::Kernel => {
-            st.fib_miss += 1;
-            if dsr {
-                // The kernel would route by the VIP, not to the backend: never pass.
-                // The agent primes backend neighbours so this stays rare.
-                xdp_action::XDP_DROP
-            } else {
+        other => {
+            let action = not_sent(st, &other, dsr);
+            if action == xdp_action::XDP_PASS {
                 // Already rewritten to the backend: the kernel routes it and resolves
-                // the neighbour; later packets take the fast path.
+                // the neighbour; later packets take the fast path. (DSR drops: the
+                // agent primes backend neighbours so that stays rare.)
                 st.packets += 1;
                 st.bytes += len;
-                xdp_action::XDP_PASS
             }
+            action
         }
     }
 }
@@ -228,15 +221,13 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
             st.reply_bytes += len;
             action
         }
-        Forwarded::NoRoute => {
-            st.drop_no_route += 1;
-            xdp_action::XDP_DROP
-        }
-        Forwarded::NoNeighbour | Forwarded::Kernel => {
-            st.fib_miss += 1;
-            st.reply_packets += 1;
-            st.reply_bytes += len;
-            xdp_action::XDP_PASS
+        other => {
+            let action = not_sent(st, &other, false);
+            if action == xdp_action::XDP_PASS {
+                st.reply_packets += 1;
+                st.reply_bytes += len;
+            }
+            action
         }
     }
 }

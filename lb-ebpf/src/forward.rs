@@ -171,3 +171,21 @@ fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
     }
     true
 }
+
+/// The verdict and counters for a packet that was not sent directly: no route → drop
+/// (`drop_no_route`); no neighbour or no fast path → `fib_miss`, then the kernel takes
+/// the (already rewritten) packet, except in DSR mode, where it would route by the VIP
+/// instead of to the backend, so the packet is dropped.
+#[inline(always)]
+pub fn not_sent(st: &mut lb_common::ServiceStats, outcome: &Forwarded, dsr: bool) -> u32 {
+    if let Forwarded::NoRoute = outcome {
+        st.drop_no_route += 1;
+        return xdp_action::XDP_DROP;
+    }
+    st.fib_miss += 1;
+    if dsr {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}

@@ -13,7 +13,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{forward, Forwarded},
+    forward::{forward, not_sent, Forwarded},
     maps::{BACKENDS, FRAGMENTS, SERVICES, STICK},
     packet::{get, set, Packet},
     parse::Parsed,
@@ -111,17 +111,6 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
             }
             action
         }
-        Forwarded::NoRoute => {
-            st.drop_no_route += 1;
-            xdp_action::XDP_DROP
-        }
-        Forwarded::NoNeighbour | Forwarded::Kernel => {
-            st.fib_miss += 1;
-            if dsr {
-                xdp_action::XDP_DROP
-            } else {
-                xdp_action::XDP_PASS
-            }
-        }
+        other => not_sent(st, &other, dsr),
     }
 }

@@ -21,7 +21,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{forward, Forwarded},
+    forward::{forward, not_sent, Forwarded},
     maps::{BACKENDS, SERVICES, STICK},
     packet::{get, set, Packet},
     parse::Parsed,
@@ -250,17 +250,6 @@ fn send(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo, backend: 
             st.icmp_to_backend += 1;
             action
         }
-        Forwarded::NoRoute => {
-            st.drop_no_route += 1;
-            xdp_action::XDP_DROP
-        }
-        Forwarded::NoNeighbour | Forwarded::Kernel => {
-            st.fib_miss += 1;
-            if dsr {
-                xdp_action::XDP_DROP
-            } else {
-                xdp_action::XDP_PASS
-            }
-        }
+        other => not_sent(st, &other, dsr),
     }
 }
