@@ -10,6 +10,7 @@
 //! `Drop`, so tests can run in parallel, re-run, and panic safely.
 
 pub mod agent;
+pub mod fuzz;
 pub mod lab;
 pub mod netns;
 pub mod packets;

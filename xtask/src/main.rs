@@ -8,6 +8,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
     Demo(demo::Args),
     /// Run the benchmark.
     Bench(bench::BenchArgs),
+    /// Fuzz the data path for long (release build, 20M packets by default; needs root).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,5 +85,6 @@ fn run(command: Command) -> Result<()> {
         Command::Clippy => cargo::clippy(),
         Command::Demo(args) => demo::run_with(&args),
         Command::Bench(args) => bench::run_with(&args),
+        Command::Fuzz(args) => fuzz::run_with(&args),
     }
 }
