@@ -15,6 +15,8 @@
 //!
 //! Needs root (namespaces, BPF). Run it with `cargo xtask bench [--quick]`.
 
+mod control_plane;
+mod netpath;
 mod report;
 mod wrapper;
 
@@ -73,9 +75,20 @@ struct Args {
     /// CPU to run on (default: the last one this process may use).
     #[arg(long)]
     cpu: Option<usize>,
-    /// Where to write latest.json, latest.md and latest.svg (default: <target>/bench).
+    /// Where to write latest.json, latest.md, latest.svg and latest-netpath.svg
+    /// (default: <target>/bench).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Parts of the benchmark to run, comma-separated: 1 per-packet cost, 2 stick-table
+    /// scale (runs part 1's baselines too), 3 network path, 4 control plane (default all).
+    #[arg(long, value_delimiter = ',')]
+    parts: Option<Vec<u8>>,
+    /// Rounds of the network-path cases (default 3; 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds measured per network-path case and round (default 4; 1.5 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
 }
 
 /// Run parameters, as recorded in the report.
@@ -170,6 +183,79 @@ fn run(args: Args) -> Result<()> {
         cfg.runs, cfg.repeat, machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg
     );
 
+    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4]);
+    ensure!(
+        parts.iter().all(|p| (1..=4).contains(p)),
+        "--parts takes 1, 2, 3, 4"
+    );
+    // The agent binary the network-path and control-plane parts run: next to this one.
+    if std::env::var_os("STICKYLB_BIN").is_none() {
+        let exe = std::env::current_exe()?;
+        let bin = exe.with_file_name("stickylb");
+        ensure!(
+            bin.exists() || !(parts.contains(&3) || parts.contains(&4)),
+            "{} not found: build it (`cargo build --release -p lb-userspace --bins`, \
+             or run through `cargo xtask bench`)",
+            bin.display()
+        );
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("STICKYLB_BIN", &bin) };
+    }
+    let (results, scale, programs) = if parts.contains(&1) || parts.contains(&2) {
+        let mut cfg = cfg.clone();
+        if !parts.contains(&2) {
+            cfg.sizes.clear();
+        }
+        parts_1_2(&cfg)?
+    } else {
+        (Vec::new(), Vec::new(), Vec::new())
+    };
+    let netpath = if parts.contains(&3) {
+        let haproxy = netpath::ensure_haproxy()?;
+        let opts = netpath::Options {
+            rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
+            pps_seconds: args.seconds.unwrap_or(if args.quick { 1.5 } else { 4.0 }),
+            tcp_seconds: args.seconds.unwrap_or(if args.quick { 1.5 } else { 4.0 }),
+            clients: 65_536,
+            cpu,
+        };
+        println!(
+            "\npart 3, network path: {} round(s) × {} s per case; generator and path on CPU {cpu}",
+            opts.rounds, opts.pps_seconds
+        );
+        Some(netpath::run(&opts, haproxy).context("part 3 (network path)")?)
+    } else {
+        None
+    };
+    let control = if parts.contains(&4) {
+        let opts = control_plane::Options {
+            samples: if args.quick { 5 } else { 21 },
+            hc_seconds: if args.quick { 4.0 } else { 10.0 },
+        };
+        println!("\npart 4, control plane ...");
+        Some(control_plane::run(&opts).context("part 4 (control plane)")?)
+    } else {
+        None
+    };
+
+    let mut report = Report::new(machine, cfg.clone(), results, scale, programs);
+    report.netpath = netpath;
+    report.control = control;
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.finish();
+    report.print();
+    let out_dir = args.out_dir.unwrap_or_else(default_out_dir);
+    report.write(&out_dir)?;
+    println!(
+        "\nwrote {}/latest.{{json,md,svg}}; took {:.0} s",
+        out_dir.display(),
+        report.elapsed_s
+    );
+    Ok(())
+}
+
+/// Parts 1 and 2: per-packet cost with `BPF_PROG_TEST_RUN` and stick-table scale.
+fn parts_1_2(cfg: &Config) -> Result<(Vec<CaseResult>, Vec<ScaleResult>, Vec<wrapper::ProgSize>)> {
     // The lab: a namespace whose FIB resolves the backends and the client gateway, and a
     // loaded stickylb (default table size) for the fixed-client cases.
     let Lab {
@@ -245,7 +331,7 @@ fn run(args: Args) -> Result<()> {
     }
 
     // Warm-up: every case once (this also creates the fixed clients' entries).
-    let r = Runner { ns: &ns, cfg: &cfg };
+    let r = Runner { ns: &ns, cfg };
     for case in &cases {
         let n = case.warmup.unwrap_or(cfg.warmup);
         r.run_case(case, &mut bench, &insts, n, false)
@@ -262,12 +348,19 @@ fn run(args: Args) -> Result<()> {
         }
     }
 
-    let programs = vec![
-        wrapper::prog_size("stickylb", insts[0].program()?)?,
+    let mut programs = vec![wrapper::prog_size("stickylb", insts[0].program()?)?];
+    // The side programs the data path tail-calls (not on the hit path).
+    for name in ["stickylb_icmp", "stickylb_fragment"] {
+        if let Some(p) = insts[0].ebpf.program(name) {
+            let p: &Xdp = p.try_into()?;
+            programs.push(wrapper::prog_size(name, p)?);
+        }
+    }
+    programs.extend([
         wrapper::prog_size(wrapper::WRAPPER, bench.program(wrapper::WRAPPER)?)?,
         wrapper::prog_size(wrapper::PASS, bench.program(wrapper::PASS)?)?,
         wrapper::prog_size(wrapper::MACSWAP, bench.program(wrapper::MACSWAP)?)?,
-    ];
+    ]);
     let mut results: Vec<CaseResult> = cases.into_iter().map(Case::result).collect();
     let mut scale = Vec::new();
     for (n, rotation, fill_s, memlock, max_entries) in tables {
@@ -286,19 +379,7 @@ fn run(args: Args) -> Result<()> {
         });
     }
     drop(insts);
-
-    let mut report = Report::new(machine, cfg.clone(), results, scale, programs);
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    report.finish();
-    report.print();
-    let out_dir = args.out_dir.unwrap_or_else(default_out_dir);
-    report.write(&out_dir)?;
-    println!(
-        "\nwrote {}/latest.{{json,md,svg}}; took {:.0} s",
-        out_dir.display(),
-        report.elapsed_s
-    );
-    Ok(())
+    Ok((results, scale, programs))
 }
 
 /// Every client is new: `10.0.0.0 + n`, n counting up on every run (no wrap within

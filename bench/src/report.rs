@@ -7,6 +7,8 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
+    control_plane::ControlReport,
+    netpath::NetpathReport,
     wrapper::{ProgSize, Sample, Vary},
     Config,
 };
@@ -170,6 +172,10 @@ pub struct Report {
     pub scale: Vec<ScaleResult>,
     pub programs: Vec<ProgSize>,
     pub goals: Vec<Goal>,
+    /// Part 3, when run.
+    pub netpath: Option<NetpathReport>,
+    /// Part 4, when run.
+    pub control: Option<ControlReport>,
 }
 
 /// Median over rounds of `f(a[i], b[i])`; `None` if the run counts differ.
@@ -185,7 +191,7 @@ fn paired(a: &[u32], b: &[u32], f: impl Fn(f64, f64) -> f64) -> Option<f64> {
     Some(median(&v))
 }
 
-fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
@@ -238,6 +244,8 @@ impl Report {
             scale,
             programs,
             goals: Vec::new(),
+            netpath: None,
+            control: None,
         }
     }
 
@@ -354,6 +362,29 @@ impl Report {
                 }
             }
         }
+        if let Some(np) = &self.netpath {
+            for key in ["slb_nat", "slb_dsr"] {
+                let (Some(a), Some(b)) = (
+                    np.pps.iter().find(|p| p.key == key),
+                    np.pps.iter().find(|p| p.key == "nft"),
+                ) else {
+                    continue;
+                };
+                let r: Vec<f64> = a
+                    .runs_delivered_pps
+                    .iter()
+                    .zip(&b.runs_delivered_pps)
+                    .map(|(x, y)| x / y)
+                    .collect();
+                let r = median(&r);
+                goals.push(Goal {
+                    goal: format!("{} ≥ 3× nftables DNAT (packets/s)", a.label),
+                    measured: r,
+                    limit: 3.0,
+                    met: r >= 3.0,
+                });
+            }
+        }
         self.goals = goals;
     }
 
@@ -427,13 +458,20 @@ impl Report {
                 p.jited_bytes
             );
         }
+        if let Some(np) = &self.netpath {
+            out.push_str(&np.text());
+        }
+        if let Some(cp) = &self.control {
+            out.push_str(&cp.text());
+        }
         let _ = writeln!(out);
         for g in &self.goals {
             let _ = writeln!(
                 out,
-                "goal {:<62} {:>5.2} (≤ {:.1}) {}",
+                "goal {:<62} {:>5.2} ({} {:.1}) {}",
                 g.goal,
                 g.measured,
+                if g.goal.contains('≥') { "≥" } else { "≤" },
                 g.limit,
                 if g.met { "met" } else { "NOT met" }
             );
@@ -517,13 +555,20 @@ impl Report {
                 p.jited_bytes
             );
         }
+        if let Some(np) = &self.netpath {
+            out.push_str(&np.markdown());
+        }
+        if let Some(cp) = &self.control {
+            out.push_str(&cp.markdown());
+        }
         let _ = writeln!(out, "\n| goal | measured | limit | |\n|---|---:|---:|---|");
         for g in &self.goals {
             let _ = writeln!(
                 out,
-                "| {} | {:.2} | {:.1} | {} |",
+                "| {} | {:.2} | {}{:.1} | {} |",
                 g.goal,
                 g.measured,
+                if g.goal.contains('≥') { "≥ " } else { "" },
                 g.limit,
                 if g.met { "met" } else { "**not met**" }
             );
@@ -628,11 +673,15 @@ impl Report {
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let json = serde_json::to_string_pretty(self)?;
-        for (name, text) in [
+        let mut files = vec![
             ("latest.json", json),
             ("latest.md", self.markdown()),
             ("latest.svg", self.svg()),
-        ] {
+        ];
+        if let Some(np) = &self.netpath {
+            files.push(("latest-netpath.svg", np.svg(&self.machine)));
+        }
+        for (name, text) in files {
             let path = dir.join(name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -640,7 +689,7 @@ impl Report {
     }
 }
 
-fn xml(s: &str) -> String {
+pub fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

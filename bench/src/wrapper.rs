@@ -12,7 +12,7 @@ use aya::{
 use serde::Serialize;
 
 /// The compiled benchmark programs, embedded at build time by `build.rs`.
-static BENCH_OBJECT: &[u8] =
+pub(crate) static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench-ebpf"));
 
 /// Program names in the object.

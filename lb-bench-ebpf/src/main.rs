@@ -12,6 +12,9 @@
 //!   header, swaps the MACs, `XDP_TX`) are the baselines.
 //! - `bench_ktime`, `bench_ktime_coarse`, `bench_hash`, `bench_lru` and `bench_fib` each do one of the costly
 //!   operations of stickylb's hit path, to show where its time goes.
+//! - `bench_gen` generates traffic (run with `BPF_PROG_TEST_RUN` in live-frames mode: its
+//!   `XDP_TX` frames leave through a real veth) from up to 65 536 client addresses, and
+//!   `bench_count`, on every backend, counts (and drops) what arrives.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -284,6 +287,148 @@ mod program {
             )
         };
         verdict(rc == 0)
+    }
+
+    // Part 3 (through a real network path): a traffic generator run with
+    // `BPF_PROG_TEST_RUN` in live-frames mode, and a counter on every backend.
+
+    /// Configuration of `bench_gen`. Layout shared with `bench/src/netpath.rs`.
+    #[repr(C)]
+    pub struct GenConfig {
+        /// First client address (host order); client n is `src_base + (n & src_mask)`.
+        src_base: u32,
+        src_mask: u32,
+        /// One's-complement sum of the IPv4 header's 16-bit words without the source
+        /// address and with the checksum field zero (folded to 32 bits by userspace).
+        ip_sum: u32,
+        _pad: u32,
+        /// The first 48 bytes of the frame: Ethernet, IPv4, UDP headers, payload start.
+        header: [u64; 6],
+    }
+
+    #[map]
+    static GEN: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+    /// Per-CPU frame counter of the generator.
+    #[map]
+    static GEN_COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Writes the headers of the frame (in live-frames mode the kernel recycles pages
+    /// without restoring their contents, and the balancer may have rewritten them), the
+    /// next client address and the IPv4 checksum, then `XDP_TX`: the kernel sends the
+    /// frame out of the interface named as ingress in the run's context.
+    #[xdp]
+    pub fn bench_gen(ctx: XdpContext) -> u32 {
+        match gen(&ctx) {
+            Some(()) => xdp_action::XDP_TX,
+            None => xdp_action::XDP_ABORTED,
+        }
+    }
+
+    #[inline(always)]
+    fn gen(ctx: &XdpContext) -> Option<()> {
+        let cfg = GEN.get_ptr(0)?;
+        // SAFETY: map value pointer, valid for this run.
+        let cfg = unsafe { &*cfg };
+        let data = ctx.data();
+        if data + 48 > ctx.data_end() {
+            return None;
+        }
+        let counter = GEN_COUNTER.get_ptr_mut(0)?;
+        // SAFETY: per-CPU map value, this CPU's copy; packet bounds checked above (48
+        // bytes: 6 words, the source address at 26..30, the checksum at 24..26).
+        unsafe {
+            let n = (*counter).wrapping_add(1);
+            *counter = n;
+            for i in 0..6 {
+                core::ptr::write_volatile((data + 8 * i) as *mut u64, cfg.header[i]);
+            }
+            let src = cfg.src_base.wrapping_add(n & cfg.src_mask);
+            let mut sum = cfg.ip_sum + (src >> 16) + (src & 0xffff);
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            core::ptr::write_unaligned((data + 26) as *mut u32, src.to_be());
+            core::ptr::write_unaligned((data + 24) as *mut u16, (!(sum as u16)).to_be());
+        }
+        Some(())
+    }
+
+    /// UDP destination port the backends count (`bench/src/netpath.rs`: `UDP_PORT`).
+    const COUNT_PORT: u16 = 9000;
+
+    /// Slot 0: IPv4 UDP packets to `COUNT_PORT` (counted and dropped); slot 1: anything
+    /// else (passed to the kernel: ARP, TCP of the connection test).
+    #[map]
+    static COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+    /// The backends' counter: counts and drops the generator's frames, so that the
+    /// backend's own stack does not weigh on the CPU the whole path shares.
+    #[xdp]
+    pub fn bench_count(ctx: XdpContext) -> u32 {
+        let data = ctx.data();
+        let mut ours = false;
+        if data + ETH_HLEN + 20 + 8 <= ctx.data_end() {
+            // SAFETY: bounds checked above.
+            unsafe {
+                let ip = data + ETH_HLEN;
+                let ihl = usize::from(*(ip as *const u8) & 0x0f) * 4;
+                if u16::from_be(*((data + 12) as *const u16)) == ETH_P_IP
+                    && *((ip + 9) as *const u8) == 17
+                    && ihl == 20
+                    && u16::from_be(*((ip + 22) as *const u16)) == COUNT_PORT
+                {
+                    ours = true;
+                }
+            }
+        }
+        if let Some(c) = COUNT.get_ptr_mut(if ours { 0 } else { 1 }) {
+            // SAFETY: per-CPU map value, this CPU's copy.
+            unsafe { *c += 1 };
+        }
+        if ours {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        }
+    }
+
+    /// Configuration of `bench_redirect`. Layout shared with `bench/src/netpath.rs`.
+    #[repr(C)]
+    pub struct RedirectConfig {
+        ifindex: u32,
+        /// Destination then source MAC address of the forwarded frame.
+        macs: [u8; 12],
+    }
+
+    #[map]
+    static REDIRECT: Array<RedirectConfig> = Array::with_max_entries(1, 0);
+
+    /// The floor of any XDP balancer on this path: the generator's frames (IPv4 UDP to
+    /// `COUNT_PORT`) get fixed MAC addresses and go out of one fixed interface with
+    /// `bpf_redirect`, no lookup at all; anything else is passed.
+    #[xdp]
+    pub fn bench_redirect(ctx: XdpContext) -> u32 {
+        let data = ctx.data();
+        if data + ETH_HLEN + 20 + 8 > ctx.data_end() {
+            return xdp_action::XDP_PASS;
+        }
+        let Some(cfg) = REDIRECT.get_ptr(0) else {
+            return xdp_action::XDP_ABORTED;
+        };
+        // SAFETY: bounds checked above; map value valid for this run.
+        unsafe {
+            let ip = data + ETH_HLEN;
+            if u16::from_be(*((data + 12) as *const u16)) != ETH_P_IP
+                || *((ip + 9) as *const u8) != 17
+                || *(ip as *const u8) != 0x45
+                || u16::from_be(*((ip + 22) as *const u16)) != COUNT_PORT
+            {
+                return xdp_action::XDP_PASS;
+            }
+            let cfg = &*cfg;
+            core::ptr::write_unaligned(data as *mut [u8; 12], cfg.macs);
+            helpers::bpf_redirect(cfg.ifindex, 0) as u32
+        }
     }
 
     #[panic_handler]

@@ -1,9 +1,11 @@
-//! `cargo xtask bench [--quick]`: sets up, builds `stickylb-bench` (crate `bench/`) in
-//! release with the pinned toolchain, and runs it. Needs root: the benchmark creates a
-//! network namespace and loads XDP programs.
+//! `cargo xtask bench [--quick] [--parts 1,2,3,4]`: sets up, builds `stickylb-bench`
+//! (crate `bench/`) and the `stickylb` agent (which parts 3 and 4 run) in release with the
+//! pinned toolchain, and runs the benchmark. Needs root: it creates network namespaces,
+//! loads XDP programs, and installs HAProxy (Debian package) for part 3 if missing.
 //!
-//! The benchmark prints a table and writes `target/bench/latest.{json,md,svg}`; see
-//! `docs/BENCHMARKS.md`. It is not part of `cargo xtask test` and never fails a test run.
+//! The benchmark prints a table and writes `target/bench/latest.{json,md,svg}` and
+//! `latest-netpath.svg`; see `docs/BENCHMARKS.md`. It is not part of `cargo xtask test`
+//! and never fails a test run.
 
 use anyhow::Result;
 use clap::Args;
@@ -17,6 +19,10 @@ pub struct BenchArgs {
     /// of 1k and 100k entries only.
     #[arg(long)]
     pub quick: bool,
+    /// Parts to run, comma-separated: 1 per-packet cost, 2 stick-table scale, 3 network
+    /// path, 4 control plane (default: all).
+    #[arg(long)]
+    pub parts: Option<String>,
 }
 
 pub fn run_with(args: &BenchArgs) -> Result<()> {
@@ -27,6 +33,9 @@ pub fn run_with(args: &BenchArgs) -> Result<()> {
         "--release",
         "--package",
         "stickylb-bench",
+        "--package",
+        "lb-userspace",
+        "--bins",
     ]))?;
     let mut cmd = cargo::pinned([
         "run",
@@ -38,6 +47,9 @@ pub fn run_with(args: &BenchArgs) -> Result<()> {
     ]);
     if args.quick {
         cmd.arg("--quick");
+    }
+    if let Some(parts) = &args.parts {
+        cmd.args(["--parts", parts]);
     }
     cargo::run(&mut cmd)
 }
