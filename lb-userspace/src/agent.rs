@@ -32,7 +32,7 @@ use tokio::{
 
 use crate::{
     config::{self, BackendConfig, Config, ServiceConfig},
-    control::{parse_request, BackendDef, Request, Response, ServiceDef, MAX_REQUEST},
+    control::{self, Request, Response, MAX_REQUEST},
     dataplane::Dataplane,
     health::{HealthChecker, Target, TargetKey, Transition},
     loader::{self, LoadOptions, XdpMode},
@@ -81,12 +81,21 @@ pub struct Agent {
     layout: PinLayout,
     state: StateDir,
     attached: Vec<(String, String)>,
+    /// Index of each attached interface when it was attached (0: gone); see
+    /// [`Agent::watch_interfaces`].
+    ifindexes: BTreeMap<String, u32>,
     started: Instant,
     reloads: u64,
     stick_capacity: u32,
 }
 
 type Shared = Arc<Mutex<Agent>>;
+
+/// Locks the agent. A panic while it was held (a bug) must not take every later request,
+/// health change and signal down with it: the lock is taken over instead.
+fn lock(agent: &Shared) -> std::sync::MutexGuard<'_, Agent> {
+    agent.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -187,41 +196,84 @@ pub fn iface_driver(iface: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
-fn attach_all(
+/// The index of an interface in the agent's network namespace; 0 when there is none.
+fn ifindex(name: &str) -> u32 {
+    match std::ffi::CString::new(name) {
+        // SAFETY: if_nametoindex with a valid C string.
+        Ok(c) => unsafe { libc::if_nametoindex(c.as_ptr()) },
+        Err(_) => 0,
+    }
+}
+
+/// Attaches to (or adopts the pinned attachment of) one interface; returns how.
+fn attach_one(
     ebpf: &mut Ebpf,
     layout: &PinLayout,
-    opts: &AgentOptions,
-) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for iface in &opts.ifaces {
-        let how = match opts.xdp_mode {
-            ModeChoice::Native => pins::attach_pinned(ebpf, layout, iface, XdpMode::Native)?,
-            ModeChoice::Skb => pins::attach_pinned(ebpf, layout, iface, XdpMode::Skb)?,
-            ModeChoice::Auto => {
-                if iface_driver(iface).as_deref() == Some("veth") {
-                    log::info!("{iface} is a veth: using skb mode (native XDP on veth needs `tx off` on senders and `gro on` on peers; --xdp-mode native forces it)");
-                    pins::attach_pinned(ebpf, layout, iface, XdpMode::Skb)?
-                } else {
-                    match pins::attach_pinned(ebpf, layout, iface, XdpMode::Native) {
-                        Ok(a) => a,
-                        Err(e) => {
-                            log::warn!(
-                                "{iface}: native XDP failed ({e:#}); falling back to skb mode"
-                            );
-                            pins::attach_pinned(ebpf, layout, iface, XdpMode::Skb)?
-                        }
+    mode: ModeChoice,
+    iface: &str,
+) -> Result<String> {
+    let how = match mode {
+        ModeChoice::Native => pins::attach_pinned(ebpf, layout, iface, XdpMode::Native)?,
+        ModeChoice::Skb => pins::attach_pinned(ebpf, layout, iface, XdpMode::Skb)?,
+        ModeChoice::Auto => {
+            if iface_driver(iface).as_deref() == Some("veth") {
+                log::info!("{iface} is a veth: using skb mode (native XDP on veth needs `tx off` on senders and `gro on` on peers; --xdp-mode native forces it)");
+                pins::attach_pinned(ebpf, layout, iface, XdpMode::Skb)?
+            } else {
+                match pins::attach_pinned(ebpf, layout, iface, XdpMode::Native) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log::warn!("{iface}: native XDP failed ({e:#}); falling back to skb mode");
+                        pins::attach_pinned(ebpf, layout, iface, XdpMode::Skb)?
                     }
                 }
             }
-        };
-        let desc = match how {
-            Attachment::Adopted => "adopted".to_string(),
-            Attachment::Attached(m) => format!("{m:?}").to_lowercase(),
-        };
+        }
+    };
+    Ok(match how {
+        Attachment::Adopted => "adopted".to_string(),
+        Attachment::Attached(m) => format!("{m:?}").to_lowercase(),
+    })
+}
+
+/// Attaches to every interface; returns how, and each interface's index (0: gone).
+type Attached = (Vec<(String, String)>, BTreeMap<String, u32>);
+
+fn attach_all(ebpf: &mut Ebpf, layout: &PinLayout, opts: &AgentOptions) -> Result<Attached> {
+    let mut out = Vec::new();
+    let mut indexes = BTreeMap::new();
+    for iface in &opts.ifaces {
+        let index = ifindex(iface);
+        indexes.insert(iface.clone(), index);
+        if index == 0 {
+            if layout.link(iface).exists() {
+                // Attached by a previous agent, deleted since: not a typo. Start without
+                // it (the other interfaces need their health checks and control plane);
+                // it is attached when it comes back.
+                log::warn!("interface {iface} is gone (it was attached before; deleted since): starting without it; it is attached again if {iface} comes back");
+                out.push((iface.clone(), "gone".to_string()));
+                continue;
+            }
+            let here: Vec<String> = std::fs::read_dir("/sys/class/net")
+                .map(|d| {
+                    let mut v: Vec<String> = d
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect();
+                    v.sort();
+                    v
+                })
+                .unwrap_or_default();
+            bail!(
+                "interface {iface:?} does not exist in the agent's network namespace: check --iface (interfaces here: {})",
+                here.join(", ")
+            );
+        }
+        let desc = attach_one(ebpf, layout, opts.xdp_mode, iface)?;
         log::info!("{iface}: XDP {desc}");
         out.push((iface.clone(), desc));
     }
-    Ok(out)
+    Ok((out, indexes))
 }
 
 impl Agent {
@@ -310,13 +362,9 @@ impl Agent {
         self.state.save(&self.config.to_toml(), &meta)
     }
 
-    /// Tries `change` on a copy of the configuration; keeps it only if it plans cleanly.
-    fn change(
-        &mut self,
-        change: impl FnOnce(&mut Config) -> Result<(), String>,
-    ) -> Result<(), String> {
-        let mut next = self.config.clone();
-        change(&mut next)?;
+    /// Makes `next` (a changed copy of the configuration, see [`control::check`]) the
+    /// running configuration; keeps the old one if it cannot be applied.
+    fn change(&mut self, next: Config) -> Result<(), String> {
         let specs: Vec<_> = next.services.iter().map(|s| s.spec.clone()).collect();
         crate::plan::validate(&specs).map_err(|e| e.to_string())?;
         let previous = std::mem::replace(&mut self.config, next);
@@ -332,10 +380,16 @@ impl Agent {
 
     /// Re-reads the config file; the running configuration stays if it is refused.
     fn reload(&mut self) -> Result<Value, String> {
+        let started = Instant::now();
         let bytes = std::fs::read(&self.opts.config)
             .map_err(|e| format!("reading {}: {e}", self.opts.config.display()))?;
-        let text = String::from_utf8(bytes.clone())
-            .map_err(|_| format!("{} is not UTF-8", self.opts.config.display()))?;
+        let text = String::from_utf8(bytes.clone()).map_err(|e| {
+            format!(
+                "{} is not UTF-8 (invalid byte at offset {}): save it as UTF-8; the running configuration is kept",
+                self.opts.config.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
         let cfg = config::parse(&text, &self.opts.config.display().to_string())
             .map_err(|e| e.to_string())?;
         let previous = std::mem::replace(&mut self.config, cfg);
@@ -350,37 +404,19 @@ impl Agent {
             return Err(format!("reload refused, running configuration kept: {e:#}"));
         }
         self.reloads += 1;
+        let ms = started.elapsed().as_millis() as u64;
         log::info!(
-            "reloaded {} ({} services)",
+            "reloaded {} ({} services) in {ms} ms",
             self.opts.config.display(),
             self.config.services.len()
         );
         Ok(
-            json!({ "reloaded": self.opts.config.display().to_string(), "services": self.config.services.len() }),
+            json!({ "reloaded": self.opts.config.display().to_string(), "services": self.config.services.len(), "ms": ms }),
         )
     }
 
     fn service(&self, name: &str) -> Result<&ServiceConfig, String> {
-        self.config
-            .services
-            .iter()
-            .find(|s| s.spec.name == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self
-                    .config
-                    .services
-                    .iter()
-                    .map(|s| s.spec.name.as_str())
-                    .collect();
-                format!(
-                    "no service named {name:?}; services: {}",
-                    if names.is_empty() {
-                        "(none)".into()
-                    } else {
-                        names.join(", ")
-                    }
-                )
-            })
+        control::find_service(&self.config, name)
     }
 
     fn service_id(&self, name: &str) -> Result<u32, String> {
@@ -392,33 +428,7 @@ impl Agent {
 
     /// Finds a backend of a service by `ADDR:PORT` (or `ADDR` when unambiguous).
     fn backend_addr(&self, service: &str, address: &str) -> Result<SocketAddr, String> {
-        let s = self.service(service)?;
-        let list = || {
-            s.backends
-                .iter()
-                .map(|b| b.addr.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if let Ok(sa) = address.parse::<SocketAddr>() {
-            if let Some(b) = s.backends.iter().find(|b| b.addr == sa) {
-                return Ok(b.addr);
-            }
-        } else if let Ok(ip) = address.parse::<IpAddr>() {
-            let found: Vec<_> = s.backends.iter().filter(|b| b.addr.ip() == ip).collect();
-            if found.len() == 1 {
-                return Ok(found[0].addr);
-            }
-        } else {
-            return Err(format!(
-                "{address:?} is not a backend address: use ADDR:PORT as listed ({})",
-                list()
-            ));
-        }
-        Err(format!(
-            "service {service:?} has no backend {address}; backends: {}",
-            list()
-        ))
+        control::find_backend(self.service(service)?, address)
     }
 
     fn backend_json(&self, s: &ServiceConfig, b: &BackendConfig) -> Value {
@@ -437,7 +447,7 @@ impl Agent {
             "address": b.addr.to_string(),
             "id": id,
             "weight": b.weight,
-            "admin": admin_name(b.admin),
+            "admin": control::admin_name(b.admin),
             "health": match (&s.health.kind, &status) {
                 (HealthKind::None, _) => "none",
                 (_, Some(st)) if st.up => "up",
@@ -445,6 +455,9 @@ impl Agent {
                 (_, None) => "up",
             },
             "state": match effective { BackendState::Up => "up", BackendState::Drain => "drain", BackendState::Down => "down" },
+            // Health changes of state (up↔down) since the agent started: a rising count on a
+            // backend that is up now is a flapping backend.
+            "flaps": status.as_ref().map(|st| st.transitions).unwrap_or(0),
             "check": status,
             "packets": stats.packets,
             "bytes": stats.bytes,
@@ -458,6 +471,13 @@ impl Agent {
 
     /// Handles one control request.
     pub fn handle(&mut self, req: Request) -> Result<Value, String> {
+        // Arguments and configuration changes are checked without the maps; a change is
+        // then applied here, and the other requests are answered from the maps below.
+        if let Some(edit) = control::check(&self.config, &req)? {
+            self.change(edit.config)?;
+            log::info!("{} by control command", edit.log);
+            return Ok(edit.result);
+        }
         match req {
             Request::Status => Ok(json!({
                 "instance": self.opts.instance,
@@ -493,28 +513,6 @@ impl Agent {
                     })
                     .collect(),
             )),
-            Request::ServiceAdd { service } => {
-                let sc = service_from_def(&service)?;
-                let name = sc.spec.name.clone();
-                self.change(|c| {
-                    if c.services.iter().any(|s| s.spec.name == name) {
-                        return Err(format!("service {name:?} exists already: remove it first or use backend commands"));
-                    }
-                    c.services.push(sc);
-                    Ok(())
-                })?;
-                log::info!("service {name} added by control command");
-                Ok(json!({ "added": name }))
-            }
-            Request::ServiceRemove { name } => {
-                self.service(&name)?;
-                self.change(|c| {
-                    c.services.retain(|s| s.spec.name != name);
-                    Ok(())
-                })?;
-                log::info!("service {name} removed by control command");
-                Ok(json!({ "removed": name }))
-            }
             Request::BackendList { service } => {
                 if let Some(s) = &service {
                     self.service(s)?;
@@ -530,70 +528,17 @@ impl Agent {
                 }
                 Ok(Value::Array(v))
             }
-            Request::BackendAdd { service, backend } => {
-                let bc = backend_from_def(&backend, self.service(&service)?)?;
-                let addr = bc.addr;
-                self.change(|c| {
-                    let s = c.services.iter_mut().find(|s| s.spec.name == service).unwrap();
-                    if s.backends.iter().any(|b| b.addr == addr) {
-                        return Err(format!("service {service:?} already has backend {addr}"));
-                    }
-                    s.backends.push(bc.clone());
-                    s.spec.backends.push(crate::spec::BackendSpec { addr, weight: bc.weight, state: bc.admin.effective(true) });
-                    Ok(())
-                })?;
-                log::info!("backend {addr} added to {service} by control command");
-                Ok(json!({ "added": addr.to_string(), "service": service }))
-            }
-            Request::BackendRemove { service, address } => {
-                let addr = self.backend_addr(&service, &address)?;
-                self.change(|c| {
-                    let s = c.services.iter_mut().find(|s| s.spec.name == service).unwrap();
-                    s.backends.retain(|b| b.addr != addr);
-                    s.spec.backends.retain(|b| b.addr != addr);
-                    Ok(())
-                })?;
-                log::info!("backend {addr} removed from {service} by control command (its clients are re-picked)");
-                Ok(json!({ "removed": addr.to_string(), "service": service }))
-            }
-            Request::BackendWeight { service, address, weight } => {
-                let addr = self.backend_addr(&service, &address)?;
-                if weight > crate::plan::MAX_WEIGHT {
-                    return Err(format!("weight {weight} is not accepted: use 0..={}", crate::plan::MAX_WEIGHT));
-                }
-                self.change(|c| {
-                    let s = c.services.iter_mut().find(|s| s.spec.name == service).unwrap();
-                    for b in s.backends.iter_mut().filter(|b| b.addr == addr) {
-                        b.weight = weight;
-                    }
-                    for b in s.spec.backends.iter_mut().filter(|b| b.addr == addr) {
-                        b.weight = weight;
-                    }
-                    Ok(())
-                })?;
-                log::info!("backend {addr} of {service}: weight {weight}");
-                Ok(json!({ "service": service, "address": addr.to_string(), "weight": weight }))
-            }
-            Request::BackendState { service, address, state } => {
-                let addr = self.backend_addr(&service, &address)?;
-                let admin = parse_admin(&state)?;
-                self.change(|c| {
-                    let s = c.services.iter_mut().find(|s| s.spec.name == service).unwrap();
-                    for b in s.backends.iter_mut().filter(|b| b.addr == addr) {
-                        b.admin = admin;
-                    }
-                    for b in s.spec.backends.iter_mut().filter(|b| b.addr == addr) {
-                        b.state = admin.effective(true);
-                    }
-                    Ok(())
-                })?;
-                log::info!("backend {addr} of {service}: state {}", admin_name(admin));
-                Ok(json!({ "service": service, "address": addr.to_string(), "state": admin_name(admin) }))
-            }
             Request::TableShow { service, backend, limit } => self.table_show(service, backend, limit),
             Request::TableLookup { service, client } => self.table_lookup(&service, &client),
             Request::TableClear { service, client, backend } => self.table_clear(&service, client, backend),
             Request::TablePin { service, client, backend } => self.table_pin(&service, &client, &backend),
+            // Answered by `control::check` above.
+            Request::ServiceAdd { .. }
+            | Request::ServiceRemove { .. }
+            | Request::BackendAdd { .. }
+            | Request::BackendRemove { .. }
+            | Request::BackendWeight { .. }
+            | Request::BackendState { .. } => Err("internal error: a configuration change was not applied".into()),
         }
     }
 
@@ -618,7 +563,7 @@ impl Agent {
                 let addr = self.backend_addr(s, b)?;
                 Some(self.ids.backend_id(s, addr).ok_or("backend has no id")?)
             }
-            (None, Some(_)) => return Err("--backend needs a SERVICE".into()),
+            (None, Some(b)) => return Err(control::backend_needs_service(b)),
             _ => None,
         };
         let names: BTreeMap<u32, String> = self
@@ -670,15 +615,7 @@ impl Agent {
 
     fn client_key(&self, service: &str, client: &str) -> Result<StickKey, String> {
         let sid = self.service_id(service)?;
-        let ip: IpAddr = client.parse().map_err(|_| {
-            format!("{client:?} is not an IP address: give the client's IPv4 or IPv6 address")
-        })?;
-        let s = self.service(service)?;
-        if ip.is_ipv4() != s.spec.vip.is_ipv4() {
-            return Err(format!(
-                "client {ip} is not of service {service:?}'s address family"
-            ));
-        }
+        let ip = control::parse_client(self.service(service)?, client)?;
         Ok(StickKey {
             service_id: sid,
             client: addr_from_ip(ip).0,
@@ -734,7 +671,7 @@ impl Agent {
         let sid = self.service_id(service)?;
         let mut removed = 0u64;
         match (client, backend) {
-            (Some(_), Some(_)) => return Err("give either --client or --backend, not both".into()),
+            (Some(c), Some(b)) => return Err(control::client_and_backend(&c, &b)),
             (Some(c), None) => {
                 let key = self.client_key(service, &c)?;
                 if self.dp.stick.remove(&key).is_ok() {
@@ -817,102 +754,54 @@ impl Agent {
         })
     }
 
+    /// Compares every interface with its index at attach time. One that disappeared took
+    /// its XDP attachment with it (the kernel detaches a program from a deleted device):
+    /// this is logged, its stale pinned link removed, and the other interfaces carry on.
+    /// One that appears again (new index) is attached afresh.
+    fn watch_interfaces(&mut self) {
+        for i in 0..self.attached.len() {
+            let name = self.attached[i].0.clone();
+            let now = ifindex(&name);
+            let known = self.ifindexes.get(&name).copied().unwrap_or(0);
+            if now == known {
+                continue;
+            }
+            if known != 0 {
+                // The pinned link stays (defunct) until the interface is back: it marks the
+                // interface as attached before, so an agent restarted meanwhile starts
+                // without it instead of refusing it as unknown.
+                log::warn!(
+                    "interface {name} is gone (ifindex {known} deleted): its XDP attachment went with it; the other interfaces keep forwarding; it is attached again if {name} comes back"
+                );
+                self.attached[i].1 = "gone".into();
+                self.ifindexes.insert(name.clone(), 0);
+            }
+            if now != 0 {
+                if let Err(e) = pins::detach_link(&self.layout, &name) {
+                    log::warn!("{name}: cannot remove its stale pinned link: {e:#}");
+                }
+                // Recorded even on failure: retried only if the interface changes again.
+                self.ifindexes.insert(name.clone(), now);
+                match attach_one(&mut self._ebpf, &self.layout, self.opts.xdp_mode, &name) {
+                    Ok(desc) => {
+                        log::info!("interface {name} is back (ifindex {now}): XDP {desc}");
+                        self.attached[i].1 = desc;
+                    }
+                    Err(e) => {
+                        log::error!("interface {name} is back (ifindex {now}) but attaching failed: {e:#}; it is retried when the interface changes again");
+                        self.attached[i].1 = "attach failed".into();
+                    }
+                }
+            }
+        }
+    }
+
     fn on_transition(&mut self, t: Transition) {
         let _ = t;
         if let Err(e) = self.commit(false) {
             log::error!("applying a health change failed: {e:#}");
         }
     }
-}
-
-fn admin_name(a: AdminState) -> &'static str {
-    match a {
-        AdminState::Ready => "ready",
-        AdminState::Drain => "drain",
-        AdminState::Maint => "maint",
-    }
-}
-
-fn parse_admin(s: &str) -> Result<AdminState, String> {
-    match s {
-        "ready" => Ok(AdminState::Ready),
-        "drain" => Ok(AdminState::Drain),
-        "maint" => Ok(AdminState::Maint),
-        other => Err(format!(
-            "state {other:?} is not accepted: use ready, drain or maint"
-        )),
-    }
-}
-
-/// Parses a backend for `service` through the config parser, inside a copy of the
-/// service's own listen address and forwarding mode (so family and port rules apply).
-fn backend_from_def(b: &BackendDef, service: &ServiceConfig) -> Result<BackendConfig, String> {
-    let svc = ServiceDef {
-        name: service.spec.name.clone(),
-        listen: service.spec.vip.to_string(),
-        protocol: None,
-        scheduler: None,
-        forwarding: Some(format!("{:?}", service.spec.forwarding).to_lowercase()),
-        expire: None,
-        health: None,
-        backends: vec![b.clone()],
-    };
-    let cfg = parse_defs(&svc)?;
-    Ok(cfg.backends.into_iter().next().expect("one backend"))
-}
-
-fn service_from_def(d: &ServiceDef) -> Result<ServiceConfig, String> {
-    parse_defs(d)
-}
-
-/// Parses a control-command definition through the config parser, so every default and
-/// check is the config file's.
-fn parse_defs(d: &ServiceDef) -> Result<ServiceConfig, String> {
-    let q = |s: &str| toml_quote(s);
-    let mut t = format!(
-        "[[service]]\nname = {}\nlisten = {}\n",
-        q(&d.name),
-        q(&d.listen)
-    );
-    for (k, v) in [
-        ("protocol", &d.protocol),
-        ("scheduler", &d.scheduler),
-        ("forwarding", &d.forwarding),
-    ] {
-        if let Some(v) = v {
-            t.push_str(&format!("{k} = {}\n", q(v)));
-        }
-    }
-    if let Some(e) = &d.expire {
-        t.push_str(&format!("stick_table = {{ expire = {} }}\n", q(e)));
-    }
-    if let Some(h) = &d.health {
-        t.push_str(&format!("health = {{ kind = {} }}\n", q(h)));
-    }
-    for b in &d.backends {
-        t.push_str(&format!(
-            "[[service.backend]]\naddress = {}\nweight = {}\nstate = {}\n",
-            q(&b.address),
-            b.weight,
-            q(&b.state)
-        ));
-    }
-    let mut c = config::parse(&t, "request").map_err(|e| e.to_string())?;
-    Ok(c.services.remove(0))
-}
-
-fn toml_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Checks the connecting process: root or the agent's own user only.
@@ -932,31 +821,70 @@ fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
     }
 }
 
+/// One request line read from a control connection.
+enum RequestLine {
+    Line(Vec<u8>),
+    /// Longer than [`MAX_REQUEST`]: its bytes were skipped up to its newline (never
+    /// buffered); the length is kept for the answer.
+    TooLong(usize),
+}
+
+/// Reads the next line (without its newline) of at most `max` bytes; `None` at the end.
+/// An oversized line costs no memory: it is skipped as it arrives.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<Option<RequestLine>> {
+    let mut line = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(match total {
+                0 => None,
+                n if n > max => Some(RequestLine::TooLong(n)),
+                _ => Some(RequestLine::Line(line)),
+            });
+        }
+        let (len, found) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if total + len <= max {
+            line.extend_from_slice(&buf[..len]);
+        } else if !line.is_empty() {
+            line = Vec::new();
+        }
+        total += len;
+        r.consume(len + usize::from(found));
+        if found {
+            return Ok(Some(if total > max {
+                RequestLine::TooLong(total)
+            } else {
+                RequestLine::Line(line)
+            }));
+        }
+    }
+}
+
 async fn serve_client(agent: Shared, stream: UnixStream) {
     let (rd, mut wr) = stream.into_split();
-    let mut lines =
-        BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST as u64 * 16)).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let resp = if line.len() > MAX_REQUEST {
-            Response::err(format!(
-                "request of {} bytes refused: at most {MAX_REQUEST}",
-                line.len()
-            ))
-        } else {
-            match parse_request(&line) {
-                Err(e) => Response::err(e),
-                Ok(req) => {
-                    let agent = agent.clone();
-                    let r = tokio::task::spawn_blocking(move || agent.lock().unwrap().handle(req))
-                        .await;
-                    match r {
-                        Ok(Ok(v)) => Response::ok(v),
-                        Ok(Err(e)) => Response::err(e),
-                        Err(e) => Response::err(format!("internal error: {e}")),
-                    }
+    let mut rd = BufReader::new(rd);
+    while let Ok(Some(request)) = read_request(&mut rd, MAX_REQUEST).await {
+        let decoded = match request {
+            RequestLine::TooLong(n) => Err(control::too_long(n)),
+            RequestLine::Line(bytes) => control::decode_line(&bytes),
+        };
+        let resp = match decoded {
+            Ok(None) => continue,
+            Err(e) => Response::err(e),
+            Ok(Some(req)) => {
+                let agent = agent.clone();
+                let r = tokio::task::spawn_blocking(move || lock(&agent).handle(req)).await;
+                match r {
+                    Ok(Ok(v)) => Response::ok(v),
+                    Ok(Err(e)) => Response::err(e),
+                    Err(e) => Response::err(format!("internal error: {e}")),
                 }
             }
         };
@@ -1095,6 +1023,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     let health = HealthChecker::new(tx);
     let mut agent = Agent {
         attached: Vec::new(),
+        ifindexes: BTreeMap::new(),
         opts: opts.clone(),
         config,
         config_fingerprint: fp,
@@ -1114,8 +1043,20 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     agent
         .health
         .set_targets(targets, &|k| !initial_down.contains(k));
+    let applying = Instant::now();
     agent.commit(true)?;
-    agent.attached = attach_all(&mut agent._ebpf, &layout, &opts)?;
+    log::info!(
+        "configuration applied: {} services, {} backends in {} ms",
+        agent.config.services.len(),
+        agent
+            .config
+            .services
+            .iter()
+            .map(|s| s.backends.len())
+            .sum::<usize>(),
+        applying.elapsed().as_millis()
+    );
+    (agent.attached, agent.ifindexes) = attach_all(&mut agent._ebpf, &layout, &opts)?;
     let agent: Shared = Arc::new(Mutex::new(agent));
 
     let listener = bind_socket(&opts.socket)?;
@@ -1133,8 +1074,20 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         tokio::spawn(async move {
             while let Some(t) = rx.recv().await {
                 let agent = agent.clone();
-                let _ = tokio::task::spawn_blocking(move || agent.lock().unwrap().on_transition(t))
-                    .await;
+                let _ = tokio::task::spawn_blocking(move || lock(&agent).on_transition(t)).await;
+            }
+        });
+    }
+    {
+        // Interfaces deleted (or re-created) under the agent: noticed within a second.
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let agent = agent.clone();
+                let _ = tokio::task::spawn_blocking(move || lock(&agent).watch_interfaces()).await;
             }
         });
     }
@@ -1148,7 +1101,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 let agent = agent.clone();
-                let r = tokio::task::spawn_blocking(move || agent.lock().unwrap().reload()).await;
+                let r = tokio::task::spawn_blocking(move || lock(&agent).reload()).await;
                 if let Ok(Err(e)) = r {
                     log::error!("SIGHUP: {e}");
                 }
@@ -1174,7 +1127,44 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
 
 /// Metrics need the agent; re-exported for the metrics module.
 pub(crate) fn with_agent<T>(agent: &Shared, f: impl FnOnce(&Agent) -> T) -> T {
-    f(&agent.lock().unwrap())
+    f(&lock(agent))
 }
 
 pub(crate) type SharedAgent = Shared;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, usize>> {
+        // A tiny buffer, so that lines span many reads.
+        let mut r = tokio::io::BufReader::with_capacity(3, input);
+        let mut out = Vec::new();
+        while let Some(l) = read_request(&mut r, max).await.unwrap() {
+            out.push(match l {
+                RequestLine::Line(b) => Ok(b),
+                RequestLine::TooLong(n) => Err(n),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn request_lines_are_bounded_and_oversized_ones_skipped() {
+        assert_eq!(
+            lines(b"ab\n\ncdef\nxyz", 4).await,
+            vec![
+                Ok(b"ab".to_vec()),
+                Ok(vec![]),
+                Ok(b"cdef".to_vec()),
+                Ok(b"xyz".to_vec())
+            ]
+        );
+        assert_eq!(
+            lines(b"abcdefgh\nok\n0123456", 4).await,
+            vec![Err(8), Ok(b"ok".to_vec()), Err(7)]
+        );
+        assert_eq!(lines(b"", 4).await, vec![]);
+        assert_eq!(lines(b"\xff\xfe\n", 4).await, vec![Ok(vec![0xff, 0xfe])]);
+    }
+}

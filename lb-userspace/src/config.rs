@@ -235,13 +235,28 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let cx = Ctx { origin, text };
     let doc = ImDocument::parse(text).map_err(|e| {
         let (line, column) = cx.line_col(e.span().map_or(0, |s| s.start));
-        let message = e
+        let mut message = e
             .message()
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
+        // The line as written, and what TOML expects when the parser does not say.
+        let written = text.split('\n').nth(line - 1).unwrap_or("").trim_end();
+        let mut shown: String = written.chars().take(80).collect();
+        if shown.len() < written.len() {
+            shown.push_str("...");
+        }
+        let _ = write!(message, ", in `{shown}`");
+        if message.contains("duplicate key") {
+            message.push_str("; give each key once per table");
+        } else if !message.contains("expected") {
+            message.push_str(
+                "; expected TOML such as `[[service]]` or `key = \"string\"` \
+                 (docs/CONFIG.md)",
+            );
+        }
         ConfigError::Syntax {
             origin: origin.to_string(),
             line,
@@ -791,8 +806,12 @@ fn parse_service(cx: &Ctx, t: &Tbl) -> Result<(ServiceConfig, Place), ConfigErro
         if spec.scheduler != Scheduler::Maglev {
             return Err(n.error(
                 cx,
-                "is only used with scheduler = \"maglev\": remove it or set scheduler = \"maglev\""
-                    .to_string(),
+                format!(
+                    "{} is only used with scheduler = \"maglev\" (scheduler is {:?}): remove it \
+                     or set scheduler = \"maglev\"",
+                    n.shown(),
+                    scheduler_name(spec.scheduler)
+                ),
             ));
         }
         let accepted = format!("a prime number from 2 to {RING_REGION} (default {RING_REGION})");
@@ -866,7 +885,8 @@ fn parse_service(cx: &Ctx, t: &Tbl) -> Result<(ServiceConfig, Place), ConfigErro
                 return Err(address.error(
                     cx,
                     format!(
-                        "{} is the same backend as `{first}` ({target}): list each backend once",
+                        "{} is the same backend as `{first}` ({target}): use each backend once \
+                         per service",
                         address.shown()
                     ),
                 ));
@@ -973,7 +993,8 @@ fn parse_health(cx: &Ctx, n: &Node) -> Result<HealthConfig, ConfigError> {
         n.error(
             cx,
             format!(
-                "is only used with kind = \"http\" (kind is {}): remove it or set kind = \"http\"",
+                "{} is only used with kind = \"http\" (kind is {}): remove it or set kind = \"http\"",
+                n.shown(),
                 match kind {
                     Kind::None => "\"none\"",
                     _ => "\"tcp\"",
@@ -1101,8 +1122,8 @@ fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
-/// A TOML basic string.
-fn quote(s: &str) -> String {
+/// A TOML basic string (also used to build TOML from control-command arguments).
+pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -4,7 +4,10 @@
 //! then each service's selection table into its inactive buffer, then the service entry
 //! that flips to it, then reply entries; removals come last.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -218,10 +221,21 @@ impl Dataplane {
         Ok(written)
     }
 
-    /// Writes a selection table into one buffer; returns its offset.
+    /// Writes a selection table into one buffer; returns its offset. One
+    /// `BPF_MAP_UPDATE_BATCH` per table where the kernel has it (5.6+): a Maglev table is
+    /// 65 537 slots, one syscall each otherwise.
     fn write_ring(&mut self, service_id: u32, buffer: u32, ring: &[u32]) -> Result<u32> {
         let offset = ring_offset(service_id, buffer);
-        for (i, id) in ring.iter().enumerate() {
+        let keys: Vec<u32> = (offset..offset + ring.len() as u32).collect();
+        let fd = aya::maps::IterableMap::map(&self.ring).fd().as_fd();
+        let done = match update_batch(fd, &keys, ring) {
+            Ok(n) => n,
+            Err(e) => {
+                log::debug!("batch update of a selection table failed ({e}); writing slot by slot");
+                0
+            }
+        };
+        for (i, id) in ring.iter().enumerate().skip(done) {
             self.ring
                 .set(offset + i as u32, id, 0)
                 .context("writing a selection table")?;
@@ -253,4 +267,56 @@ impl Dataplane {
     pub fn stick_entries(&self) -> Vec<(StickKey, StickValue)> {
         self.stick.iter().filter_map(|r| r.ok()).collect()
     }
+}
+
+/// `BPF_MAP_UPDATE_BATCH` of `u32` keys and values into an array map. Returns how many
+/// elements the kernel wrote (all, unless it failed part way: the caller writes the rest
+/// one by one); an error when the kernel has no batch operations for the map.
+fn update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::Result<usize> {
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    assert_eq!(keys.len(), values.len());
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: bpf(2) with an attr that points at `keys` and `values`, both `count` u32s
+    // long and alive for the call; the kernel writes back only `count`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc == 0 {
+        return Ok(keys.len());
+    }
+    let e = std::io::Error::last_os_error();
+    // Failed part way: `count` says how many were written.
+    if (attr.count as usize) < keys.len() && attr.count > 0 {
+        return Ok(attr.count as usize);
+    }
+    Err(e)
 }

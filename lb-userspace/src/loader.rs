@@ -9,7 +9,8 @@ use lb_common::{
     PROGRAM_ICMP, PROGRAM_NAME,
 };
 
-/// The compiled data path, embedded at build time by `build.rs`.
+/// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
+/// and builds with `STICKYLB_NO_EBPF` set, which [`load`] refuses).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// How to load the program.
@@ -55,6 +56,12 @@ impl XdpMode {
 
 /// Loads the program and its maps into the kernel (not attached yet).
 pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
+    if EBPF_OBJECT.is_empty() {
+        anyhow::bail!(
+            "this stickylb was built without its eBPF object (a fuzzing build, or \
+             STICKYLB_NO_EBPF set at build time): rebuild it with `cargo xtask build`"
+        );
+    }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_STICK, opts.stick_table_size);
     let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {

@@ -11,6 +11,7 @@ use lb_userspace::{
     control::{self, BackendDef, ClientError, Request, ServiceDef, DEFAULT_SOCKET},
     metrics::DEFAULT_METRICS,
     pins::{self, PinLayout, DEFAULT_BPFFS},
+    plan::MAX_WEIGHT,
 };
 use serde_json::Value;
 
@@ -150,7 +151,8 @@ enum BackendCmd {
     Add {
         service: String,
         address: String,
-        #[arg(long, default_value_t = 1)]
+        /// 0..=256 (0 = no new clients).
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = weight_arg)]
         weight: u32,
         /// ready | drain | maint
         #[arg(long, default_value = "ready")]
@@ -162,6 +164,7 @@ enum BackendCmd {
     Weight {
         service: String,
         address: String,
+        #[arg(allow_negative_numbers = true, value_parser = weight_arg)]
         weight: u32,
     },
     /// Set the admin state: ready | drain (keep clients, no new ones) | maint (nobody).
@@ -181,7 +184,7 @@ enum TableCmd {
         #[arg(long)]
         backend: Option<String>,
         /// Show at most N entries (default 100).
-        #[arg(long)]
+        #[arg(long, value_parser = limit_arg)]
         limit: Option<usize>,
     },
     /// One client's entry and what its next packet will do.
@@ -200,6 +203,21 @@ enum TableCmd {
         client: String,
         backend: String,
     },
+}
+
+/// A weight as the CLI reads it: any whole number; the agent refuses one above
+/// [`MAX_WEIGHT`] with its own reason.
+fn weight_arg(s: &str) -> Result<u32, String> {
+    s.trim().parse().map_err(|_| {
+        format!("not a weight: use a whole number 0..={MAX_WEIGHT} (0 = no new clients)")
+    })
+}
+
+/// `--limit`: a number of entries.
+fn limit_arg(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| "not a number of entries: use a whole number, e.g. 100".to_string())
 }
 
 fn state_dir(p: &PinArgs) -> PathBuf {
@@ -527,5 +545,49 @@ fn print_human(req: &Request, v: &Value) {
             );
         }
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bad arguments: the message shows the value and what is accepted.
+    #[test]
+    fn usage_errors_name_the_value_and_what_is_accepted() {
+        for (args, value, hint) in [
+            (
+                "backend weight web 10.0.0.2:80 abc",
+                "'abc'",
+                "use a whole number 0..=256",
+            ),
+            (
+                "backend weight web 10.0.0.2:80 -1",
+                "'-1'",
+                "use a whole number 0..=256",
+            ),
+            (
+                "backend add web 10.0.0.2:80 --weight 1.5",
+                "'1.5'",
+                "0..=256",
+            ),
+            ("table show --limit lots", "'lots'", "e.g. 100"),
+            (
+                "run --config x --xdp-mode fast",
+                "'fast'",
+                "possible values: auto, native, skb",
+            ),
+            ("frobnicate", "'frobnicate'", "Usage:"),
+        ] {
+            let argv = std::iter::once("stickylb").chain(args.split(' '));
+            let err = match Cli::try_parse_from(argv) {
+                Ok(_) => panic!("{args}: accepted"),
+                Err(e) => e.render().to_string(),
+            };
+            assert!(err.contains(value), "{args}: {err}");
+            assert!(err.contains(hint), "{args}: {err}");
+        }
+        // Weights above 256 are the agent's to refuse (exit 1 with its reason).
+        assert!(Cli::try_parse_from(["stickylb", "backend", "weight", "web", "a", "300"]).is_ok());
     }
 }

@@ -141,6 +141,12 @@ pub fn render(stats: &Value) -> String {
             "gauge",
             "Configured weight.",
         ),
+        (
+            "flaps",
+            "stickylb_backend_flaps_total",
+            "counter",
+            "Health changes of state (up to down or down to up) since the agent started.",
+        ),
     ];
     for (key, name, kind, help) in backend_metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -216,11 +222,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn default_address_is_loopback_only() {
+        let addr: std::net::SocketAddr = DEFAULT_METRICS.parse().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+    }
+
+    #[test]
     fn renders_counters_with_labels() {
         let stats = json!({
             "services": [{ "name": "web", "packets": 5, "bytes": 500, "new_clients": 2, "repick_expired": 1, "repick_down": 0,
                 "drop_no_backend": 3, "drop_no_route": 0, "fib_miss": 0, "pass_ttl": 0, "reply_packets": 4, "reply_bytes": 1,
-                "backends": [{ "address": "10.0.0.2:80", "packets": 5, "bytes": 500, "new_clients": 2, "weight": 1,
+                "backends": [{ "address": "10.0.0.2:80", "packets": 5, "bytes": 500, "new_clients": 2, "weight": 1, "flaps": 4,
                     "admin": "ready", "health": "up", "state": "up", "check": { "last_latency_us": 1500 } }] }],
             "stick_table": { "entries": 2, "capacity": 200000 },
         });
@@ -233,6 +245,7 @@ mod tests {
             "stickylb_backend_up{service=\"web\",backend=\"10.0.0.2:80\",state=\"ready\",health=\"up\"} 1",
             "stickylb_backend_check_latency_seconds{service=\"web\",backend=\"10.0.0.2:80\"} 0.0015",
             "stickylb_stick_table_capacity 200000",
+            "stickylb_backend_flaps_total{service=\"web\",backend=\"10.0.0.2:80\"} 4",
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
         }

@@ -123,8 +123,24 @@ pub fn ensure_bpffs(path: &Path) -> Result<PathBuf> {
     if is_bpffs(path) {
         return Ok(path.to_path_buf());
     }
-    fs::create_dir_all(path)
-        .with_context(|| format!("creating bpffs mount point {}", path.display()))?;
+    let what_to_do = format!(
+        "give --bpffs an absolute directory the agent can create (default {DEFAULT_BPFFS}), or mount a bpffs yourself: mkdir -p DIR && mount -t bpf bpf DIR"
+    );
+    if !path.is_absolute() {
+        bail!("bpffs path {} is relative: {what_to_do}", path.display());
+    }
+    if path.exists() && !path.is_dir() {
+        bail!(
+            "bpffs path {} exists and is not a directory: {what_to_do}",
+            path.display()
+        );
+    }
+    if let Err(e) = fs::create_dir_all(path) {
+        bail!(
+            "cannot create the bpffs mount point {} ({e}): {what_to_do}",
+            path.display()
+        );
+    }
     let ours = mount_ns("self");
     // SAFETY: getppid has no preconditions.
     let ppid = unsafe { libc::getppid() }.to_string();

@@ -117,6 +117,84 @@ pub struct Ids {
     backends: BTreeMap<(String, SocketAddr), u32>,
 }
 
+/// What a selection table is built from: equal inputs give equal tables.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum RingInput {
+    /// (backend id, weight), in configuration order.
+    RoundRobin(Vec<(u32, u32)>),
+    /// (backend id, key, weight), in configuration order, and the table size.
+    Maglev(Vec<(u32, String, u32)>, u32),
+}
+
+impl RingInput {
+    fn build(&self) -> Vec<u32> {
+        match self {
+            RingInput::RoundRobin(pairs) => wrr::sequence(pairs, RING_REGION),
+            RingInput::Maglev(backends, size) => {
+                let backends: Vec<MaglevBackend> = backends
+                    .iter()
+                    .map(|(id, key, weight)| MaglevBackend {
+                        id: *id,
+                        key: key.clone(),
+                        weight: *weight,
+                    })
+                    .collect();
+                maglev::build(&backends, *size)
+            }
+        }
+    }
+}
+
+/// Selection tables built recently, by input. A Maglev table has up to 65 537 slots and
+/// takes milliseconds to build (far more in a debug build), and every plan needs every
+/// service's table, while a reload, a control command or a health change touches a few
+/// services: the others reuse theirs. The config parser's validation plan and the agent's
+/// plan share the cache (it is process-wide). A table unused for [`RING_CACHE_KEEP`]
+/// plans is dropped, so the cache holds about the tables of the current configuration.
+struct RingCache {
+    generation: u64,
+    tables: std::collections::HashMap<RingInput, (u64, Vec<u32>)>,
+}
+
+const RING_CACHE_KEEP: u64 = 4;
+
+static RING_CACHE: std::sync::Mutex<Option<RingCache>> = std::sync::Mutex::new(None);
+
+fn ring_cache() -> std::sync::MutexGuard<'static, Option<RingCache>> {
+    RING_CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts a plan: ages the cache.
+fn ring_cache_next_generation() {
+    let mut guard = ring_cache();
+    let cache = guard.get_or_insert_with(|| RingCache {
+        generation: 0,
+        tables: Default::default(),
+    });
+    cache.generation += 1;
+    let g = cache.generation;
+    cache
+        .tables
+        .retain(|_, (used, _)| *used + RING_CACHE_KEEP >= g);
+}
+
+/// The table for `input`, from the cache or freshly built (and then cached).
+fn ring_for(input: RingInput) -> Vec<u32> {
+    if let Some(cache) = ring_cache().as_mut() {
+        let g = cache.generation;
+        if let Some((used, ring)) = cache.tables.get_mut(&input) {
+            *used = g;
+            return ring.clone();
+        }
+    }
+    let ring = input.build();
+    if let Some(cache) = ring_cache().as_mut() {
+        let g = cache.generation;
+        cache.tables.insert(input, (g, ring.clone()));
+    }
+    ring
+}
+
 fn proto_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
@@ -188,6 +266,7 @@ impl Ids {
     /// Validates `specs` and computes the map contents. Ids are updated only on success.
     pub fn plan(&mut self, specs: &[ServiceSpec]) -> Result<Plan, PlanError> {
         validate(specs)?;
+        ring_cache_next_generation();
         let mut next = Ids::default();
         // Keep the ids of everything that still exists, then allocate the rest.
         for s in specs {
@@ -304,24 +383,19 @@ impl Ids {
                     value,
                 });
             }
-            let ring = match s.scheduler {
+            let input = match s.scheduler {
                 Scheduler::RoundRobin => {
-                    let pairs: Vec<(u32, u32)> =
-                        eligible.iter().map(|(id, b)| (*id, b.weight)).collect();
-                    wrr::sequence(&pairs, RING_REGION)
+                    RingInput::RoundRobin(eligible.iter().map(|(id, b)| (*id, b.weight)).collect())
                 }
-                Scheduler::Maglev => {
-                    let backends: Vec<MaglevBackend> = eligible
+                Scheduler::Maglev => RingInput::Maglev(
+                    eligible
                         .iter()
-                        .map(|(id, b)| MaglevBackend {
-                            id: *id,
-                            key: b.addr.to_string(),
-                            weight: b.weight,
-                        })
-                        .collect();
-                    maglev::build(&backends, s.maglev_size.unwrap_or(DEFAULT_MAGLEV_SIZE))
-                }
+                        .map(|(id, b)| (*id, b.addr.to_string(), b.weight))
+                        .collect(),
+                    s.maglev_size.unwrap_or(DEFAULT_MAGLEV_SIZE),
+                ),
             };
+            let ring = ring_for(input);
             let expiry_ns = s
                 .expire
                 .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
@@ -719,5 +793,36 @@ mod tests {
         let mut b = ServiceSpec::new("b", sa("10.0.0.7:80")).backend(sa("192.168.1.2:8080"));
         b.forwarding = Forwarding::Dsr;
         assert!(Ids::default().plan(&[a, b]).is_ok());
+    }
+
+    #[test]
+    fn selection_tables_are_reused_only_for_equal_inputs() {
+        let mut m = ServiceSpec::new("m", sa("10.0.0.101:80"))
+            .backend(sa("192.168.2.2:8080"))
+            .backend(sa("192.168.2.3:8080"));
+        m.scheduler = Scheduler::Maglev;
+        let mut ids = Ids::default();
+        let first = ids.plan(&[web(), m.clone()]).unwrap();
+        // Same input, from the cache or not: the same tables.
+        assert_eq!(ids.plan(&[web(), m.clone()]).unwrap(), first);
+        assert_eq!(Ids::default().plan(&[web(), m.clone()]).unwrap(), first);
+        // A changed weight or a backend down changes the tables (never a stale copy).
+        let mut heavier = m.clone();
+        heavier.backends[0].weight = 3;
+        let changed = ids.plan(&[web(), heavier]).unwrap();
+        assert_ne!(changed.services[1].ring, first.services[1].ring);
+        let mut down = web();
+        down.backends[0].state = BackendState::Down;
+        let changed = ids.plan(&[down, m.clone()]).unwrap();
+        assert!(changed.services[0]
+            .ring
+            .iter()
+            .all(|id| *id == changed.backends[1].id));
+        assert_eq!(changed.services[1].ring, first.services[1].ring);
+        // The same backends under another id (another service) are another input.
+        let mut renamed = m;
+        renamed.name = "m2".into();
+        let other = Ids::default().plan(&[renamed, web()]).unwrap();
+        assert!(other.services[0].ring.iter().all(|id| *id < 2));
     }
 }

@@ -73,6 +73,9 @@ pub struct Agent {
     pub instance: String,
     pub ifaces: Vec<String>,
     pub extra_args: Vec<String>,
+    /// bpffs pin directory passed as `--bpffs` ([`TEST_BPFFS`] unless started with
+    /// [`Agent::start_with_bpffs`]).
+    pub bpffs: PathBuf,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -80,6 +83,18 @@ pub struct Agent {
 impl Agent {
     /// Writes `config` and starts the agent on `ifaces` of the namespace.
     pub fn start(ns: &Netns, ifaces: &[&str], config: &str, extra_args: &[&str]) -> Result<Agent> {
+        Self::start_with_bpffs(ns, ifaces, config, extra_args, Path::new(TEST_BPFFS))
+    }
+
+    /// Like [`Agent::start`] with another `--bpffs` directory (the shared test bpffs is
+    /// still mounted first; the agent must deal with `bpffs` itself).
+    pub fn start_with_bpffs(
+        ns: &Netns,
+        ifaces: &[&str],
+        config: &str,
+        extra_args: &[&str],
+        bpffs: &Path,
+    ) -> Result<Agent> {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let instance = format!("t{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("stickylb-{instance}"));
@@ -95,6 +110,7 @@ impl Agent {
             instance,
             ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            bpffs: bpffs.to_path_buf(),
             child: None,
         };
         agent.spawn()?;
@@ -119,7 +135,9 @@ impl Agent {
             cmd.args(["--iface", i]);
         }
         cmd.arg("--socket").arg(&self.socket);
-        cmd.args(["--bpffs", TEST_BPFFS, "--instance", &self.instance]);
+        cmd.arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(["--instance", &self.instance]);
         if !self.extra_args.iter().any(|a| a == "--metrics") {
             cmd.args(["--metrics", "off"]);
         }
@@ -155,6 +173,33 @@ impl Agent {
                     self.socket.display(),
                     self.log_text()
                 );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the agent process is still running (false once it exited or was stopped).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits until the agent's log contains `needle`; false after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -237,13 +282,10 @@ impl Drop for Agent {
         }
         if let Ok(bin) = stickylb_bin() {
             let _ = Command::new(bin)
-                .args([
-                    "detach",
-                    "--bpffs",
-                    TEST_BPFFS,
-                    "--instance",
-                    &self.instance,
-                ])
+                .arg("detach")
+                .arg("--bpffs")
+                .arg(&self.bpffs)
+                .args(["--instance", &self.instance])
                 .arg("--state-dir")
                 .arg(self.dir.join("state"))
                 .output();

@@ -359,6 +359,73 @@ impl Topology {
         Ok(topo)
     }
 
+    /// Adds `n` more client source addresses (up to 60 000), from 198.19.0.0/16 (also
+    /// RFC 2544): `198.19.(k / 250).(k % 250 + 1)` for k in 0..n, as /32s on the client's
+    /// interface, with a route to 198.19.0.0/16 via the client on the balancer. For tests
+    /// that need more clients than [`MAX_CLIENTS`] (a full stick table). Returns them.
+    pub fn add_client_block(&self, n: usize) -> Result<Vec<Ipv4Addr>> {
+        if n > 60_000 {
+            bail!("at most 60000 extra clients, got {n}");
+        }
+        let addrs: Vec<Ipv4Addr> = (0..n)
+            .map(|k| Ipv4Addr::new(198, 19, (k / 250) as u8, (k % 250 + 1) as u8))
+            .collect();
+        let cmds: Vec<String> = addrs
+            .iter()
+            .map(|a| format!("addr add {a}/32 dev {CLIENT_IF}"))
+            .collect();
+        self.client
+            .ip_batch(&cmds)
+            .context("client block addresses")?;
+        self.lb
+            .ip(&[
+                "route",
+                "replace",
+                "198.19.0.0/16",
+                "via",
+                &CLIENT_PRIMARY_V4.to_string(),
+                "dev",
+                LB_CLIENT_IF,
+            ])
+            .context("balancer route to the client block")?;
+        Ok(addrs)
+    }
+
+    /// Re-creates the veth pair between the balancer and backend `index` (1-based) after
+    /// it was deleted (`ip link del to-be<index>` in the balancer removes both ends),
+    /// with the same names, addresses and routes as [`Topology::build`] gave it.
+    pub fn recreate_backend_link(&self, index: usize) -> Result<()> {
+        let b = self.backend(index);
+        self.lb
+            .ip_batch(&[
+                format!(
+                    "link add {} type veth peer name {BACKEND_IF} netns {}",
+                    b.lb_ifname,
+                    b.ns.name()
+                ),
+                format!("addr add {}/24 dev {}", b.lb_v4, b.lb_ifname),
+                format!("addr add {}/64 dev {} nodad", b.lb_v6, b.lb_ifname),
+                format!("link set {} up", b.lb_ifname),
+            ])
+            .with_context(|| format!("re-creating {}", b.lb_ifname))?;
+        b.ns.ip_batch(&[
+            format!("addr add {}/24 dev {BACKEND_IF}", b.v4),
+            format!("addr add {}/64 dev {BACKEND_IF} nodad", b.v6),
+            format!("link set {BACKEND_IF} up"),
+        ])
+        .with_context(|| format!("backend-{index} addresses"))?;
+        self.lb.wait_links_up(&[&b.lb_ifname], LINK_UP_TIMEOUT)?;
+        b.ns.wait_links_up(&[BACKEND_IF], LINK_UP_TIMEOUT)?;
+        b.ns.ip_batch(&[
+            format!("route add default via {} dev {BACKEND_IF}", b.lb_v4),
+            format!("route add ::/0 via {} dev {BACKEND_IF}", b.lb_v6),
+        ])
+        .with_context(|| format!("backend-{index} routes"))?;
+        self.lb
+            .sysctl(&format!("net.ipv4.conf.{}.rp_filter", b.lb_ifname), "0")?;
+        Ok(())
+    }
+
     /// The options this topology was built with.
     pub fn opts(&self) -> &TopologyOpts {
         &self.opts
