@@ -81,7 +81,9 @@ pub fn build(release: bool) -> Result<()> {
 }
 
 /// `cargo test --no-fail-fast <extra>` for the default members only: `lb-ebpf` is a
-/// non-default member that must not be host-tested, so no `--workspace`.
+/// non-default member that must not be host-tested, so no `--workspace`. Then, without
+/// `extra`, a short run of each fuzz target of the agent's inputs
+/// ([`crate::agent_fuzz::agent_fuzz`], `STICKYLB_FUZZ_SECONDS` per target, 0 skips).
 pub fn test(extra: &[String]) -> Result<()> {
     // The agent and demo binaries the end-to-end tests run: `cargo test` builds a
     // package's binaries only for that package's own integration tests.
@@ -93,7 +95,20 @@ pub fn test(extra: &[String]) -> Result<()> {
         "-p",
         "stickylb-tests",
     ]))?;
-    run(pinned(["test", "--no-fail-fast"]).args(extra))
+    let tests = run(pinned(["test", "--no-fail-fast"]).args(extra));
+    let seconds = match std::env::var("STICKYLB_FUZZ_SECONDS") {
+        Ok(s) => s.trim().parse().with_context(|| {
+            format!("STICKYLB_FUZZ_SECONDS={s:?}: give a whole number of seconds (0 skips fuzzing)")
+        })?,
+        Err(_) => crate::agent_fuzz::TEST_SECONDS,
+    };
+    let fuzz = if !extra.is_empty() || seconds == 0 {
+        println!("fuzz: skipped (extra test arguments, or STICKYLB_FUZZ_SECONDS=0)");
+        Ok(())
+    } else {
+        crate::agent_fuzz::agent_fuzz(seconds)
+    };
+    tests.and(fuzz)
 }
 
 /// `cargo fmt --all`.

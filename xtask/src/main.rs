@@ -5,6 +5,7 @@
 //! on aya or on any workspace crate. Everything that builds the project goes through
 //! [`cargo::pinned`], which runs `rustup run <pinned> cargo ...`.
 
+mod agent_fuzz;
 mod bench;
 mod cargo;
 mod demo;

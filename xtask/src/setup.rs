@@ -3,8 +3,9 @@
 //! item (`ok` or `installing ...`).
 //!
 //! Items, in dependency order: Debian packages (apt), the pinned rustup toolchain and
-//! its components, and `bpf-linker` 0.13 built against LLVM 22 (needs `llvm-22-dev`
-//! and `libzstd-dev` from the first step).
+//! its components, `bpf-linker` 0.13 built against LLVM 22 (needs `llvm-22-dev`
+//! and `libzstd-dev` from the first step), and `cargo-fuzz` 0.13 (the fuzz targets of the
+//! agent's inputs, run by `cargo xtask test`).
 
 use std::process::{Command, Stdio};
 
@@ -37,6 +38,7 @@ pub fn run() -> Result<()> {
     toolchain()?;
     components()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     Ok(())
 }
 
@@ -213,4 +215,29 @@ fn bpf_linker() -> Result<()> {
             "bpf-linker was installed but is not on PATH: add $CARGO_HOME/bin (~/.cargo/bin) to PATH"
         ),
     }
+}
+
+/// cargo-fuzz series installed when `cargo fuzz` is missing.
+const CARGO_FUZZ_SERIES: &str = "0.13";
+
+fn cargo_fuzz() -> Result<()> {
+    // Any working cargo-fuzz will do; only a missing one is installed.
+    if let Some(v) = output(Command::new("cargo").args(["fuzz", "--version"])) {
+        println!("{:<24} ok ({})", "cargo-fuzz", v.trim());
+        return Ok(());
+    }
+    installing("cargo-fuzz");
+    cargo::run(&mut cargo::pinned([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        &format!("^{CARGO_FUZZ_SERIES}"),
+    ]))?;
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
+        bail!(
+            "cargo-fuzz was installed but `cargo fuzz` does not run: add $CARGO_HOME/bin (~/.cargo/bin) to PATH"
+        );
+    }
+    Ok(())
 }
