@@ -18,6 +18,17 @@ pub const FWD_DSR: u8 = 2;
 pub const SCHED_ROUNDROBIN: u8 = 1;
 pub const SCHED_MAGLEV: u8 = 2;
 
+/// `ServiceInfo::flags`: a TCP client without an entry gets one only on a SYN (without
+/// ACK); other TCP packets of unknown clients are served by source hash, no entry.
+pub const SVC_SYN_ONLY: u8 = 1;
+/// Default `ServiceInfo::insert_cap`: new entries per second per CPU (Katran's figure).
+pub const DEFAULT_INSERT_CAP: u32 = 125_000;
+/// Length of the insert-cap window.
+pub const INSERT_WINDOW_NS: u64 = 1_000_000_000;
+/// TCP flag bits (byte 13 of the header).
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
 /// Backend states as the data path sees them ([`crate::Backend::state`]).
 /// Slot not in use (removed backend).
 pub const BACKEND_UNUSED: u8 = 0;
@@ -63,6 +74,7 @@ pub const MAP_REVERSE: &str = "REVERSE";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const MAP_INSERT_BUDGET: &str = "INSERT_BUDGET";
 pub const PROGRAM_NAME: &str = "stickylb";
 /// The side-path programs, reached by tail call through `JUMP` at these slots.
 pub const PROGRAM_ICMP: &str = "stickylb_icmp";

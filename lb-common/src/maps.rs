@@ -30,7 +30,9 @@ pub struct ServiceInfo {
     pub forwarding: u8,
     /// [`crate::SCHED_ROUNDROBIN`] or [`crate::SCHED_MAGLEV`].
     pub scheduler: u8,
-    pub _pad: u16,
+    /// [`crate::SVC_SYN_ONLY`], …
+    pub flags: u8,
+    pub _pad: u8,
     /// Length of the active selection table; 0 = no backend takes new clients.
     pub ring_len: u32,
     /// First slot of the active selection table in `RING`.
@@ -39,6 +41,10 @@ pub struct ServiceInfo {
     pub expiry_ns: u64,
     /// A hit rewrites `last_seen` only when it is older than this.
     pub refresh_ns: u64,
+    /// New stick-table entries one CPU may add for this service per second; 0 = no cap.
+    /// Clients beyond it are served by source hash without an entry.
+    pub insert_cap: u32,
+    pub _pad2: u32,
 }
 
 /// Value of `BACKENDS` (an array indexed by backend id).
@@ -137,6 +143,12 @@ pub struct ServiceStats {
     pub frag_forwarded: u64,
     /// Non-first fragments with no (or an ambiguous) client entry: passed to the kernel.
     pub frag_unmatched: u64,
+    /// New clients served by source hash without an entry: a TCP packet other than a
+    /// SYN under `insert_on = "syn"`.
+    pub unpinned_not_syn: u64,
+    /// New clients served by source hash without an entry: this CPU's `insert_cap` for
+    /// the current second was used up.
+    pub unpinned_over_cap: u64,
 }
 
 /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
@@ -166,6 +178,8 @@ impl ServiceStats {
         self.icmp_unmatched += o.icmp_unmatched;
         self.frag_forwarded += o.frag_forwarded;
         self.frag_unmatched += o.frag_unmatched;
+        self.unpinned_not_syn += o.unpinned_not_syn;
+        self.unpinned_over_cap += o.unpinned_over_cap;
     }
 }
 
@@ -191,6 +205,7 @@ mod pod {
     unsafe impl aya::Pod for FragCandidates {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for InsertBudget {}
 }
 
 #[cfg(feature = "user")]
@@ -245,3 +260,12 @@ mod addr_conv {
 
 #[cfg(feature = "user")]
 pub use addr_conv::{addr_from_ip, ip_from_addr};
+
+/// Per-CPU new-entry budget of one service (`INSERT_BUDGET`, indexed by service id): how
+/// many entries this CPU added in the one-second window starting at `window_start_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InsertBudget {
+    pub window_start_ns: u64,
+    pub inserted: u64,
+}

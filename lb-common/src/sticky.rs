@@ -15,6 +15,36 @@ pub enum Verdict {
     RepickExpired,
     /// The entry's backend is down, removed or now belongs to another service.
     RepickDown,
+    /// No entry, and none was added: a TCP packet other than a SYN under
+    /// `insert_on = "syn"`. Served by source hash.
+    UnpinnedNotSyn,
+    /// No entry, and none was added: this CPU's insert cap for the second is used up.
+    /// Served by source hash.
+    UnpinnedOverCap,
+}
+
+/// Whether a TCP packet with these flags opens a connection (SYN without ACK).
+#[inline(always)]
+pub fn is_connection_start(tcp_flags: u8) -> bool {
+    tcp_flags & (crate::TCP_SYN | crate::TCP_ACK) == crate::TCP_SYN
+}
+
+/// The insert-cap decision for one CPU: `budget` is that CPU's window for the service.
+/// Returns whether a new entry may be added now, and charges it when it may.
+#[inline(always)]
+pub fn take_insert_budget(budget: &mut crate::InsertBudget, cap: u32, now_ns: u64) -> bool {
+    if cap == 0 {
+        return true;
+    }
+    if now_ns.wrapping_sub(budget.window_start_ns) >= crate::INSERT_WINDOW_NS {
+        budget.window_start_ns = now_ns;
+        budget.inserted = 0;
+    }
+    if budget.inserted >= cap as u64 {
+        return false;
+    }
+    budget.inserted += 1;
+    true
 }
 
 /// Judges an existing entry. `backend` is the backend slot the entry points at (None when
@@ -69,6 +99,36 @@ mod tests {
             service_id,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn connection_start_is_syn_without_ack() {
+        assert!(is_connection_start(crate::TCP_SYN));
+        assert!(is_connection_start(crate::TCP_SYN | 0x08)); // SYN+PSH
+        assert!(!is_connection_start(crate::TCP_SYN | crate::TCP_ACK));
+        assert!(!is_connection_start(crate::TCP_ACK));
+        assert!(!is_connection_start(0x04)); // RST
+        assert!(!is_connection_start(0));
+    }
+
+    #[test]
+    fn insert_budget_caps_each_one_second_window() {
+        let mut b = crate::InsertBudget::default();
+        let t0 = 5_000_000_000;
+        assert!((0..3).all(|_| take_insert_budget(&mut b, 3, t0)));
+        assert!(!take_insert_budget(&mut b, 3, t0 + 1));
+        assert!(!take_insert_budget(
+            &mut b,
+            3,
+            t0 + crate::INSERT_WINDOW_NS - 1
+        ));
+        // A new window refills it.
+        assert!(take_insert_budget(&mut b, 3, t0 + crate::INSERT_WINDOW_NS));
+        assert_eq!(b.inserted, 1);
+        // Cap 0 = unlimited, never charged.
+        let mut u = crate::InsertBudget::default();
+        assert!((0..1000).all(|_| take_insert_budget(&mut u, 0, t0)));
+        assert_eq!(u.inserted, 0);
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((backend_id, backend, verdict)) = sticky::resolve(svc, &p.src, now) else {
+    let Some((backend_id, backend, verdict)) = sticky::resolve(svc, p, now) else {
         st.drop_no_backend += 1;
         if debug() {
             debug!(
@@ -114,12 +114,14 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         let why: u8 = match verdict {
             Verdict::New => 0,
             Verdict::RepickExpired => 1,
-            _ => 2,
+            Verdict::RepickDown => 2,
+            Verdict::UnpinnedNotSyn => 3,
+            _ => 4,
         };
         if p.family == lb_common::FAMILY_V4 {
             debug!(
                 ctx,
-                "service {}: client {:i} -> backend {} (0=new 1=expired 2=backend down: {})",
+                "service {}: client {:i} -> backend {} (0=new 1=expired 2=backend down 3=unpinned non-SYN 4=unpinned over cap: {})",
                 svc.id,
                 u32::from_be(p.src[0]),
                 backend_id,
@@ -128,7 +130,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         } else {
             debug!(
                 ctx,
-                "service {}: IPv6 client -> backend {} (0=new 1=expired 2=backend down: {})",
+                "service {}: IPv6 client -> backend {} (0=new 1=expired 2=backend down 3=unpinned non-SYN 4=unpinned over cap: {})",
                 svc.id,
                 backend_id,
                 why
@@ -146,8 +148,13 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         Verdict::New => st.new_clients += 1,
         Verdict::RepickExpired => st.repick_expired += 1,
         Verdict::RepickDown => st.repick_down += 1,
+        Verdict::UnpinnedNotSyn => st.unpinned_not_syn += 1,
+        Verdict::UnpinnedOverCap => st.unpinned_over_cap += 1,
     }
-    if verdict != Verdict::Hit {
+    if matches!(
+        verdict,
+        Verdict::New | Verdict::RepickExpired | Verdict::RepickDown
+    ) {
         if let Some(b) = bst {
             b.new_clients += 1;
         }

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, BackendStats, Endpoint, FragCandidates, ReverseValue, ServiceInfo, ServiceStats,
-    StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, RING_SLOTS,
+    Backend, BackendStats, Endpoint, FragCandidates, InsertBudget, ReverseValue, ServiceInfo,
+    ServiceStats, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    RING_SLOTS,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
@@ -41,6 +42,11 @@ pub static REVERSE: HashMap<Endpoint, ReverseValue> = HashMap::with_max_entries(
 /// Per-CPU counters per service id.
 #[map]
 pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per-CPU new-entry budget per service id (the insert cap's one-second window).
+#[map]
+pub static INSERT_BUDGET: PerCpuArray<InsertBudget> =
     PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 /// Per-CPU counters per backend id.

@@ -42,6 +42,8 @@ pub struct Parsed {
     pub proto: u8,
     pub src: Addr,
     pub dst: Addr,
+    /// TCP flags byte (0 for anything else).
+    pub tcp_flags: u8,
     /// Network byte order.
     pub sport: u16,
     pub dport: u16,
@@ -99,7 +101,9 @@ pub fn parse(pkt: &Packet) -> Option<Parsed> {
     }
     // Both TCP and UDP start with the two ports; check the whole fixed header is there.
     if p.proto == PROTO_TCP {
-        pkt.ptr::<[u8; 20]>(p.l4_off)?;
+        let tcp = pkt.ptr::<[u8; 20]>(p.l4_off)?;
+        // SAFETY: the 20-byte header was bounds-checked just above.
+        p.tcp_flags = unsafe { (*tcp)[13] };
     } else {
         pkt.ptr::<[u8; 8]>(p.l4_off)?;
     }
@@ -149,6 +153,7 @@ fn parse_ipv4(pkt: &Packet, l3: usize) -> Option<Parsed> {
         proto,
         src: [src, 0, 0, 0],
         dst: [dst, 0, 0, 0],
+        tcp_flags: 0,
         sport: 0,
         dport: 0,
         ttl,
@@ -181,6 +186,7 @@ fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
         proto,
         src,
         dst,
+        tcp_flags: 0,
         sport: 0,
         dport: 0,
         ttl,

@@ -11,13 +11,17 @@ use lb_common::{
 
 use crate::maps::{BACKENDS, RING, RR_CURSOR};
 
+///
+/// `by_hash`: index the table by the client hash even under round-robin — for clients
+/// served without an entry, and for unknown clients met mid-connection, so that their
+/// packets all agree on one backend without state.
 #[inline(always)]
-pub fn pick(svc: &ServiceInfo, client: &Addr) -> Option<(u32, Backend)> {
+pub fn pick(svc: &ServiceInfo, client: &Addr, by_hash: bool) -> Option<(u32, Backend)> {
     let len = svc.ring_len;
     if len == 0 || len > RING_REGION {
         return None;
     }
-    let start = if svc.scheduler == SCHED_MAGLEV {
+    let start = if by_hash || svc.scheduler == SCHED_MAGLEV {
         client_hash(client)
     } else {
         round_robin_next(svc.id)?

@@ -1,21 +1,25 @@
 //! Stage 3: the stick table. A client with a live entry whose backend still takes its
 //! clients goes there (refreshing last-seen at most once per refresh interval); anyone
-//! else gets a fresh pick, which overwrites the entry.
+//! else gets a fresh pick, which overwrites the entry. Under abuse, a new client may be
+//! served without an entry (by source hash): a non-SYN TCP packet when the service adds
+//! entries only on SYN, or when this CPU used up the service's insert cap for the second.
 
 use lb_common::{
-    sticky::{judge, needs_refresh, Verdict},
-    Addr, Backend, ServiceInfo, StickKey, StickValue,
+    sticky::{is_connection_start, judge, needs_refresh, take_insert_budget, Verdict},
+    Backend, ServiceInfo, StickKey, StickValue, PROTO_TCP, SVC_SYN_ONLY,
 };
 
 use crate::{
-    maps::{BACKENDS, STICK},
+    maps::{BACKENDS, INSERT_BUDGET, STICK},
+    parse::Parsed,
     pick,
 };
 
-/// The backend for `client`: its id, a copy of the slot, and how it was found.
+/// The backend for the packet's client: its id, a copy of the slot, and how it was found.
 /// `None`: a pick was needed and no backend takes new clients.
 #[inline(always)]
-pub fn resolve(svc: &ServiceInfo, client: &Addr, now: u64) -> Option<(u32, Backend, Verdict)> {
+pub fn resolve(svc: &ServiceInfo, p: &Parsed, now: u64) -> Option<(u32, Backend, Verdict)> {
+    let client = &p.src;
     let key = StickKey {
         service_id: svc.id,
         client: *client,
@@ -38,7 +42,25 @@ pub fn resolve(svc: &ServiceInfo, client: &Addr, now: u64) -> Option<(u32, Backe
         }
         None => Verdict::New,
     };
-    let (id, backend) = pick::pick(svc, client)?;
+    // An unknown client met mid-connection (a TCP packet other than a SYN) is picked by
+    // source hash, so that its packets agree on one backend whether or not it gets an
+    // entry. Entries that exist (expired, backend down) are re-picked normally: that
+    // does not grow the table.
+    let mid_connection = p.proto == PROTO_TCP && !is_connection_start(p.tcp_flags);
+    if verdict == Verdict::New {
+        let unpinned = if mid_connection && svc.flags & SVC_SYN_ONLY != 0 {
+            Some(Verdict::UnpinnedNotSyn)
+        } else if !insert_allowed(svc, now) {
+            Some(Verdict::UnpinnedOverCap)
+        } else {
+            None
+        };
+        if let Some(v) = unpinned {
+            let (id, backend) = pick::pick(svc, client, true)?;
+            return Some((id, backend, v));
+        }
+    }
+    let (id, backend) = pick::pick(svc, client, verdict == Verdict::New && mid_connection)?;
     let value = StickValue {
         backend_id: id,
         _pad: 0,
@@ -48,4 +70,17 @@ pub fn resolve(svc: &ServiceInfo, client: &Addr, now: u64) -> Option<(u32, Backe
     // packet picks again, deterministically for Maglev.
     let _ = STICK.insert(&key, &value, 0);
     Some((id, backend, verdict))
+}
+
+/// Charges one new entry to this CPU's budget for the service (see `insert_cap`).
+#[inline(always)]
+fn insert_allowed(svc: &ServiceInfo, now: u64) -> bool {
+    if svc.insert_cap == 0 {
+        return true;
+    }
+    match INSERT_BUDGET.get_ptr_mut(svc.id) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        Some(b) => take_insert_budget(unsafe { &mut *b }, svc.insert_cap, now),
+        None => true,
+    }
 }

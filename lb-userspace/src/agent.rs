@@ -658,6 +658,8 @@ impl Agent {
                 lb_common::sticky::Verdict::RepickExpired => "entry expired: fresh pick",
                 lb_common::sticky::Verdict::RepickDown => "backend down or removed: fresh pick",
                 lb_common::sticky::Verdict::New => "new client: fresh pick",
+                lb_common::sticky::Verdict::UnpinnedNotSyn
+                | lb_common::sticky::Verdict::UnpinnedOverCap => "new client: served by source hash",
             },
         }))
     }
@@ -745,6 +747,7 @@ impl Agent {
                 "reply_packets": st.reply_packets, "reply_bytes": st.reply_bytes,
                 "icmp_to_backend": st.icmp_to_backend, "icmp_unmatched": st.icmp_unmatched,
                 "frag_forwarded": st.frag_forwarded, "frag_unmatched": st.frag_unmatched,
+                "unpinned_not_syn": st.unpinned_not_syn, "unpinned_over_cap": st.unpinned_over_cap,
                 "backends": backends,
             }));
         }

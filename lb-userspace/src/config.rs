@@ -22,8 +22,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use crate::{
     plan::{self, PlanError, MAX_WEIGHT},
     spec::{
-        AdminState, BackendSpec, Forwarding, HealthConfig, HealthKind, Protocol, Scheduler,
-        ServiceSpec,
+        AdminState, BackendSpec, Forwarding, HealthConfig, HealthKind, InsertOn, Protocol,
+        Scheduler, ServiceSpec,
     },
 };
 
@@ -170,11 +170,17 @@ impl Config {
             let expire = spec
                 .expire
                 .map_or_else(|| "never".to_string(), format_duration);
+            let insert_on = match spec.insert_on {
+                InsertOn::Any => "any",
+                InsertOn::Syn => "syn",
+            };
             let _ = writeln!(
                 out,
-                "stick_table = {{ size = {}, expire = {} }}",
+                "stick_table = {{ size = {}, expire = {}, insert_on = {}, insert_cap = {} }}",
                 s.stick_table_size,
-                quote(&expire)
+                quote(&expire),
+                quote(insert_on),
+                spec.insert_cap
             );
             let h = &s.health;
             let kind = match &h.kind {
@@ -355,7 +361,7 @@ const SERVICE_KEYS: &[&str] = &[
     "health",
     "backend",
 ];
-const STICK_KEYS: &[&str] = &["size", "expire"];
+const STICK_KEYS: &[&str] = &["size", "expire", "insert_on", "insert_cap"];
 const HEALTH_KEYS: &[&str] = &[
     "kind",
     "interval",
@@ -833,6 +839,20 @@ fn parse_service(cx: &Ctx, t: &Tbl) -> Result<(ServiceConfig, Place), ConfigErro
         if let Some(n) = st.get("size") {
             stick_table_size = parse_table_size(cx, &n)?;
         }
+        if let Some(n) = st.get("insert_on") {
+            spec.insert_on = n.choice(cx, &[("any", InsertOn::Any), ("syn", InsertOn::Syn)])?;
+            if spec.insert_on == InsertOn::Syn && spec.protocol != Protocol::Tcp {
+                return Err(n.error(
+                    cx,
+                    "insert_on = \"syn\" needs protocol = \"tcp\" (UDP has no SYN): \
+                     use \"any\" for a UDP service"
+                        .to_string(),
+                ));
+            }
+        }
+        if let Some(n) = st.get("insert_cap") {
+            spec.insert_cap = parse_insert_cap(cx, &n)?;
+        }
         if let Some(n) = st.get("expire") {
             spec.expire = match n.item.as_str() {
                 Some(s) if s.trim() == "never" => None,
@@ -930,6 +950,23 @@ fn parse_table_size(cx: &Ctx, n: &Node) -> Result<u32, ConfigError> {
             ),
         )),
     }
+}
+
+fn parse_insert_cap(cx: &Ctx, n: &Node) -> Result<u32, ConfigError> {
+    let cap = match n.item {
+        Item::Value(Value::Integer(v)) => u64::try_from(*v.value()).ok(),
+        Item::Value(Value::String(s)) => parse_size(s.value()).ok(),
+        _ => None,
+    };
+    cap.and_then(|c| u32::try_from(c).ok()).ok_or_else(|| {
+        n.reject(
+            cx,
+            &format!(
+                "new entries per second per CPU, 0 (no cap) to {}, e.g. 125000 or \"125k\"",
+                u32::MAX
+            ),
+        )
+    })
 }
 
 fn parse_health(cx: &Ctx, n: &Node) -> Result<HealthConfig, ConfigError> {
@@ -1694,6 +1731,46 @@ state = "maint"
             4,
             Some("service[0].health.path"),
             &["starting with '/'"],
+        );
+    }
+
+    #[test]
+    fn churn_protections_parse_and_are_checked() {
+        let svc = "[[service]]\nname = \"web\"\nlisten = \"10.0.0.100:80\"\n";
+        let c = parse(
+            &format!("{svc}stick_table = {{ insert_on = \"syn\", insert_cap = \"10k\" }}\n"),
+            "lb.toml",
+        )
+        .unwrap();
+        assert_eq!(c.services[0].spec.insert_on, InsertOn::Syn);
+        assert_eq!(c.services[0].spec.insert_cap, 10_000);
+        // Round trip through the rendered form.
+        let again = parse(&c.to_toml(), "again.toml").unwrap();
+        assert_eq!(again.services[0].spec, c.services[0].spec);
+        // Defaults: any packet, Katran's 125k per CPU per second; 0 = no cap.
+        let d = parse(svc, "lb.toml").unwrap();
+        assert_eq!(d.services[0].spec.insert_on, InsertOn::Any);
+        assert_eq!(d.services[0].spec.insert_cap, 125_000);
+        let z = parse(&format!("{svc}stick_table.insert_cap = 0\n"), "lb.toml").unwrap();
+        assert_eq!(z.services[0].spec.insert_cap, 0);
+
+        check(
+            &format!("{svc}stick_table.insert_on = \"ack\"\n"),
+            4,
+            Some("service[0].stick_table.insert_on"),
+            &["\"ack\" is not accepted", "\"any\"", "\"syn\""],
+        );
+        check(
+            &format!("{svc}protocol = \"udp\"\nstick_table.insert_on = \"syn\"\n"),
+            5,
+            Some("service[0].stick_table.insert_on"),
+            &["needs protocol = \"tcp\"", "use \"any\""],
+        );
+        check(
+            &format!("{svc}stick_table.insert_cap = -1\n"),
+            4,
+            Some("service[0].stick_table.insert_cap"),
+            &["-1 is not accepted", "0 (no cap) to 4294967295"],
         );
     }
 

@@ -70,6 +70,16 @@ pub fn render(stats: &Value) -> String {
             "stickylb_service_fragments_unmatched_total",
             "Later IPv4 fragments without a single live client entry, passed to the kernel.",
         ),
+        (
+            "unpinned_not_syn",
+            "stickylb_service_unpinned_not_syn_total",
+            "New clients served by source hash without an entry: TCP packet other than a SYN under insert_on = \"syn\".",
+        ),
+        (
+            "unpinned_over_cap",
+            "stickylb_service_unpinned_over_cap_total",
+            "New clients served by source hash without an entry: the per-CPU insert_cap for the second was used up.",
+        ),
     ];
     let services = stats
         .get("services")

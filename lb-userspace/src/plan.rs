@@ -13,10 +13,10 @@ use lb_common::{
     sticky::refresh_interval,
     wrr, Backend, Endpoint, ReverseValue, ServiceInfo, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_UP,
     DEFAULT_MAGLEV_SIZE, FWD_DSR, FWD_NAT, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
-    RING_REGION, SCHED_MAGLEV, SCHED_ROUNDROBIN,
+    RING_REGION, SCHED_MAGLEV, SCHED_ROUNDROBIN, SVC_SYN_ONLY,
 };
 
-use crate::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
+use crate::spec::{BackendState, Forwarding, InsertOn, Protocol, Scheduler, ServiceSpec};
 
 /// Highest accepted backend weight (as HAProxy).
 pub const MAX_WEIGHT: u32 = 256;
@@ -410,11 +410,17 @@ impl Ids {
                     Scheduler::RoundRobin => SCHED_ROUNDROBIN,
                     Scheduler::Maglev => SCHED_MAGLEV,
                 },
+                flags: match s.insert_on {
+                    InsertOn::Any => 0,
+                    InsertOn::Syn => SVC_SYN_ONLY,
+                },
                 _pad: 0,
                 ring_len: ring.len() as u32,
                 ring_offset: 0,
                 expiry_ns,
                 refresh_ns: refresh_interval(expiry_ns),
+                insert_cap: s.insert_cap,
+                _pad2: 0,
             };
             plan.services.push(ServiceEntry {
                 name: s.name.clone(),

@@ -59,7 +59,23 @@ pub struct ServiceSpec {
     pub expire: Option<Duration>,
     /// Maglev table size (prime); `None` = default.
     pub maglev_size: Option<u32>,
+    /// Which packets of an unknown client may add its stick-table entry.
+    pub insert_on: InsertOn,
+    /// New entries per second per CPU; 0 = no cap. Clients beyond it are served by
+    /// source hash without an entry.
+    pub insert_cap: u32,
     pub backends: Vec<BackendSpec>,
+}
+
+/// Which packets of an unknown client add its stick-table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertOn {
+    /// Any packet (HAProxy `stick on src`).
+    Any,
+    /// TCP services: only a SYN. Other TCP packets of unknown clients (a spoofed ACK
+    /// flood, or a connection whose entry was evicted) are served by source hash
+    /// without an entry.
+    Syn,
 }
 
 impl ServiceSpec {
@@ -73,6 +89,8 @@ impl ServiceSpec {
             forwarding: Forwarding::Nat,
             expire: Some(Duration::from_secs(30 * 60)),
             maglev_size: None,
+            insert_on: InsertOn::Any,
+            insert_cap: lb_common::DEFAULT_INSERT_CAP,
             backends: Vec::new(),
         }
     }
