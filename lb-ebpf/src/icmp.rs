@@ -74,6 +74,9 @@ fn process_v4(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     let Some(r) = pkt.ptr::<[u8; V4_REGION]>(p.l4_off) else {
         return xdp_action::XDP_PASS;
     };
+    if !p.in_datagram(p.l4_off, V4_REGION) {
+        return xdp_action::XDP_PASS;
+    }
     let r = r as *mut u8;
     // SAFETY: constant offsets inside the bounds-checked region.
     let (ty, vihl, proto, src, dst, sport) = unsafe {
@@ -138,6 +141,9 @@ fn process_v6(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     let Some(r) = pkt.ptr::<[u8; V6_REGION]>(p.l3_off) else {
         return xdp_action::XDP_PASS;
     };
+    if !p.in_datagram(p.l3_off, V6_REGION) {
+        return xdp_action::XDP_PASS;
+    }
     let r = r as *mut u8;
     // SAFETY: constant offsets inside the bounds-checked region.
     let (ty, next, src, dst, sport) = unsafe {

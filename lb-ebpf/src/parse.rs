@@ -1,7 +1,8 @@
 //! Stage 1: parse Ethernet (optionally one 802.1Q tag), IPv4 (with options) or IPv6, and
 //! TCP, UDP or ICMP (v4) / ICMPv6. IPv4 fragments are classified (first / later). Anything
-//! else — other protocols, IPv6 extension headers, truncated headers, lying lengths — is
-//! `None`, and the packet passes to the kernel untouched.
+//! else — other protocols, IPv6 extension headers, truncated headers, lying lengths, an
+//! L4 header that lies beyond the IP length (in the frame's padding) — is `None`, and the
+//! packet passes to the kernel untouched.
 
 use lb_common::{Addr, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
@@ -56,6 +57,13 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// Whether `len` bytes at `off` lie inside the IP datagram (not in the frame's
+    /// padding beyond the IP length).
+    #[inline(always)]
+    pub fn in_datagram(&self, off: usize, len: usize) -> bool {
+        off + len <= self.l3_off + self.ip_len as usize
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_check_off(&self) -> usize {
@@ -97,6 +105,9 @@ pub fn parse(pkt: &Packet) -> Option<Parsed> {
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
         // Type, code, checksum and 4 more bytes; the quoted packet is parsed by `icmp`.
         pkt.ptr::<[u8; 8]>(p.l4_off)?;
+        if !p.in_datagram(p.l4_off, 8) {
+            return None;
+        }
         return Some(p);
     }
     // Both TCP and UDP start with the two ports; check the whole fixed header is there.
@@ -104,8 +115,14 @@ pub fn parse(pkt: &Packet) -> Option<Parsed> {
         let tcp = pkt.ptr::<[u8; 20]>(p.l4_off)?;
         // SAFETY: the 20-byte header was bounds-checked just above.
         p.tcp_flags = unsafe { (*tcp)[13] };
+        if !p.in_datagram(p.l4_off, 20) {
+            return None;
+        }
     } else {
         pkt.ptr::<[u8; 8]>(p.l4_off)?;
+        if !p.in_datagram(p.l4_off, 8) {
+            return None;
+        }
     }
     p.sport = pkt.read(p.l4_off)?;
     p.dport = pkt.read(p.l4_off + 2)?;
@@ -174,6 +191,11 @@ fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
         return None;
     }
     let payload_len: u16 = pkt.read(l3 + 4)?;
+    // A payload length the 16-bit datagram length cannot hold with the header (no frame
+    // here is that long anyway): not ours.
+    if u16::from_be(payload_len) > u16::MAX - 40 {
+        return None;
+    }
     let ttl: u8 = pkt.read(l3 + 7)?;
     let src: Addr = pkt.read(l3 + 8)?;
     let dst: Addr = pkt.read(l3 + 24)?;

@@ -628,6 +628,44 @@ fn truncated_packets_pass_unchanged_at_every_length() {
     }
 }
 
+/// IP length fields that leave the L4 header outside the datagram (in the frame's
+/// padding), or that overflow: the packet is not ours and passes untouched. Both were
+/// found by the fuzzer (tests/tests/fuzz.rs).
+#[test]
+fn l4_header_beyond_the_ip_length_passes_unchanged() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        lab.configure(&[flow.service()]).unwrap();
+        let full = flow.request(1).bytes();
+        let mut lies: Vec<(String, Vec<u8>)> = Vec::new();
+        if flow.v6 {
+            // Payload length 0, 4 (a partial L4 header) and 0xffff (wraps a u16 + 40).
+            for len in [0u16, 4, 0xffff] {
+                let mut f = full.clone();
+                f[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+                lies.push((format!("payload length {len}"), f));
+            }
+        } else {
+            // Total length 20 (no L4 header at all) and 24 (half of it).
+            for len in [20u16, 24] {
+                let mut f = full.clone();
+                f[14 + 2..14 + 4].copy_from_slice(&len.to_be_bytes());
+                f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+                let sum = !ones_sum(&f[14..34], 0) as u16;
+                f[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+                lies.push((format!("total length {len}"), f));
+            }
+        }
+        for (what, f) in lies {
+            let (action, out) = lab.run(&f).unwrap();
+            assert_eq!(action, XDP_PASS, "{flow:?} {what}");
+            assert_eq!(out, f, "{flow:?} {what}: bytes changed");
+        }
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!(st.packets + st.new_clients, 0, "{flow:?}: balanced");
+    }
+}
+
 #[test]
 fn fib_without_neighbour_passes_the_rewritten_packet_to_the_kernel() {
     for flow in FLOWS {
