@@ -456,10 +456,7 @@ impl Ip {
 /// The IP header of a frame, judged by the rules of the contract: Ethernet, at most one
 /// 802.1Q tag, IPv4 (version 4, IHL ≥ 5, IHL ≤ total length, datagram within the frame)
 /// or IPv6 (version 6, datagram within the frame). `Err` says why it is none.
-///
-/// `lenient` reads the IPv6 payload length as the data path does today: payload length +
-/// 40 truncated to 16 bits (a known deviation: 65 496 and above wrap around).
-fn ip_header(b: &[u8], lenient: bool) -> Result<Ip, &'static str> {
+fn ip_header(b: &[u8]) -> Result<Ip, &'static str> {
     if b.len() < 14 {
         return Err("shorter than Ethernet");
     }
@@ -513,10 +510,7 @@ fn ip_header(b: &[u8], lenient: bool) -> Result<Ip, &'static str> {
             if b[l3] >> 4 != 6 {
                 return Err("IPv6 ethertype, other IP version");
             }
-            let mut len = be16(b, l3 + 4) as usize + 40;
-            if lenient {
-                len &= 0xffff;
-            }
+            let len = be16(b, l3 + 4) as usize + 40;
             if l3 + len > b.len() {
                 return Err("IPv6 payload beyond the frame");
             }
@@ -1388,17 +1382,16 @@ impl Oracle {
             .copied()
     }
 
-    /// What `b` is. With `frame_l4` (lenient, the known deviations), headers after the IP
-    /// header are only required to be in the frame (as the data path reads them), not
-    /// inside the declared IP length, and the IPv6 length wraps as in the data path.
-    fn classify(&self, b: &[u8], frame_l4: bool) -> Class {
-        let ip = match ip_header(b, frame_l4) {
+    /// What `b` is. Headers after the IP header must lie inside the declared IP length
+    /// (not merely in the frame) for the packet to be ours.
+    fn classify(&self, b: &[u8]) -> Class {
+        let ip = match ip_header(b) {
             Ok(ip) => ip,
             Err(why) => return Class::NotOurs(why),
         };
         let l4 = ip.l4();
-        // What the L4 part may use: the declared length (contract) or the frame.
-        let avail = if frame_l4 { b.len() - l4 } else { ip.l4_len() };
+        // What the L4 part may use: the declared IP length.
+        let avail = ip.l4_len();
         let later = !ip.is_v6 && ip.frag_off != 0;
         let first = !ip.is_v6 && ip.frag_off == 0 && ip.mf;
         match ip.proto {
@@ -1449,7 +1442,7 @@ impl Oracle {
                     return Class::NotOurs("ICMP, not destination unreachable");
                 }
                 // ICMP header, quoted IPv4 header without options, quoted ports.
-                if !frame_l4 && ip.l4_len() < 8 + 20 + 4 && b.len() >= l4 + 8 + 20 + 4 {
+                if ip.l4_len() < 8 + 20 + 4 && b.len() >= l4 + 8 + 20 + 4 {
                     return Class::NotOurs("quote beyond the IP length");
                 }
                 if avail < 8 + 20 + 4 {
@@ -1484,7 +1477,7 @@ impl Oracle {
                 if b[l4] != 1 && b[l4] != 2 {
                     return Class::NotOurs("ICMPv6, not unreachable / too big");
                 }
-                if !frame_l4 && ip.l4_len() < 8 + 40 + 4 && b.len() >= l4 + 8 + 40 + 4 {
+                if ip.l4_len() < 8 + 40 + 4 && b.len() >= l4 + 8 + 40 + 4 {
                     return Class::NotOurs("quote beyond the IP length");
                 }
                 if avail < 8 + 40 + 4 {
@@ -1558,9 +1551,8 @@ struct Rewrite {
 
 #[derive(Debug, Clone, Copy)]
 enum Domain {
-    /// Plain sum over bytes `[start, start + len)` (IPv4 header, ICMP, quoted header);
-    /// `l4`: a checksum of the IP payload (ICMP).
-    Plain { start: usize, len: usize, l4: bool },
+    /// Plain sum over bytes `[start, start + len)` (IPv4 header, ICMP, quoted header).
+    Plain { start: usize, len: usize },
     /// TCP/UDP/ICMPv6 with the pseudo-header of the IP header at `l3`.
     Pseudo {
         l3: usize,
@@ -1612,7 +1604,6 @@ impl Rewrite {
             self.domains.push(Domain::Plain {
                 start: ip.l3,
                 len: ip.hlen,
-                l4: false,
             });
         }
     }
@@ -1716,9 +1707,6 @@ pub struct Report {
     pub forwarded: u64,
     pub clients: u64,
     pub mutations: HashMap<&'static str, u64>,
-    /// Packets with a header beyond the declared IP length that the data path acted on
-    /// (the contract says: pass untouched). See [`Settings::strict`].
-    pub known_deviation: HashMap<&'static str, u64>,
 }
 
 impl Report {
@@ -1739,9 +1727,6 @@ impl Report {
         }
         self.forwarded += o.forwarded;
         self.clients += o.clients;
-        for (k, v) in &o.known_deviation {
-            *self.known_deviation.entry(k).or_default() += v;
-        }
     }
 
     pub fn service_traffic(&self) -> u64 {
@@ -1776,11 +1761,6 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        for (d, n) in &self.known_deviation {
-            println!(
-                "fuzz: KNOWN DEVIATION (the contract says: pass untouched; STICKYLB_FUZZ_STRICT=1 fails on it): {d}: {n} packets"
-            );
-        }
         let mut why: Vec<_> = self.not_ours.iter().collect();
         why.sort_by(|a, b| b.1.cmp(a.1));
         println!(
@@ -1808,9 +1788,6 @@ pub struct Settings {
     pub seed: u64,
     pub packets: u64,
     pub threads: usize,
-    /// Fail on the known deviation (headers read beyond the declared IP length) instead
-    /// of counting it.
-    pub strict: bool,
 }
 
 impl Settings {
@@ -1840,12 +1817,10 @@ impl Settings {
                 .min(4),
         }
         .max(1);
-        let strict = std::env::var("STICKYLB_FUZZ_STRICT").is_ok_and(|v| v != "0" && !v.is_empty());
         Ok(Settings {
             seed,
             packets,
             threads,
-            strict,
         })
     }
 }
@@ -1878,10 +1853,10 @@ pub fn run(settings: &Settings) -> Result<Report> {
         let handles: Vec<_> = (0..settings.threads)
             .map(|w| {
                 let n = per + if (w as u64) < extra { 1 } else { 0 };
-                let (seed, strict) = (settings.seed, settings.strict);
+                let seed = settings.seed;
                 std::thread::Builder::new()
                     .name(format!("fuzz-{w}"))
-                    .spawn_scoped(s, move || worker(seed, w, n, strict))
+                    .spawn_scoped(s, move || worker(seed, w, n))
                     .expect("spawn fuzz worker")
             })
             .collect();
@@ -2004,7 +1979,6 @@ struct Worker<'a> {
     memory: HashMap<(usize, IpAddr), u32>,
     report: Report,
     out: Vec<u8>,
-    strict: bool,
 }
 
 /// Clients remembered before the memory is forgotten (the stick table is an LRU much
@@ -2014,7 +1988,7 @@ const MEMORY_CAP: usize = 100_000;
 /// forgettings of the memory, many times over.
 const STICK_TABLE: u32 = 1 << 20;
 
-fn worker(seed: u64, w: usize, packets: u64, strict: bool) -> Result<Report> {
+fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
     let wseed = derive_seed(seed, w as u64);
     let mut lab = Lab::with_options(&loader::LoadOptions {
         stick_table_size: STICK_TABLE,
@@ -2061,7 +2035,6 @@ fn worker(seed: u64, w: usize, packets: u64, strict: bool) -> Result<Report> {
         memory: HashMap::new(),
         report: Report::default(),
         out: Vec::new(),
-        strict,
     };
     let start = Instant::now();
     let mut clients = 0u64;
@@ -2184,30 +2157,7 @@ impl Worker<'_> {
 
     /// Runs one packet and checks the outcome.
     fn step(&mut self, input: &[u8]) -> Result<(), String> {
-        let mut class = self.oracle.classify(input, false);
-        // Known deviation: the data path requires the L4 header (ICMP quote) in the
-        // frame, not inside the declared IP length, so it may act on a header that sits
-        // in the link-layer padding. The contract says such packets pass untouched; unless
-        // strict, also accept the data path treating the packet as if the header were
-        // real (checked like that, minus the L4 checksum, which covers the declared
-        // length only), and count it.
-        let mut beyond = None;
-        if let Class::NotOurs(why) = class {
-            let deviation = if why.ends_with("beyond the IP length") {
-                Some("header beyond the declared IP length acted on")
-            } else if why == "IPv6 payload beyond the frame" {
-                Some("IPv6 payload length + 40 wrapped to 16 bits")
-            } else {
-                None
-            };
-            if let (false, Some(d)) = (self.strict, deviation) {
-                let c = self.oracle.classify(input, true);
-                if !matches!(c, Class::NotOurs(_)) {
-                    class = c;
-                    beyond = Some(d);
-                }
-            }
-        }
+        let class = self.oracle.classify(input);
         *self.report.classes.entry(class.label()).or_default() += 1;
         if let Class::NotOurs(why) = class {
             *self.report.not_ours.entry(why).or_default() += 1;
@@ -2232,33 +2182,15 @@ impl Worker<'_> {
         if action == XDP_ABORTED {
             return Err(format!("XDP_ABORTED ({} input)", class.label()));
         }
-        let mut alts = self.alternatives(&class, input)?;
-        if beyond.is_some() {
-            for a in &mut alts {
-                if let Expect::Forward { rewrite } | Expect::PassRewritten { rewrite } =
-                    &mut a.expect
-                {
-                    rewrite.domains.retain(|d| {
-                        !matches!(
-                            d,
-                            Domain::Pseudo { .. }
-                                | Domain::UdpZero { .. }
-                                | Domain::Plain { l4: true, .. }
-                        )
-                    });
-                }
-            }
-            alts.push(Alt::pass());
-        }
+        let alts = self.alternatives(&class, input)?;
         let out = std::mem::take(&mut self.out);
-        let r = self.judge(beyond, &class, &alts, input, action, &out);
+        let r = self.judge(&class, &alts, input, action, &out);
         self.out = out;
         r
     }
 
     fn judge(
         &mut self,
-        beyond: Option<&'static str>,
         class: &Class,
         alts: &[Alt],
         input: &[u8],
@@ -2308,14 +2240,7 @@ impl Worker<'_> {
             // Counters are part of the match: a pass that should have been counted is
             // not the uncounted pass.
             match ok.and_then(|()| self.apply(class, alt, action)) {
-                Ok(()) => {
-                    if let Some(d) = beyond {
-                        if !matches!(alt.expect, Expect::Pass { counter: None }) {
-                            *self.report.known_deviation.entry(d).or_default() += 1;
-                        }
-                    }
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(e) => why.push(format!("{:?}: {e}", short(&alt.expect))),
             }
         }
@@ -2559,14 +2484,9 @@ impl Worker<'_> {
                             rw.domains.push(Domain::Plain {
                                 start: l4,
                                 len: ip.l4_len(),
-                                l4: true,
                             });
                             rw.csum_fields.push(q + 10);
-                            rw.domains.push(Domain::Plain {
-                                start: q,
-                                len: 20,
-                                l4: false,
-                            });
+                            rw.domains.push(Domain::Plain { start: q, len: 20 });
                         }
                     }
                     rw
