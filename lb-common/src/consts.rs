@@ -25,6 +25,9 @@ pub const SVC_SYN_ONLY: u8 = 1;
 pub const DEFAULT_INSERT_CAP: u32 = 125_000;
 /// Length of the insert-cap window.
 pub const INSERT_WINDOW_NS: u64 = 1_000_000_000;
+/// How long a CPU reuses a backend's route from the FIB before asking again: a route or
+/// neighbour change reaches the data path within this time.
+pub const ROUTE_CACHE_NS: u64 = 1_000_000_000;
 /// TCP flag bits (byte 13 of the header).
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;

@@ -206,6 +206,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for InsertBudget {}
+    unsafe impl aya::Pod for CachedRoute {}
 }
 
 #[cfg(feature = "user")]
@@ -268,4 +269,25 @@ pub use addr_conv::{addr_from_ip, ip_from_addr};
 pub struct InsertBudget {
     pub window_start_ns: u64,
     pub inserted: u64,
+}
+
+/// A route to one backend as the FIB gave it (`ROUTE_CACHE`, per CPU, indexed by backend
+/// id), reused for [`crate::ROUTE_CACHE_NS`] so that the hit path skips `bpf_fib_lookup`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedRoute {
+    /// When the FIB was asked; 0 = empty.
+    pub at_ns: u64,
+    /// The backend address it was asked for (a backend id may be reused for another).
+    pub dst: Addr,
+    /// Ingress interface of the packet that asked (the lookup depends on it).
+    pub ingress: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// Largest IP length the FIB accepted on this route (its MTU check); longer packets
+    /// ask the FIB again.
+    pub ok_len: u16,
+    pub _pad: [u8; 2],
 }

@@ -10,7 +10,7 @@ use lb_common::{
 
 use crate::{
     dsr,
-    forward::{forward, lookup, not_sent, send, Forwarded, Lookup},
+    forward::{forward_to_backend, lookup, not_sent, send, Forwarded, Lookup},
     fragment, icmp,
     maps::JUMP,
     nat::{self, End},
@@ -162,12 +162,12 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
     let len = pkt.len() as u64;
 
     let outcome = if dsr {
-        dsr::to_backend(ctx, pkt, p, &backend)
+        dsr::to_backend(ctx, pkt, p, backend_id, &backend, now)
     } else {
         if nat::rewrite(pkt, p, End::Destination, &backend.addr, backend.port).is_none() {
             return xdp_action::XDP_PASS;
         }
-        forward(ctx, pkt, p, &p.src, &backend.addr, true)
+        forward_to_backend(ctx, pkt, p, backend_id, &backend.addr, true, now)
     };
     match outcome {
         Forwarded::Sent(action) => {

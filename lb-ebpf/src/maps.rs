@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, BackendStats, Endpoint, FragCandidates, InsertBudget, ReverseValue, ServiceInfo,
-    ServiceStats, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
-    RING_SLOTS,
+    Backend, BackendStats, CachedRoute, Endpoint, FragCandidates, InsertBudget, ReverseValue,
+    ServiceInfo, ServiceStats, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS,
+    MAX_SERVICES, RING_SLOTS,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
@@ -48,6 +48,10 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 #[map]
 pub static INSERT_BUDGET: PerCpuArray<InsertBudget> =
     PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per-CPU route to each backend id, from the FIB, reused for `ROUTE_CACHE_NS`.
+#[map]
+pub static ROUTE_CACHE: PerCpuArray<CachedRoute> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Per-CPU counters per backend id.
 #[map]

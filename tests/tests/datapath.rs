@@ -666,6 +666,84 @@ fn l4_header_beyond_the_ip_length_passes_unchanged() {
     }
 }
 
+/// The route to a backend is cached per CPU for at most `ROUTE_CACHE_NS` (one second):
+/// a neighbour change reaches the data path within it, a backend id given to another
+/// address never uses the old address's route, and a longer packet asks the FIB again.
+#[test]
+fn backend_routes_are_cached_for_at_most_a_second() {
+    // One CPU, so that the per-CPU cache is one cache.
+    // SAFETY: plain libc calls on a zeroed cpu_set_t for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    for flow in [FLOWS[0], FLOWS[3]] {
+        let mut lab = Lab::new().unwrap();
+        let only = |n: u8| {
+            let mut s = ServiceSpec::new("web", SocketAddr::new(flow.vip(), VIP_PORT));
+            s.protocol = flow.protocol();
+            s.backend(backend_addr(flow, n))
+        };
+        lab.configure(&[only(2)]).unwrap();
+        let req = flow.request(1);
+        let (_, out) = send(&mut lab, &req);
+        assert_eq!(out[..6], backend_mac(2), "{flow:?}");
+        // The backend's MAC changes: within the second the cached one is still used,
+        // after it the new one.
+        let moved = "02:00:00:00:01:99";
+        let b2 = flow.backend(2).to_string();
+        lab.ns
+            .ip(&[
+                "neigh",
+                "replace",
+                &b2,
+                "lladdr",
+                moved,
+                "dev",
+                "fx0",
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
+        let (_, out) = send(&mut lab, &req);
+        assert_eq!(
+            out[..6],
+            backend_mac(2),
+            "{flow:?}: not served from the cache"
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        let (_, out) = send(&mut lab, &req);
+        assert_eq!(
+            out[..6],
+            [0x02, 0, 0, 0, 0x01, 0x99],
+            "{flow:?}: stale route after a second"
+        );
+        // Backend 2 replaced by backend 3 (the id may be reused): its own route at once.
+        lab.configure(&[only(3)]).unwrap();
+        let (action, out) = send(&mut lab, &req);
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        assert_eq!(dst_host(&out, &req), 3, "{flow:?}");
+        assert_eq!(
+            out[..6],
+            backend_mac(3),
+            "{flow:?}: route of another address"
+        );
+        // A longer packet than any the route carried asks the FIB (MTU) again, and a
+        // too-long one is left to the kernel (it sends the ICMP error).
+        let mut big = flow.request(1);
+        big.payload = vec![0; 1600];
+        let (action, _) = send(&mut lab, &big);
+        assert_eq!(
+            action, XDP_PASS,
+            "{flow:?}: oversized packet not left to the kernel"
+        );
+    }
+}
+
 #[test]
 fn fib_without_neighbour_passes_the_rewritten_packet_to_the_kernel() {
     for flow in FLOWS {
