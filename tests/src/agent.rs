@@ -152,7 +152,8 @@ impl Agent {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
         self.child = Some(cmd.spawn().context("spawning stickylb run")?);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a busy CI machine starting a 10 000-backend agent in a debug build.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(v) = self.ctl(&["status"]) {
                 if v.0 == 0 {
@@ -169,7 +170,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "agent did not answer on {} within 20 s; log:\n{}",
+                    "agent did not answer on {} within 90 s; log:\n{}",
                     self.socket.display(),
                     self.log_text()
                 );

@@ -184,3 +184,20 @@ impl Lab {
             .map(|b| ip_from_addr(&b.value.addr, b.value.family))
     }
 }
+
+/// Keeps the calling thread (and the threads it starts) on CPU 0, so that per-CPU data-path
+/// state (insert budget, route cache) is one state: `BPF_PROG_TEST_RUN` runs the program
+/// on the calling CPU.
+pub fn pin_to_cpu0() {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

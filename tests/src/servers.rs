@@ -279,3 +279,19 @@ pub fn tcp_fetch_all(
             .collect())
     })
 }
+
+/// The answers of one round of fetches (client → backend that answered, `None` =
+/// failed), failing the test if any client got no answer.
+pub fn all_answered<K: Ord + Copy + std::fmt::Debug>(
+    m: &std::collections::BTreeMap<K, Option<String>>,
+) -> std::collections::BTreeMap<K, String> {
+    m.iter()
+        .map(|(c, b)| {
+            (
+                *c,
+                b.clone()
+                    .unwrap_or_else(|| panic!("client {c:?} got no answer: {m:?}")),
+            )
+        })
+        .collect()
+}

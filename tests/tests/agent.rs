@@ -8,7 +8,9 @@ use std::{
 };
 
 use anyhow::Result;
-use stickylb_tests::{agent::Agent, tcp_fetch_all, NameServer, Topology, TopologyOpts};
+use stickylb_tests::{
+    agent::Agent, servers::all_answered, tcp_fetch_all, NameServer, Topology, TopologyOpts,
+};
 
 const PORT: u16 = 80;
 const BPORT: u16 = 8080;
@@ -91,18 +93,6 @@ fn round(s: &Setup, v6: bool, clients: &[usize]) -> BTreeMap<usize, Option<Strin
         .collect()
 }
 
-fn all_ok(m: &BTreeMap<usize, Option<String>>) -> BTreeMap<usize, String> {
-    m.iter()
-        .map(|(c, b)| {
-            (
-                *c,
-                b.clone()
-                    .unwrap_or_else(|| panic!("client {c} got no answer: {m:?}")),
-            )
-        })
-        .collect()
-}
-
 fn backend_addr(s: &Setup, i: usize) -> String {
     format!("{}:{BPORT}", s.topo.backend(i).v4)
 }
@@ -111,7 +101,7 @@ fn backend_addr(s: &Setup, i: usize) -> String {
 fn control_commands_change_traffic_as_documented() {
     let s = setup(24, "").unwrap();
     let first: Vec<usize> = (0..12).collect();
-    let before = all_ok(&round(&s, false, &first));
+    let before = all_answered(&round(&s, false, &first));
     assert_eq!(
         before
             .values()
@@ -131,12 +121,12 @@ fn control_commands_change_traffic_as_documented() {
         .ok(&["backend", "state", "web", &backend_addr(&s, 1), "drain"])
         .unwrap();
     assert_eq!(
-        all_ok(&round(&s, false, &first)),
+        all_answered(&round(&s, false, &first)),
         before,
         "drain moved clients"
     );
     let new: Vec<usize> = (12..18).collect();
-    let after_drain = all_ok(&round(&s, false, &new));
+    let after_drain = all_answered(&round(&s, false, &new));
     assert!(
         after_drain.values().all(|b| b != "backend-1"),
         "drained backend got new clients: {after_drain:?}"
@@ -145,19 +135,19 @@ fn control_commands_change_traffic_as_documented() {
     s.agent
         .ok(&["backend", "weight", "web", &backend_addr(&s, 2), "0"])
         .unwrap();
-    let new2 = all_ok(&round(&s, false, &[18, 19, 20]));
+    let new2 = all_answered(&round(&s, false, &[18, 19, 20]));
     assert!(new2.values().all(|b| b == "backend-3"), "{new2:?}");
     // pin and clear
     let c1 = s.topo.client_v4s()[1].to_string();
     s.agent
         .ok(&["table", "pin", "web", &c1, &backend_addr(&s, 1)])
         .unwrap();
-    assert_eq!(all_ok(&round(&s, false, &[1]))[&1], "backend-1");
+    assert_eq!(all_answered(&round(&s, false, &[1]))[&1], "backend-1");
     s.agent
         .ok(&["table", "clear", "web", "--client", &c1])
         .unwrap();
     assert_eq!(
-        all_ok(&round(&s, false, &[1]))[&1],
+        all_answered(&round(&s, false, &[1]))[&1],
         "backend-3",
         "cleared client re-picked (only backend-3 takes new clients)"
     );
@@ -168,11 +158,11 @@ fn control_commands_change_traffic_as_documented() {
     s.agent
         .ok(&["backend", "state", "web", &backend_addr(&s, 1), "ready"])
         .unwrap();
-    let snapshot = all_ok(&round(&s, false, &first));
+    let snapshot = all_answered(&round(&s, false, &first));
     s.agent
         .ok(&["backend", "state", "web", &backend_addr(&s, 1), "maint"])
         .unwrap();
-    let after = all_ok(&round(&s, false, &first));
+    let after = all_answered(&round(&s, false, &first));
     for c in &first {
         if snapshot[c] == "backend-1" {
             assert_ne!(after[c], "backend-1", "client {c} still on a maint backend");
@@ -192,7 +182,7 @@ fn control_commands_change_traffic_as_documented() {
     s.agent
         .ok(&["backend", "add", "web", &backend_addr(&s, 1)])
         .unwrap();
-    let newer = all_ok(&round(&s, false, &(21..24).collect::<Vec<_>>()));
+    let newer = all_answered(&round(&s, false, &(21..24).collect::<Vec<_>>()));
     assert!(
         newer.values().any(|b| b == "backend-1"),
         "re-added backend gets new clients: {newer:?}"
@@ -255,7 +245,7 @@ fn control_commands_change_traffic_as_documented() {
 fn killed_backend_clients_are_served_again_without_collateral_moves_or_flap_back() {
     let mut s = setup(30, "").unwrap();
     let clients: Vec<usize> = (0..30).collect();
-    let before = all_ok(&round(&s, false, &clients));
+    let before = all_answered(&round(&s, false, &clients));
     let victims: Vec<usize> = clients
         .iter()
         .copied()
@@ -286,7 +276,7 @@ fn killed_backend_clients_are_served_again_without_collateral_moves_or_flap_back
         "killed backend's client served again after {:?}",
         served_after.0
     );
-    let after = all_ok(&round(&s, false, &clients));
+    let after = all_answered(&round(&s, false, &clients));
     for c in &clients {
         if victims.contains(c) {
             assert_ne!(after[c], "backend-2");
@@ -297,10 +287,10 @@ fn killed_backend_clients_are_served_again_without_collateral_moves_or_flap_back
     // Backend comes back: nobody flaps back, new clients reach it.
     s.servers[1] = Some(NameServer::spawn(&s.topo.backend(2).ns, BPORT, "backend-2").unwrap());
     std::thread::sleep(Duration::from_millis(900)); // rise 2 × 200 ms, with margin
-    let back = all_ok(&round(&s, false, &clients));
+    let back = all_answered(&round(&s, false, &clients));
     assert_eq!(back, after, "clients flapped back");
     s.agent.ok(&["table", "clear", "web"]).unwrap();
-    let fresh = all_ok(&round(&s, false, &clients));
+    let fresh = all_answered(&round(&s, false, &clients));
     assert!(
         fresh.values().any(|b| b == "backend-2"),
         "recovered backend gets new clients: {fresh:?}"
@@ -316,17 +306,17 @@ fn killed_backend_clients_are_served_again_without_collateral_moves_or_flap_back
 fn agent_sigterm_and_sigkill_move_nobody_and_traffic_flows_while_down() {
     let mut s = setup(20, "").unwrap();
     let clients: Vec<usize> = (0..20).collect();
-    let v4 = all_ok(&round(&s, false, &clients));
-    let v6 = all_ok(&round(&s, true, &clients));
+    let v4 = all_answered(&round(&s, false, &clients));
+    let v6 = all_answered(&round(&s, true, &clients));
     for sig in [libc::SIGTERM, libc::SIGKILL] {
         s.agent.stop(sig).unwrap();
         assert_eq!(
-            all_ok(&round(&s, false, &clients)),
+            all_answered(&round(&s, false, &clients)),
             v4,
             "moved while the agent was down (signal {sig})"
         );
         assert_eq!(
-            all_ok(&round(&s, true, &clients)),
+            all_answered(&round(&s, true, &clients)),
             v6,
             "IPv6 moved while the agent was down (signal {sig})"
         );
@@ -337,11 +327,11 @@ fn agent_sigterm_and_sigkill_move_nobody_and_traffic_flows_while_down() {
             s.agent.log_text()
         );
         assert_eq!(
-            all_ok(&round(&s, false, &clients)),
+            all_answered(&round(&s, false, &clients)),
             v4,
             "moved after restart (signal {sig})"
         );
-        assert_eq!(all_ok(&round(&s, true, &clients)), v6);
+        assert_eq!(all_answered(&round(&s, true, &clients)), v6);
         let table = s.agent.ok(&["table", "show", "web"]).unwrap();
         assert_eq!(table["total"], 20, "stick table lost: {table}");
     }
@@ -355,7 +345,7 @@ fn reload_applies_the_difference_and_bad_input_is_refused() {
     s.agent.write_config(&config(&s.topo, "", &[1, 2])).unwrap();
     s.agent.ok(&["reload"]).unwrap();
     s.agent.ok(&["table", "clear", "web"]).unwrap();
-    let before = all_ok(&round(&s, false, &clients));
+    let before = all_answered(&round(&s, false, &clients));
     assert!(before.values().all(|b| b != "backend-3"));
     // Add backend 3 by reload: nobody moves.
     s.agent
@@ -363,7 +353,7 @@ fn reload_applies_the_difference_and_bad_input_is_refused() {
         .unwrap();
     s.agent.ok(&["reload"]).unwrap();
     assert_eq!(
-        all_ok(&round(&s, false, &clients)),
+        all_answered(&round(&s, false, &clients)),
         before,
         "reload moved clients of unchanged backends"
     );
@@ -380,7 +370,7 @@ fn reload_applies_the_difference_and_bad_input_is_refused() {
     s.agent.signal(libc::SIGHUP).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        all_ok(&round(&s, false, &clients)),
+        all_answered(&round(&s, false, &clients)),
         before,
         "bad config changed traffic"
     );
@@ -460,7 +450,7 @@ fn runtime_changes_survive_restart_unless_the_file_changed() {
 #[test]
 fn detach_removes_the_data_path() {
     let mut s = setup(4, "").unwrap();
-    assert!(all_ok(&round(&s, false, &[0])).contains_key(&0));
+    assert!(all_answered(&round(&s, false, &[0])).contains_key(&0));
     s.agent.stop(libc::SIGTERM).unwrap();
     let bin = stickylb_tests::agent::stickylb_bin().unwrap();
     let out = std::process::Command::new(bin)
@@ -511,7 +501,7 @@ fn metrics_endpoint_and_debug_log() {
         servers: servers.into_iter().map(Some).collect(),
         agent,
     };
-    all_ok(&round(&s, false, &[0, 1, 2]));
+    all_answered(&round(&s, false, &[0, 1, 2]));
     // Metrics: Prometheus text from inside the balancer namespace (loopback only).
     let body = s
         .topo

@@ -16,26 +16,11 @@ use lb_userspace::{
     spec::{InsertOn, Protocol, Scheduler, ServiceSpec},
 };
 use stickylb_tests::{
-    lab::{Lab, XDP_REDIRECT},
+    lab::{pin_to_cpu0, Lab, XDP_REDIRECT},
     packets::{Pkt, L4},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 100);
-
-/// Runs the rest of the test on CPU 0 only, so the per-CPU insert budget is one budget.
-fn pin_to_one_cpu() {
-    // SAFETY: plain libc calls on a zeroed cpu_set_t for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 /// A TCP service on VIP:`port` with backends 198.18.1.2-4, on port `port` + 8000.
 fn service(name: &str, port: u16, scheduler: Scheduler) -> ServiceSpec {
@@ -82,7 +67,7 @@ fn lab_with_table(entries: u32) -> Lab {
 
 #[test]
 fn syn_only_service_adds_entries_only_on_syn_and_serves_others_by_hash() {
-    pin_to_one_cpu();
+    pin_to_cpu0();
     let mut lab = Lab::new().unwrap();
     let mut any = service("any", 80, Scheduler::RoundRobin);
     any.insert_cap = 0;
@@ -133,7 +118,7 @@ fn syn_only_service_adds_entries_only_on_syn_and_serves_others_by_hash() {
 
 #[test]
 fn insert_cap_limits_new_entries_per_cpu_per_second() {
-    pin_to_one_cpu();
+    pin_to_cpu0();
     let mut lab = Lab::new().unwrap();
     let mut s = service("web", 80, Scheduler::RoundRobin);
     s.insert_cap = 5;
@@ -186,7 +171,7 @@ const TABLE: u32 = 1000;
 const LEGIT: u32 = 100;
 
 fn flood(scheduler: Scheduler, insert_on: InsertOn, cap: u32, flood_syn: bool) -> FloodReport {
-    pin_to_one_cpu();
+    pin_to_cpu0();
     let mut lab = lab_with_table(TABLE);
     let mut s = service("web", 80, scheduler);
     s.insert_on = insert_on;

@@ -672,15 +672,7 @@ fn l4_header_beyond_the_ip_length_passes_unchanged() {
 #[test]
 fn backend_routes_are_cached_for_at_most_a_second() {
     // One CPU, so that the per-CPU cache is one cache.
-    // SAFETY: plain libc calls on a zeroed cpu_set_t for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    stickylb_tests::lab::pin_to_cpu0();
     for flow in [FLOWS[0], FLOWS[3]] {
         let mut lab = Lab::new().unwrap();
         let only = |n: u8| {
