@@ -77,7 +77,8 @@ pub struct StickKey {
 pub struct StickValue {
     pub backend_id: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the client was last seen.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at tick resolution) when the client
+    /// was last seen.
     pub last_seen_ns: u64,
 }
 

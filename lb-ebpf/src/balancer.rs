@@ -1,7 +1,7 @@
 //! The pipeline: strings the stages together and keeps the counters. Every early exit
 //! before a rewrite returns `XDP_PASS` with the packet untouched.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
     sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR, JUMP_FRAGMENT, JUMP_ICMP, PROTO_ICMP,
@@ -98,8 +98,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         st.pass_ttl += 1;
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = stats::now_ns();
     let Some((backend_id, backend, verdict)) = sticky::resolve(svc, p, now) else {
         st.drop_no_backend += 1;
         if debug() {

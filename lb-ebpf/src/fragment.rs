@@ -5,7 +5,7 @@
 //! fragment could belong to either), and the fragment passes to the kernel, counted:
 //! never mis-forwarded. First fragments carry the ports and take the normal path.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     csum,
     sticky::{judge, Verdict},
@@ -33,8 +33,7 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
     let Some(cands) = (unsafe { FRAGMENTS.get(&key) }).copied() else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = stats::now_ns();
     // Plain initialised values, not an Option with a payload: LLVM may copy an
     // uninitialised payload register, which the verifier refuses to read.
     let mut first = u32::MAX;

@@ -13,7 +13,7 @@
 //! the compiler could merge or reorder). The quoted IPv4 header must have no options
 //! (as in Katran); otherwise the error passes.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     csum,
     sticky::{judge, Verdict},
@@ -219,8 +219,7 @@ fn owner(
         }
     };
     let st = stats::service(svc.id)?;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = stats::now_ns();
     let found = unsafe {
         STICK.get(&StickKey {
             service_id: svc.id,

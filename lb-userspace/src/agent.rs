@@ -104,12 +104,13 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC_COARSE in ns: the data path's clock (`bpf_ktime_get_coarse_ns`), for
+/// entry ages and pinned entries.
 pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime into a zeroed struct.
     unsafe {
         let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts);
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 }
