@@ -185,18 +185,6 @@ fn write_seed(dir: &Path, name: &str, text: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The short run of `cargo xtask test` on its own:
-    /// `cargo test -p xtask -- --ignored --nocapture short_fuzz_run`.
-    #[test]
-    #[ignore = "builds and runs the fuzz targets (minutes)"]
-    fn short_fuzz_run() {
-        let seconds = std::env::var("STICKYLB_FUZZ_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(TEST_SECONDS);
-        agent_fuzz(seconds).unwrap();
-    }
-
     #[test]
     fn reads_libfuzzer_final_lines() {
         let log = "#32768\tpulse  cov: 5544 ft: 17937 corp: 547/82Kb lim: 309 exec/s: 2048\n\
