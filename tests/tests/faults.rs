@@ -719,12 +719,12 @@ fn ten_thousand_backends_load_and_reload() {
 // ---------------------------------------------------------------------------------------
 
 /// A stick table far smaller than the number of clients: every new client is still
-/// served (the LRU evicts the least recently seen), the agent keeps running, the most
-/// recent clients keep their entries, an evicted client is served again, and the
+/// served (the kernel's LRU evicts approximately the least recently seen), the agent
+/// keeps running, the most recent clients keep their entries, an evicted client is served again, and the
 /// operator sees it: `stats` shows the table full (entries ≈ capacity) while the service
 /// counted more first picks than the table holds.
 #[test]
-fn full_stick_table_evicts_the_oldest_and_keeps_serving() {
+fn full_stick_table_evicts_and_keeps_serving() {
     let mut s = setup(3, 0, &|t| {
         web_config(t, HEALTH_200MS, "stick_table = { size = 64 }", &[1, 2, 3])
     })
@@ -780,8 +780,11 @@ fn full_stick_table_evicts_the_oldest_and_keeps_serving() {
             "recent client {c} evicted: {look}"
         );
     }
-    // The oldest ones were evicted and are served again (a fresh pick).
-    let evicted: Vec<IpAddr> = clients[..20]
+    // Clients were evicted and are served again (a fresh pick). The kernel's LRU is
+    // approximate (per-CPU free lists, a reference bit instead of an exact order), so
+    // which old clients go is its choice: only the count is certain, and the newest
+    // clients above survived.
+    let evicted: Vec<IpAddr> = clients[..n - 20]
         .iter()
         .copied()
         .filter(|c| {
@@ -792,9 +795,12 @@ fn full_stick_table_evicts_the_oldest_and_keeps_serving() {
         })
         .collect();
     assert!(
-        !evicted.is_empty(),
-        "none of the oldest clients was evicted"
+        evicted.len() >= n - capacity,
+        "{} clients evicted, {n} clients into {capacity} entries must evict at least {}",
+        evicted.len(),
+        n - capacity
     );
+    let evicted: Vec<IpAddr> = evicted.into_iter().take(20).collect();
     all_answered(&round(&s.topo, &evicted));
     let stats = s.agent.ok(&["stats"]).unwrap();
     assert!(
