@@ -11,7 +11,8 @@
 //! Verifier-friendly access: each family reads and writes through one or two pointers to
 //! fixed-size regions, at constant offsets inside them (no per-field bounds checks that
 //! the compiler could merge or reorder). The quoted IPv4 header must have no options
-//! (as in Katran); otherwise the error passes.
+//! (as in Katran) and the quoted IPv6 header must say version 6; otherwise the error
+//! passes.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
@@ -54,6 +55,7 @@ const V6_REGION: usize = 92;
 const V6_OUTER_DST: usize = 24;
 const V6_ICMP_TYPE: usize = 40;
 const V6_ICMP_CHECK: usize = 42;
+const V6_Q_VERSION: usize = 48;
 const V6_Q_NEXT: usize = 48 + 6;
 const V6_Q_SRC: usize = 48 + 8;
 const V6_Q_DST: usize = 48 + 24;
@@ -146,16 +148,17 @@ fn process_v6(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     }
     let r = r as *mut u8;
     // SAFETY: constant offsets inside the bounds-checked region.
-    let (ty, next, src, dst, sport) = unsafe {
+    let (ty, qversion, next, src, dst, sport) = unsafe {
         (
             get::<u8>(r, V6_ICMP_TYPE),
+            get::<u8>(r, V6_Q_VERSION) >> 4,
             get::<u8>(r, V6_Q_NEXT),
             get::<Addr>(r, V6_Q_SRC),
             get::<Addr>(r, V6_Q_DST),
             get::<u16>(r, V6_Q_SPORT),
         )
     };
-    if ty != ICMPV6_DEST_UNREACH && ty != ICMPV6_PKT_TOOBIG {
+    if (ty != ICMPV6_DEST_UNREACH && ty != ICMPV6_PKT_TOOBIG) || qversion != 6 {
         return xdp_action::XDP_PASS;
     }
     let Some((svc, backend)) = owner(p, src, sport, next, dst) else {

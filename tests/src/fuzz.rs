@@ -1484,6 +1484,9 @@ impl Oracle {
                     return Class::NotOurs("quote too short for the ports");
                 }
                 let q = l4 + 8;
+                if b[q] >> 4 != 6 {
+                    return Class::NotOurs("quoted header not IPv6");
+                }
                 let qnext = b[q + 6];
                 if qnext != PROTO_TCP && qnext != PROTO_UDP {
                     return Class::NotOurs("quote not TCP/UDP (or extension headers)");
@@ -1496,7 +1499,7 @@ impl Oracle {
                         svc,
                         ip,
                         client: qdst,
-                        sure: b[q] >> 4 == 6,
+                        sure: true,
                     },
                     None => Class::NotOurs("ICMPv6 error about no service"),
                 }

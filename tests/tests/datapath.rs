@@ -998,6 +998,17 @@ fn icmp_without_a_client_entry_or_not_an_error_passes_untouched() {
             (XDP_PASS, short),
             "{flow:?} short"
         );
+        // A quote that is no IP header of the family (version nibble 4 in IPv6, 6 in
+        // IPv4), though its addresses and ports match client 2's live entry.
+        let mut bad_version = flow.quoted_reply(2);
+        bad_version[0] = (bad_version[0] & 0x0f) | if flow.v6 { 0x40 } else { 0x60 };
+        let bad_version =
+            Raw::icmp(flow.router(), flow.vip(), flow.too_big(), &bad_version).bytes();
+        assert_eq!(
+            lab.run(&bad_version).unwrap(),
+            (XDP_PASS, bad_version),
+            "{flow:?} quoted version"
+        );
         // A routed hop that would expire (NAT): the kernel answers.
         let mut expiring = flow.icmp_error(2);
         expiring.ttl = 1;
