@@ -379,8 +379,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Re-reads the config file; the running configuration stays if it is refused.
-    fn reload(&mut self) -> Result<Value, String> {
+    /// Re-reads the config file; the running configuration stays if it is refused. A file
+    /// without services while services run is refused unless `allow_empty` (HAProxy, too,
+    /// refuses a configuration without listeners).
+    fn reload(&mut self, allow_empty: bool) -> Result<Value, String> {
         let started = Instant::now();
         let bytes = std::fs::read(&self.opts.config)
             .map_err(|e| format!("reading {}: {e}", self.opts.config.display()))?;
@@ -393,6 +395,22 @@ impl Agent {
         })?;
         let cfg = config::parse(&text, &self.opts.config.display().to_string())
             .map_err(|e| e.to_string())?;
+        if cfg.services.is_empty() && !self.config.services.is_empty() && !allow_empty {
+            let running: Vec<&str> = self
+                .config
+                .services
+                .iter()
+                .map(|s| s.spec.name.as_str())
+                .collect();
+            return Err(format!(
+                "reload refused, running configuration kept: {} defines no services, and \
+                 reloading it would remove all {} running ({}); fix the file, or run \
+                 `stickylb reload --allow-empty` to remove them on purpose",
+                self.opts.config.display(),
+                running.len(),
+                control::excerpt(&running.join(", "), 120)
+            ));
+        }
         let previous = std::mem::replace(&mut self.config, cfg);
         let (prev_fp, prev_changes) = (self.config_fingerprint.clone(), self.changes);
         self.config_fingerprint = fingerprint(&bytes);
@@ -494,7 +512,7 @@ impl Agent {
                 "reloads": self.reloads,
                 "health_max_lag_ms": self.health.max_lag().as_millis() as u64,
             })),
-            Request::Reload => self.reload(),
+            Request::Reload { allow_empty } => self.reload(allow_empty),
             Request::Stats => Ok(self.stats_json()),
             Request::ServiceList => Ok(Value::Array(
                 self.config
@@ -1105,7 +1123,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 let agent = agent.clone();
-                let r = tokio::task::spawn_blocking(move || lock(&agent).reload()).await;
+                let r = tokio::task::spawn_blocking(move || lock(&agent).reload(false)).await;
                 if let Ok(Err(e)) = r {
                     log::error!("SIGHUP: {e}");
                 }

@@ -68,8 +68,13 @@ pub struct ServiceDef {
 pub enum Request {
     #[serde(rename = "status")]
     Status,
+    /// Re-read the config file. A file without services, while services run, is refused
+    /// unless `allow_empty` (a truncated or half-written file must not remove them all).
     #[serde(rename = "reload")]
-    Reload,
+    Reload {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_empty: bool,
+    },
     #[serde(rename = "stats")]
     Stats,
     #[serde(rename = "service.list")]
@@ -162,7 +167,10 @@ impl Response {
 /// The arguments of each command, for error messages: `(cmd, accepted)`.
 const USAGE: &[(&str, &str)] = &[
     ("status", r#"{"cmd":"status"}"#),
-    ("reload", r#"{"cmd":"reload"}"#),
+    (
+        "reload",
+        r#"{"cmd":"reload"} or {"cmd":"reload","allow_empty":true}"#,
+    ),
     ("stats", r#"{"cmd":"stats"}"#),
     ("service.list", r#"{"cmd":"service.list"}"#),
     (
@@ -214,7 +222,7 @@ pub fn usage(cmd: &str) -> Option<&'static str> {
 }
 
 /// At most `max` characters of `s`, quoted, for messages about input of any size.
-fn excerpt(s: &str, max: usize) -> String {
+pub fn excerpt(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((end, _)) => format!("{:?}...", &s[..end]),
         None => format!("{s:?}"),
@@ -304,7 +312,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
 }
 
 /// The commands without arguments.
-const ARGUMENTLESS: &[&str] = &["status", "reload", "stats", "service.list"];
+const ARGUMENTLESS: &[&str] = &["status", "stats", "service.list"];
 
 /// A configuration change asked for by a request, made on a copy of the configuration.
 #[derive(Clone, Debug)]
@@ -336,7 +344,9 @@ pub fn check(config: &Config, req: &Request) -> Result<Option<Edit>, String> {
         }))
     };
     match req {
-        Request::Status | Request::Reload | Request::Stats | Request::ServiceList => Ok(None),
+        Request::Status | Request::Reload { .. } | Request::Stats | Request::ServiceList => {
+            Ok(None)
+        }
         Request::ServiceAdd { service } => {
             let sc = service_from_def(service)?;
             let name = sc.spec.name.clone();

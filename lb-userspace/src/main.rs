@@ -47,7 +47,13 @@ enum Command {
     /// Show the agent's state: interfaces, pins, services, stick-table fill.
     Status,
     /// Re-read the config file and apply the difference (as SIGHUP does).
-    Reload,
+    Reload {
+        /// Accept a file without services although services are running: remove them all.
+        /// Without it such a reload is refused (a truncated file is a mistake more often
+        /// than an intent).
+        #[arg(long)]
+        allow_empty: bool,
+    },
     /// Counters per service and backend.
     Stats {
         /// Repeat every second until interrupted.
@@ -307,7 +313,7 @@ fn main() -> ExitCode {
             return lb_userspace::extras::man(<Cli as clap::CommandFactory>::command(), &args)
         }
         Command::Status => Request::Status,
-        Command::Reload => Request::Reload,
+        Command::Reload { allow_empty } => Request::Reload { allow_empty },
         Command::Stats { watch } => {
             if watch {
                 loop {

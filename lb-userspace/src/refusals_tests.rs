@@ -150,6 +150,8 @@ fn control_refusals_name_the_value_and_what_is_accepted() {
         ("{\"cmd\":\"frobnicate\"}", "\"frobnicate\"", "accepted commands are status"),
         ("{\"cmd\":\"status\",\"verbose\":true}", "\"verbose\"", "accepted: {\"cmd\":\"status\"}"),
         ("{\"cmd\":\"backend.list\",\"service\":\"web\",\"verbose\":true}", "`verbose`", "expected `service`"),
+        ("{\"cmd\":\"reload\",\"force\":true}", "`force`", "expected `allow_empty`"),
+        ("{\"cmd\":\"reload\",\"allow_empty\":\"yes\"}", "\"yes\"", "accepted: {\"cmd\":\"reload\"} or {\"cmd\":\"reload\",\"allow_empty\":true}"),
         ("{\"cmd\":\"backend.state\",\"service\":\"web\"}", "`address`", "accepted: {\"cmd\":\"backend.state\""),
         ("{\"cmd\":\"backend.weight\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"weight\":-1}", "-1", "0..=256"),
         ("{\"cmd\":\"backend.weight\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"weight\":\"heavy\"}", "\"heavy\"", "expected u32"),
