@@ -720,9 +720,9 @@ fn ten_thousand_backends_load_and_reload() {
 
 /// A stick table far smaller than the number of clients: every new client is still
 /// served (the kernel's LRU evicts approximately the least recently seen), the agent
-/// keeps running, the most recent clients keep their entries, an evicted client is served again, and the
-/// operator sees it: `stats` shows the table full (entries ≈ capacity) while the service
-/// counted more first picks than the table holds.
+/// keeps running, the most recent clients keep their entries, an evicted client is served
+/// again, and the operator sees it: `stats` shows the table full (entries ≈ capacity)
+/// while the service counted more first picks than the table holds.
 #[test]
 fn full_stick_table_evicts_and_keeps_serving() {
     let mut s = setup(3, 0, &|t| {
