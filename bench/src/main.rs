@@ -30,10 +30,12 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::{maps::IterableMap as _, programs::Xdp};
 use clap::Parser;
-use lb_common::{ServiceStats, StickKey, StickValue, PROGRAM_NAME};
-use lb_userspace::{
+use lb_agent::{
     dataplane::Dataplane,
     loader::{self, LoadOptions},
+};
+use lb_common::{ServiceStats, StickKey, StickValue, PROGRAM_NAME};
+use lb_model::{
     plan::Ids,
     spec::{Forwarding, Scheduler, ServiceSpec},
 };
@@ -194,7 +196,7 @@ fn run(args: Args) -> Result<()> {
         let bin = exe.with_file_name("stickylb");
         ensure!(
             bin.exists() || !(parts.contains(&3) || parts.contains(&4)),
-            "{} not found: build it (`cargo build --release -p lb-userspace --bins`, \
+            "{} not found: build it (`cargo build --release -p lb-agent --bins`, \
              or run through `cargo xtask bench`)",
             bin.display()
         );

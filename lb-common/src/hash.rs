@@ -29,7 +29,7 @@ pub fn client_hash(addr: &Addr) -> u32 {
     h
 }
 
-#[cfg(all(test, feature = "user"))]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
 

@@ -110,86 +110,54 @@ pub struct FragCandidates {
     pub count: u32,
 }
 
-/// Per-CPU counters of one service (`SERVICE_STATS`, indexed by service id).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServiceStats {
-    /// Client→service packets and bytes forwarded.
-    pub packets: u64,
-    pub bytes: u64,
-    /// Clients with no entry that got a first pick.
-    pub new_clients: u64,
-    /// Entries re-picked because they had expired.
-    pub repick_expired: u64,
-    /// Entries re-picked because their backend was down, removed or reassigned.
-    pub repick_down: u64,
-    /// Dropped: no backend takes new clients.
-    pub drop_no_backend: u64,
-    /// Dropped: the FIB has no route (unreachable, blackhole, prohibit) or redirect failed.
-    pub drop_no_route: u64,
-    /// Passed to the kernel: the FIB had no neighbour entry yet (the kernel resolves it).
-    pub fib_miss: u64,
-    /// Passed to the kernel: TTL / hop limit would expire (the kernel sends the ICMP error).
-    pub pass_ttl: u64,
-    /// Backend→client NAT replies rewritten and forwarded.
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-    /// ICMP errors about a client's flow (fragmentation needed, packet too big,
-    /// unreachable) steered to the backend that owns the client.
-    pub icmp_to_backend: u64,
-    /// ICMP errors about this service with no live client entry: passed to the kernel.
-    pub icmp_unmatched: u64,
-    /// IPv4 fragments forwarded (first fragments with the flow, later ones by the
-    /// client's entry).
-    pub frag_forwarded: u64,
-    /// Non-first fragments with no (or an ambiguous) client entry: passed to the kernel.
-    pub frag_unmatched: u64,
-    /// New clients served by source hash without an entry: a TCP packet other than a
-    /// SYN under `insert_on = "syn"`.
-    pub unpinned_not_syn: u64,
-    /// New clients served by source hash without an entry: this CPU's `insert_cap` for
-    /// the current second was used up.
-    pub unpinned_over_cap: u64,
-}
-
-/// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BackendStats {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_clients: u64,
-}
-
-impl ServiceStats {
-    /// Adds another CPU's counters to these.
-    pub fn accumulate(&mut self, o: &ServiceStats) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.new_clients += o.new_clients;
-        self.repick_expired += o.repick_expired;
-        self.repick_down += o.repick_down;
-        self.drop_no_backend += o.drop_no_backend;
-        self.drop_no_route += o.drop_no_route;
-        self.fib_miss += o.fib_miss;
-        self.pass_ttl += o.pass_ttl;
-        self.reply_packets += o.reply_packets;
-        self.reply_bytes += o.reply_bytes;
-        self.icmp_to_backend += o.icmp_to_backend;
-        self.icmp_unmatched += o.icmp_unmatched;
-        self.frag_forwarded += o.frag_forwarded;
-        self.frag_unmatched += o.frag_unmatched;
-        self.unpinned_not_syn += o.unpinned_not_syn;
-        self.unpinned_over_cap += o.unpinned_over_cap;
+crate::counters! {
+    /// Per-CPU counters of one service (`SERVICE_STATS`, indexed by service id).
+    pub struct ServiceStats {
+        /// Client→service packets and bytes forwarded.
+        packets: "stickylb_service_packets", Packets, "Client packets forwarded to a backend.";
+        bytes: "stickylb_service_bytes", Bytes, "Client bytes forwarded to a backend.";
+        /// Clients with no entry that got a first pick.
+        new_clients: "stickylb_service_new_clients", NewClients, "Clients without an entry that got a first pick.";
+        /// Entries re-picked because they had expired.
+        repick_expired: "stickylb_service_repicks" [reason = "expired"], Repicks, "Clients re-picked, by reason.";
+        /// Entries re-picked because their backend was down, removed or reassigned.
+        repick_down: "stickylb_service_repicks" [reason = "backend_down"], Repicks, "Clients re-picked, by reason.";
+        /// Dropped: no backend takes new clients.
+        drop_no_backend: "stickylb_service_drops" [reason = "no_backend"], Drops, "Packets dropped or passed, by reason.";
+        /// Dropped: the FIB has no route (unreachable, blackhole, prohibit) or redirect failed.
+        drop_no_route: "stickylb_service_drops" [reason = "no_route"], Drops, "Packets dropped or passed, by reason.";
+        /// Passed to the kernel: the FIB had no neighbour entry yet (the kernel resolves it).
+        fib_miss: "stickylb_service_fib_miss", Passed, "Packets handed to the kernel because the FIB had no neighbour or fast path.";
+        /// Passed to the kernel: TTL / hop limit would expire (the kernel sends the ICMP error).
+        pass_ttl: "stickylb_service_drops" [reason = "ttl_passed"], Passed, "Packets dropped or passed, by reason.";
+        /// Backend→client NAT replies rewritten and forwarded.
+        reply_packets: "stickylb_service_reply_packets", None, "NAT replies rewritten to the VIP.";
+        reply_bytes: "stickylb_service_reply_bytes", None, "Bytes of NAT replies rewritten to the VIP.";
+        /// ICMP errors about a client's flow (fragmentation needed, packet too big,
+        /// unreachable) steered to the backend that owns the client.
+        icmp_to_backend: "stickylb_service_icmp_to_backend", None, "ICMP errors about a client's flow steered to its backend.";
+        /// ICMP errors about this service with no live client entry: passed to the kernel.
+        icmp_unmatched: "stickylb_service_icmp_unmatched", None, "ICMP errors about the service with no live client entry, passed to the kernel.";
+        /// IPv4 fragments forwarded (first fragments with the flow, later ones by the
+        /// client's entry).
+        frag_forwarded: "stickylb_service_fragments_forwarded", None, "IPv4 fragments forwarded (first ones with the flow, later ones by the client's entry).";
+        /// Non-first fragments with no (or an ambiguous) client entry: passed to the kernel.
+        frag_unmatched: "stickylb_service_fragments_unmatched", None, "Later IPv4 fragments without a single live client entry, passed to the kernel.";
+        /// New clients served by source hash without an entry: a TCP packet other than a
+        /// SYN under `insert_on = "syn"`.
+        unpinned_not_syn: "stickylb_service_unpinned_not_syn", None, "New clients served by source hash without an entry: TCP packet other than a SYN under insert_on = \"syn\".";
+        /// New clients served by source hash without an entry: this CPU's `insert_cap` for
+        /// the current second was used up.
+        unpinned_over_cap: "stickylb_service_unpinned_over_cap", None, "New clients served by source hash without an entry: the per-CPU insert_cap for the second was used up.";
     }
 }
 
-impl BackendStats {
-    /// Adds another CPU's counters to these.
-    pub fn accumulate(&mut self, o: &BackendStats) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.new_clients += o.new_clients;
+crate::counters! {
+    /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
+    pub struct BackendStats {
+        packets: "stickylb_backend_packets", Packets, "Packets forwarded to the backend.";
+        bytes: "stickylb_backend_bytes", Bytes, "Bytes forwarded to the backend.";
+        new_clients: "stickylb_backend_new_clients", NewClients, "Clients picked for the backend.";
     }
 }
 
@@ -210,7 +178,7 @@ mod pod {
     unsafe impl aya::Pod for CachedRoute {}
 }
 
-#[cfg(feature = "user")]
+#[cfg(feature = "std")]
 mod addr_conv {
     use super::Addr;
     use crate::consts;
@@ -260,7 +228,7 @@ mod addr_conv {
     }
 }
 
-#[cfg(feature = "user")]
+#[cfg(feature = "std")]
 pub use addr_conv::{addr_from_ip, ip_from_addr};
 
 /// Per-CPU new-entry budget of one service (`INSERT_BUDGET`, indexed by service id): how

@@ -88,7 +88,7 @@ pub fn needs_refresh(entry: &StickValue, now_ns: u64, refresh_ns: u64) -> bool {
     now_ns.saturating_sub(entry.last_seen_ns) >= refresh_ns
 }
 
-#[cfg(all(test, feature = "user"))]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
     use crate::{BACKEND_DOWN, BACKEND_UNUSED};

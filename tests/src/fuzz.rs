@@ -45,11 +45,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::IpNumber;
+use lb_agent::loader;
 use lb_common::{ServiceStats, BACKEND_DRAIN, BACKEND_UP};
-use lb_userspace::{
-    loader,
-    spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec},
-};
+use lb_model::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
 
 use crate::{
     lab::{backend_mac, Lab, CLIENT_GW_MAC, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -1967,7 +1965,7 @@ impl Alt {
 /// The lab (program, maps) as a worker uses it.
 struct Env<'a> {
     xdp: &'a aya::programs::Xdp,
-    dp: &'a lb_userspace::dataplane::Dataplane,
+    dp: &'a lb_agent::dataplane::Dataplane,
     fx0_mac: [u8; 6],
     fx1_mac: [u8; 6],
 }

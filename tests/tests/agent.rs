@@ -204,7 +204,10 @@ fn control_commands_change_traffic_as_documented() {
         .ctl(&["backend", "state", "web", &backend_addr(&s, 2), "up"])
         .unwrap();
     assert_eq!(code, 1);
-    assert!(out.contains("use ready, drain or maint"), "{out}");
+    assert!(
+        out.contains("use \\\"ready\\\", \\\"drain\\\" or \\\"maint\\\""),
+        "{out}"
+    );
     let (code, _, _) = s.agent.ctl(&["backend", "frobnicate"]).unwrap();
     assert_eq!(code, 2);
     s.agent.ok(&["status"]).unwrap();

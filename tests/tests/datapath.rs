@@ -8,7 +8,7 @@ use std::{
 };
 
 use etherparse::IpNumber;
-use lb_userspace::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
+use lb_model::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
 use stickylb_tests::{
     lab::{backend_mac, Lab, CLIENT_GW_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     packets::{requote, Icmp, Pkt, Raw, L4},

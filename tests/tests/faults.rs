@@ -533,7 +533,7 @@ fn missing_bpffs_is_mounted_by_the_agent_and_outlives_it() {
     let log = agent.log_text();
     assert!(log.contains("mounted bpffs at"), "{log}");
     assert!(
-        lb_userspace::pins::is_bpffs(&dir),
+        lb_agent::pins::is_bpffs(&dir),
         "no bpffs at {} in the host mount namespace",
         dir.display()
     );

@@ -11,10 +11,12 @@ use std::{
 };
 
 use anyhow::Result;
-use lb_userspace::{
+use lb_agent::{
     dataplane::Dataplane,
     loader::{self, LoadOptions, XdpMode},
     neighbours,
+};
+use lb_model::{
     plan::Ids,
     spec::{Forwarding, ServiceSpec},
 };

@@ -129,7 +129,7 @@ fn run_target(target: &str, seconds: u64) -> Result<()> {
             "crash or failure ({status}); the input is in {}: replay it with \
              `RUSTC_BOOTSTRAP=1 rustup run {} cargo fuzz run {target} <file>`",
             dir.join("artifacts").join(target).display(),
-            cargo::TOOLCHAIN
+            cargo::toolchain()
         );
     }
     println!(

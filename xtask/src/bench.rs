@@ -34,7 +34,7 @@ pub fn run_with(args: &BenchArgs) -> Result<()> {
         "--package",
         "stickylb-bench",
         "--package",
-        "lb-userspace",
+        "lb-agent",
         "--bins",
     ]))?;
     let mut cmd = cargo::pinned([

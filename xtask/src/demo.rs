@@ -64,7 +64,7 @@ pub fn run_with(args: &Args) -> Result<()> {
     cargo::run(&mut cargo::pinned([
         "build",
         "-p",
-        "lb-userspace",
+        "lb-agent",
         "-p",
         "stickylb-tests",
         "--bins",

@@ -1,7 +1,6 @@
 //! Every refusal of bad input names what was wrong and what is accepted: a table of bad
 //! config snippets and bad control requests, each with the value its message must show and
-//! the hint of what is accepted it must give. (Included from `control.rs` as its test
-//! module `refusals`.)
+//! the hint of what is accepted it must give.
 
 use crate::{
     config,
@@ -64,7 +63,7 @@ fn config_refusals_name_the_place_the_value_and_what_is_accepted() {
         ("stick_table = { expire = \"30 minutes\" }\n", 4, "\"30 minutes\"", "\"never\""),
         ("stick_table = { expire = -5 }\n", 4, "-5", "\"30m\""),
         ("stick_table = \"big\"\n", 4, "\"big\"", "e.g. stick_table = {"),
-        ("health = { kind = \"icmp\" }\n", 4, "\"icmp\"", "\"tcp\", \"http\" or \"none\""),
+        ("health = { kind = \"icmp\" }\n", 4, "\"icmp\"", "\"tcp\", \"http\", \"https\" or \"none\""),
         ("health = { interval = \"2x\" }\n", 4, "\"2x\"", "\"300ms\", \"2s\""),
         ("health = { interval = \"50ms\" }\n", 4, "\"50ms\"", "at least 100ms"),
         ("health = { interval = \"1s\", timeout = \"2s\" }\n", 4, "\"2s\"", "at most the interval (1s)"),
@@ -148,15 +147,15 @@ fn control_refusals_name_the_value_and_what_is_accepted() {
         ("{}", "no \"cmd\"", "accepted commands are status"),
         ("{\"cmd\":5}", "5", "accepted commands are status"),
         ("{\"cmd\":\"frobnicate\"}", "\"frobnicate\"", "accepted commands are status"),
-        ("{\"cmd\":\"status\",\"verbose\":true}", "\"verbose\"", "accepted: {\"cmd\":\"status\"}"),
+        ("{\"cmd\":\"status\",\"verbose\":true}", "`verbose`", "accepted: {\"cmd\":\"status\"}"),
         ("{\"cmd\":\"backend.list\",\"service\":\"web\",\"verbose\":true}", "`verbose`", "expected `service`"),
         ("{\"cmd\":\"reload\",\"force\":true}", "`force`", "expected `allow_empty`"),
         ("{\"cmd\":\"reload\",\"allow_empty\":\"yes\"}", "\"yes\"", "accepted: {\"cmd\":\"reload\"} or {\"cmd\":\"reload\",\"allow_empty\":true}"),
         ("{\"cmd\":\"backend.state\",\"service\":\"web\"}", "`address`", "accepted: {\"cmd\":\"backend.state\""),
         ("{\"cmd\":\"backend.weight\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"weight\":-1}", "-1", "0..=256"),
-        ("{\"cmd\":\"backend.weight\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"weight\":\"heavy\"}", "\"heavy\"", "expected u32"),
+        ("{\"cmd\":\"backend.weight\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"weight\":\"heavy\"}", "\"heavy\"", "use 0..=256"),
         ("{\"cmd\":\"backend.weight\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"weight\":300}", "300", "use 0..=256"),
-        ("{\"cmd\":\"backend.state\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"state\":\"up\"}", "\"up\"", "use ready, drain or maint"),
+        ("{\"cmd\":\"backend.state\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"state\":\"up\"}", "\"up\"", "use \"ready\", \"drain\" or \"maint\""),
         ("{\"cmd\":\"backend.list\",\"service\":\"nope\"}", "\"nope\"", "accepted are the configured services (services: \"web\", \"api6\")"),
         ("{\"cmd\":\"backend.remove\",\"service\":\"web\",\"address\":\"backend-1\"}", "\"backend-1\"", "e.g. \"192.168.1.2:80\""),
         ("{\"cmd\":\"backend.remove\",\"service\":\"web\",\"address\":\"192.168.1.9:80\"}", "\"192.168.1.9:80\"", "accepted are its backends: 192.168.1.2:8080"),
@@ -164,7 +163,7 @@ fn control_refusals_name_the_value_and_what_is_accepted() {
         ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"x\",\"listen\":\"999.1.1.1:80\"}}", "\"999.1.1.1:80\"", "e.g. \"10.0.0.100:80\""),
         ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"x\",\"listen\":\"10.0.0.5:80\",\"scheduler\":\"leastconn\"}}", "field `service.scheduler`: \"leastconn\"", "\"roundrobin\" or \"maglev\""),
         ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"x\",\"listen\":\"10.0.0.5:80\",\"expire\":\"30 minutes\"}}", "field `service.expire`: \"30 minutes\"", "\"never\""),
-        ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"x\",\"listen\":\"10.0.0.5:80\",\"health\":\"icmp\"}}", "field `service.health`: \"icmp\"", "\"tcp\", \"http\" or \"none\""),
+        ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"x\",\"listen\":\"10.0.0.5:80\",\"health\":\"icmp\"}}", "field `service.health`: \"icmp\"", "\"tcp\", \"http\", \"https\" or \"none\""),
         ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"x\",\"listen\":\"10.0.0.5:80\",\"backends\":[{\"address\":\"192.168.1.7\",\"weight\":300}]}}", "field `service.backends[0].weight`: 300", "use 0..=256"),
         ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"we b\",\"listen\":\"10.0.0.5:80\"}}", "field `service.name`: \"we b\"", "letters, digits"),
         ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"web\",\"listen\":\"10.0.0.5:80\"}}", "\"web\" exists already", "give a name not in use"),
@@ -207,8 +206,8 @@ fn control_refusals_name_the_value_and_what_is_accepted() {
 
 #[test]
 fn every_command_has_a_usage_and_good_requests_pass() {
-    for cmd in super::COMMANDS.split(", ") {
-        let usage = super::usage(cmd).unwrap_or_else(|| panic!("{cmd} has no usage"));
+    for cmd in crate::control::commands().split(", ") {
+        let usage = crate::control::usage(cmd).unwrap_or_else(|| panic!("{cmd} has no usage"));
         assert!(usage.contains(&format!("\"cmd\":\"{cmd}\"")), "{usage}");
     }
     let cfg = config::parse(AGENT, "agent.toml").unwrap();

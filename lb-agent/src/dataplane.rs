@@ -15,12 +15,12 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue,
-    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
+    Backend, BackendStats, CounterSet, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey,
+    StickValue, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
 };
 
-use crate::plan::{BackendEntry, Plan, ServiceEntry};
+use lb_model::plan::{BackendEntry, Plan, ServiceEntry};
 
 /// Handles to every map the control plane writes or reads.
 pub struct Dataplane {
@@ -72,7 +72,7 @@ impl Dataplane {
 
     /// Reads back what a previous agent left in pinned maps and takes it as the applied
     /// plan (selection tables are not read back: the next `apply` rewrites them into the
-    /// inactive buffer). Returns it for id recovery ([`crate::plan::Ids::adopt`]).
+    /// inactive buffer). Returns it for id recovery ([`lb_model::plan::Ids::adopt`]).
     pub fn adopt_from_maps(&mut self) -> Result<Plan> {
         let mut plan = Plan::default();
         for item in self.services.iter() {

@@ -45,6 +45,14 @@ pub enum XdpMode {
 }
 
 impl XdpMode {
+    /// The mode's name (`native`, `skb`).
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+        }
+    }
+
     /// The aya attach mode.
     pub fn aya(self) -> aya::programs::XdpMode {
         match self {

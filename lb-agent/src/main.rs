@@ -1,23 +1,21 @@
 //! `stickylb`: the agent (`run`) and the control commands that talk to it.
 //!
-//! Exit codes: 0 ok, 1 refused by the agent (its reason is printed), 2 usage,
-//! 3 agent not reachable.
+//! A control command sends the operator's words as they were typed (a JSON object, see
+//! `lb_agent::control::client`): the agent reads and refuses them, as it would a request
+//! from any other client. Exit codes: [`lb_agent::exit`].
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use lb_userspace::{
+use lb_agent::{
     agent::{self, AgentOptions, ModeChoice},
-    control::{self, BackendDef, ClientError, Request, ServiceDef, DEFAULT_SOCKET},
+    control::{self, ClientError},
+    exit,
     metrics::DEFAULT_METRICS,
     pins::{self, PinLayout, DEFAULT_BPFFS},
-    plan::MAX_WEIGHT,
 };
-use serde_json::Value;
-
-const EXIT_REFUSED: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_UNREACHABLE: u8 = 3;
+use lb_model::{control::DEFAULT_SOCKET, plan::MAX_WEIGHT};
+use serde_json::{json, Map, Value};
 
 #[derive(Parser)]
 #[command(
@@ -70,11 +68,11 @@ enum Command {
     #[command(subcommand)]
     Table(TableCmd),
     /// Live view of services and backends: health, state, rates, pinned clients, stick-table fill.
-    Top(lb_userspace::top::TopArgs),
+    Top(lb_agent::top::TopArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions(lb_userspace::extras::CompletionsArgs),
+    Completions(lb_agent::extras::CompletionsArgs),
     /// Print the manual page (roff), or write one page per command with --dir.
-    Man(lb_userspace::extras::ManArgs),
+    Man(lb_agent::extras::ManArgs),
 }
 
 #[derive(Args, Clone)]
@@ -237,7 +235,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            return exit::code(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -252,7 +254,7 @@ fn main() -> ExitCode {
                     Ok(a) => Some(a),
                     Err(_) => {
                         eprintln!("error: --metrics {:?} is not accepted: give ADDR:PORT (e.g. {DEFAULT_METRICS}) or off", args.metrics);
-                        return ExitCode::from(EXIT_USAGE);
+                        return exit::code(exit::USAGE);
                     }
                 }
             };
@@ -279,12 +281,12 @@ fn main() -> ExitCode {
         Command::Detach(p) => {
             if let Err(e) = pins::check_instance_name(&p.instance) {
                 eprintln!("error: {e:#}");
-                return ExitCode::from(EXIT_USAGE);
+                return exit::code(exit::USAGE);
             }
             let layout = PinLayout::new(&p.bpffs, &p.instance);
             return match pins::detach_all(&layout) {
                 Ok(ifaces) => {
-                    lb_userspace::persist::StateDir::new(state_dir(&p)).clear();
+                    lb_agent::persist::StateDir::new(state_dir(&p)).clear();
                     println!(
                         "detached from {} interface(s){}; pinned state removed",
                         ifaces.len(),
@@ -302,22 +304,23 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Top(args) => return lb_userspace::top::run(&cli.socket, cli.json, &args),
+        Command::Top(args) => return lb_agent::top::run(&cli.socket, cli.json, &args),
         Command::Completions(args) => {
-            return lb_userspace::extras::completions(
-                <Cli as clap::CommandFactory>::command(),
-                &args,
-            )
+            return lb_agent::extras::completions(<Cli as clap::CommandFactory>::command(), &args)
         }
         Command::Man(args) => {
-            return lb_userspace::extras::man(<Cli as clap::CommandFactory>::command(), &args)
+            return lb_agent::extras::man(<Cli as clap::CommandFactory>::command(), &args)
         }
-        Command::Status => Request::Status,
-        Command::Reload { allow_empty } => Request::Reload { allow_empty },
+        Command::Status => cmd("status", []),
+        Command::Reload { allow_empty } => cmd(
+            "reload",
+            [("allow_empty", allow_empty.then_some(Value::Bool(true)))],
+        ),
         Command::Stats { watch } => {
+            let req = cmd("stats", []);
             if watch {
                 loop {
-                    let code = send(&cli.socket, &Request::Stats, cli.json);
+                    let code = send(&cli.socket, &req, cli.json);
                     if code != ExitCode::SUCCESS {
                         return code;
                     }
@@ -327,9 +330,9 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Request::Stats
+            req
         }
-        Command::Service(ServiceCmd::List) => Request::ServiceList,
+        Command::Service(ServiceCmd::List) => cmd("service.list", []),
         Command::Service(ServiceCmd::Add {
             name,
             listen,
@@ -339,105 +342,154 @@ fn main() -> ExitCode {
             expire,
             health,
             backends,
-        }) => Request::ServiceAdd {
-            service: ServiceDef {
-                name,
-                listen,
-                protocol,
-                scheduler,
-                forwarding,
-                expire,
-                health,
-                backends: backends
-                    .into_iter()
-                    .map(|address| BackendDef {
-                        address,
-                        weight: 1,
-                        state: "ready".into(),
-                    })
-                    .collect(),
-            },
-        },
-        Command::Service(ServiceCmd::Remove { name }) => Request::ServiceRemove { name },
-        Command::Backend(BackendCmd::List { service }) => Request::BackendList { service },
+        }) => {
+            let service = object([
+                ("name", Some(name.into())),
+                ("listen", Some(listen.into())),
+                ("protocol", protocol.map(Value::from)),
+                ("scheduler", scheduler.map(Value::from)),
+                ("forwarding", forwarding.map(Value::from)),
+                ("expire", expire.map(Value::from)),
+                ("health", health.map(Value::from)),
+                (
+                    "backends",
+                    (!backends.is_empty()).then(|| {
+                        backends
+                            .into_iter()
+                            .map(|address| json!({ "address": address }))
+                            .collect()
+                    }),
+                ),
+            ]);
+            cmd("service.add", [("service", Some(service))])
+        }
+        Command::Service(ServiceCmd::Remove { name }) => {
+            cmd("service.remove", [("name", Some(name.into()))])
+        }
+        Command::Backend(BackendCmd::List { service }) => {
+            cmd("backend.list", [("service", service.map(Value::from))])
+        }
         Command::Backend(BackendCmd::Add {
             service,
             address,
             weight,
             state,
-        }) => Request::BackendAdd {
-            service,
-            backend: BackendDef {
-                address,
-                weight,
-                state,
-            },
-        },
-        Command::Backend(BackendCmd::Remove { service, address }) => {
-            Request::BackendRemove { service, address }
-        }
+        }) => cmd(
+            "backend.add",
+            [
+                ("service", Some(service.into())),
+                (
+                    "backend",
+                    Some(json!({ "address": address, "weight": weight, "state": state })),
+                ),
+            ],
+        ),
+        Command::Backend(BackendCmd::Remove { service, address }) => cmd(
+            "backend.remove",
+            [
+                ("service", Some(service.into())),
+                ("address", Some(address.into())),
+            ],
+        ),
         Command::Backend(BackendCmd::Weight {
             service,
             address,
             weight,
-        }) => Request::BackendWeight {
-            service,
-            address,
-            weight,
-        },
+        }) => cmd(
+            "backend.weight",
+            [
+                ("service", Some(service.into())),
+                ("address", Some(address.into())),
+                ("weight", Some(weight.into())),
+            ],
+        ),
         Command::Backend(BackendCmd::State {
             service,
             address,
             state,
-        }) => Request::BackendState {
-            service,
-            address,
-            state,
-        },
+        }) => cmd(
+            "backend.state",
+            [
+                ("service", Some(service.into())),
+                ("address", Some(address.into())),
+                ("state", Some(state.into())),
+            ],
+        ),
         Command::Table(TableCmd::Show {
             service,
             backend,
             limit,
-        }) => Request::TableShow {
-            service,
-            backend,
-            limit,
-        },
-        Command::Table(TableCmd::Lookup { service, client }) => {
-            Request::TableLookup { service, client }
-        }
+        }) => cmd(
+            "table.show",
+            [
+                ("service", service.map(Value::from)),
+                ("backend", backend.map(Value::from)),
+                ("limit", limit.map(Value::from)),
+            ],
+        ),
+        Command::Table(TableCmd::Lookup { service, client }) => cmd(
+            "table.lookup",
+            [
+                ("service", Some(service.into())),
+                ("client", Some(client.into())),
+            ],
+        ),
         Command::Table(TableCmd::Clear {
             service,
             client,
             backend,
-        }) => Request::TableClear {
-            service,
-            client,
-            backend,
-        },
+        }) => cmd(
+            "table.clear",
+            [
+                ("service", Some(service.into())),
+                ("client", client.map(Value::from)),
+                ("backend", backend.map(Value::from)),
+            ],
+        ),
         Command::Table(TableCmd::Pin {
             service,
             client,
             backend,
-        }) => Request::TablePin {
-            service,
-            client,
-            backend,
-        },
+        }) => cmd(
+            "table.pin",
+            [
+                ("service", Some(service.into())),
+                ("client", Some(client.into())),
+                ("backend", Some(backend.into())),
+            ],
+        ),
     };
     send(&cli.socket, &req, cli.json)
 }
 
+/// A JSON object of the given fields (those that are `None` left out).
+fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+    let map: Map<String, Value> = fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect();
+    Value::Object(map)
+}
+
+/// A request: `{"cmd":name, …fields}`.
+fn cmd<const N: usize>(name: &str, fields: [(&str, Option<Value>); N]) -> Value {
+    let mut v = object(fields);
+    if let Value::Object(m) = &mut v {
+        m.insert("cmd".into(), name.into());
+    }
+    v
+}
+
 /// Sends a request, prints the answer, maps the outcome to an exit code.
-fn send(socket: &std::path::Path, req: &Request, json: bool) -> ExitCode {
-    match control::request(socket, req, Duration::from_secs(30)) {
+fn send(socket: &std::path::Path, req: &Value, json: bool) -> ExitCode {
+    match control::request_value(socket, req, Duration::from_secs(30)) {
         Err(e @ ClientError::Unreachable { .. }) => {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_UNREACHABLE)
+            exit::code(exit::UNREACHABLE)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_UNREACHABLE)
+            exit::code(exit::UNREACHABLE)
         }
         Ok(resp) if !resp.ok => {
             if json {
@@ -445,7 +497,7 @@ fn send(socket: &std::path::Path, req: &Request, json: bool) -> ExitCode {
             } else {
                 eprintln!("refused: {}", resp.error.unwrap_or_default());
             }
-            ExitCode::from(EXIT_REFUSED)
+            exit::code(exit::REFUSED)
         }
         Ok(resp) => {
             let result = resp.result.unwrap_or(Value::Null);
@@ -455,7 +507,7 @@ fn send(socket: &std::path::Path, req: &Request, json: bool) -> ExitCode {
                     serde_json::to_string_pretty(&result).unwrap_or_default()
                 );
             } else {
-                print_human(req, &result);
+                print_human(req["cmd"].as_str().unwrap_or(""), &result);
             }
             ExitCode::SUCCESS
         }
@@ -470,9 +522,9 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
-fn print_human(req: &Request, v: &Value) {
-    match req {
-        Request::TableShow { .. } => {
+fn print_human(cmd: &str, v: &Value) {
+    match cmd {
+        "table.show" => {
             println!(
                 "{:<40} {:<40} {:<24} {:>10}",
                 "SERVICE", "CLIENT", "BACKEND", "IDLE"
@@ -489,7 +541,7 @@ fn print_human(req: &Request, v: &Value) {
             }
             println!("{} of {} entries", s(v, "shown"), s(v, "total"));
         }
-        Request::BackendList { .. } => {
+        "backend.list" => {
             println!(
                 "{:<12} {:<40} {:>6} {:<6} {:<6} {:<6} {:>10} {:>8}",
                 "SERVICE", "BACKEND", "WEIGHT", "ADMIN", "HEALTH", "STATE", "PACKETS", "CLIENTS"
@@ -508,7 +560,7 @@ fn print_human(req: &Request, v: &Value) {
                 );
             }
         }
-        Request::ServiceList => {
+        "service.list" => {
             println!(
                 "{:<12} {:<44} {:<5} {:<10} {:<4} {:>8} {:>10}",
                 "SERVICE", "LISTEN", "PROTO", "SCHEDULER", "MODE", "BACKENDS", "PACKETS"
@@ -526,7 +578,7 @@ fn print_human(req: &Request, v: &Value) {
                 );
             }
         }
-        Request::Stats => {
+        "stats" => {
             for svc in v["services"].as_array().into_iter().flatten() {
                 println!(
                     "service {}: packets {} bytes {} new clients {} re-picks expired {} down {} drops no-backend {} no-route {} fib-miss {} replies {}",

@@ -9,9 +9,6 @@
 use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
 
-/// The toolchain the eBPF crate is built with (LLVM 22, matching bpf-linker).
-const EBPF_TOOLCHAIN: &str = "1.98.0";
-
 fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-env-changed=STICKYLB_NO_EBPF");
     if std::env::var_os("CARGO_CFG_FUZZING").is_some()
@@ -31,6 +28,12 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    // The pinned toolchain: `[workspace.metadata.stickylb] toolchain` of the root manifest.
+    println!("cargo::rerun-if-changed=../Cargo.toml");
+    let toolchain = metadata.workspace_metadata["stickylb"]["toolchain"]
+        .as_str()
+        .context("the root Cargo.toml has no [workspace.metadata.stickylb] toolchain")?
+        .to_string();
     let ebpf = metadata
         .packages
         .into_iter()
@@ -46,6 +49,6 @@ fn main() -> anyhow::Result<()> {
             root_dir: root.as_str(),
             ..Default::default()
         }],
-        Toolchain::Custom(EBPF_TOOLCHAIN),
+        Toolchain::Custom(&toolchain),
     )
 }

@@ -30,12 +30,12 @@ use std::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::control::{self, ClientError, Request};
+use lb_model::{control::Request, duration};
 
-/// Exit code when the agent refused a request.
-const EXIT_REFUSED: u8 = 1;
-/// Exit code when the agent is not reachable.
-const EXIT_UNREACHABLE: u8 = 3;
+use crate::{
+    control::{self, ClientError},
+    exit,
+};
 /// Most stick-table entries the agent may read per refresh to count pinned clients.
 pub const PINNED_BUDGET: u64 = 100_000;
 /// Timeout of one control request.
@@ -44,7 +44,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Arguments of `stickylb top`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TopArgs {
-    /// Time between refreshes, e.g. 1s, 500ms, 2 (seconds; at least 100ms).
+    /// Time between refreshes, e.g. 1s, 500ms, 2 (seconds); 100ms to 1h.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Print one plain-text snapshot (rates over one interval) and exit.
@@ -55,27 +55,15 @@ pub struct TopArgs {
     pub iterations: Option<u64>,
 }
 
-/// Parses `1s`, `500ms`, `1.5` (seconds).
+/// An interval between refreshes: a duration (`1s`, `500ms`, `2`) from 100ms to 1h.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an interval: give e.g. 1s, 500ms or 2"))?;
-    let secs = v * scale;
-    if !secs.is_finite() || secs < 0.1 || secs > 3600.0 {
+    let d = duration::parse(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
         return Err(format!(
             "interval {s:?} is out of range: give 100ms to 3600s"
         ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// One line of the view: a service (`backend` is `None`) or one of its backends.
@@ -349,8 +337,8 @@ impl std::fmt::Display for PollError {
 impl PollError {
     fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
-            PollError::Client(_) => EXIT_UNREACHABLE,
-            PollError::Refused(_) => EXIT_REFUSED,
+            PollError::Client(_) => exit::UNREACHABLE,
+            PollError::Refused(_) => exit::REFUSED,
         })
     }
 }
@@ -391,7 +379,7 @@ fn count(socket: &Path, service: &str, backend: Option<&str>) -> Result<Option<u
 /// Sends `stats` and adds `pinned` counts (within the budget) to its services and backends,
 /// and `pinned_scope` to the top level.
 pub fn poll(socket: &Path) -> Result<Value, PollError> {
-    let mut stats = ask(socket, &Request::Stats)?;
+    let mut stats = ask(socket, &Request::Stats {})?;
     let entries = stats["stick_table"]["entries"].as_u64().unwrap_or(0);
     let Some(services) = stats["services"].as_array_mut() else {
         return Ok(stats);

@@ -195,13 +195,6 @@ fn ring_for(input: RingInput) -> Vec<u32> {
     ring
 }
 
-fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
 fn family_name(a: &SocketAddr) -> &'static str {
     if a.is_ipv4() {
         "IPv4"
@@ -360,7 +353,7 @@ impl Ids {
                     if let Some(first) = reverse_owner.get(&rkey) {
                         return Err(PlanError::AmbiguousReply {
                             backend: SocketAddr::new(b.addr.ip(), port),
-                            proto: proto_name(s.protocol),
+                            proto: s.protocol.name(),
                             first: first.clone(),
                             second: s.name.clone(),
                         });
@@ -502,7 +495,7 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), PlanError> {
                 first: first.to_string(),
                 second: s.name.clone(),
                 vip: s.vip,
-                proto: proto_name(s.protocol),
+                proto: s.protocol.name(),
             });
         }
         if let Some(size) = s.maglev_size {

@@ -13,7 +13,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -30,17 +30,22 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::{
+use lb_model::{
+    clock::{monotonic_ns, unix_ms},
     config::{self, BackendConfig, Config, ServiceConfig},
     control::{self, Request, Response, MAX_REQUEST},
+    plan::Ids,
+    spec::{AdminState, HealthKind},
+    vocab::excerpt,
+};
+
+use crate::{
     dataplane::Dataplane,
     health::{HealthChecker, Target, TargetKey, Transition},
     loader::{self, LoadOptions, XdpMode},
     metrics, neighbours,
     persist::{fingerprint, Meta, StateDir},
     pins::{self, Attachment, PinLayout},
-    plan::Ids,
-    spec::{AdminState, BackendState, HealthKind},
 };
 
 /// How to pick the XDP mode.
@@ -95,24 +100,6 @@ type Shared = Arc<Mutex<Agent>>;
 /// health change and signal down with it: the lock is taken over instead.
 fn lock(agent: &Shared) -> std::sync::MutexGuard<'_, Agent> {
     agent.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// CLOCK_MONOTONIC_COARSE in ns: the data path's clock (`bpf_ktime_get_coarse_ns`), for
-/// entry ages and pinned entries.
-pub fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime into a zeroed struct.
-    unsafe {
-        let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts);
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
 }
 
 /// Chooses the configuration to start from (see [`crate::persist`]).
@@ -233,7 +220,7 @@ fn attach_one(
     };
     Ok(match how {
         Attachment::Adopted => "adopted".to_string(),
-        Attachment::Attached(m) => format!("{m:?}").to_lowercase(),
+        Attachment::Attached(m) => m.name().to_string(),
     })
 }
 
@@ -316,7 +303,7 @@ impl Agent {
             .unwrap_or(true)
     }
 
-    fn specs(&self) -> Vec<crate::spec::ServiceSpec> {
+    fn specs(&self) -> Vec<lb_model::spec::ServiceSpec> {
         self.config
             .services
             .iter()
@@ -341,7 +328,7 @@ impl Agent {
             .config
             .services
             .iter()
-            .filter(|s| s.spec.forwarding == crate::spec::Forwarding::Dsr)
+            .filter(|s| s.spec.forwarding == lb_model::spec::Forwarding::Dsr)
             .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
             .collect();
         for (ip, e) in neighbours::prime(&dsr) {
@@ -367,7 +354,8 @@ impl Agent {
     /// running configuration; keeps the old one if it cannot be applied.
     fn change(&mut self, next: Config) -> Result<(), String> {
         let specs: Vec<_> = next.services.iter().map(|s| s.spec.clone()).collect();
-        crate::plan::validate(&specs).map_err(|e| e.to_string())?;
+        lb_model::plan::validate(&specs).map_err(|e| e.to_string())?;
+        crate::health::tls::check_config(&next)?;
         let previous = std::mem::replace(&mut self.config, next);
         self.changes += 1;
         if let Err(e) = self.commit(true) {
@@ -395,6 +383,12 @@ impl Agent {
         })?;
         let cfg = config::parse(&text, &self.opts.config.display().to_string())
             .map_err(|e| e.to_string())?;
+        crate::health::tls::check_config(&cfg).map_err(|e| {
+            format!(
+                "reload refused, running configuration kept: {}: {e}",
+                self.opts.config.display()
+            )
+        })?;
         if cfg.services.is_empty() && !self.config.services.is_empty() && !allow_empty {
             let running: Vec<&str> = self
                 .config
@@ -408,7 +402,7 @@ impl Agent {
                  `stickylb reload --allow-empty` to remove them on purpose",
                 self.opts.config.display(),
                 running.len(),
-                control::excerpt(&running.join(", "), 120)
+                excerpt(&running.join(", "), 120)
             ));
         }
         let previous = std::mem::replace(&mut self.config, cfg);
@@ -466,14 +460,14 @@ impl Agent {
             "address": b.addr.to_string(),
             "id": id,
             "weight": b.weight,
-            "admin": control::admin_name(b.admin),
+            "admin": b.admin,
             "health": match (&s.health.kind, &status) {
                 (HealthKind::None, _) => "none",
                 (_, Some(st)) if st.up => "up",
                 (_, Some(_)) => "down",
                 (_, None) => "up",
             },
-            "state": match effective { BackendState::Up => "up", BackendState::Drain => "drain", BackendState::Down => "down" },
+            "state": effective,
             // Health changes of state (up↔down) since the agent started: a rising count on a
             // backend that is up now is a flapping backend.
             "flaps": status.as_ref().map(|st| st.transitions).unwrap_or(0),
@@ -498,7 +492,7 @@ impl Agent {
             return Ok(edit.result);
         }
         match req {
-            Request::Status => Ok(json!({
+            Request::Status {} => Ok(json!({
                 "instance": self.opts.instance,
                 "pid": std::process::id(),
                 "uptime_s": self.started.elapsed().as_secs(),
@@ -513,8 +507,8 @@ impl Agent {
                 "health_max_lag_ms": self.health.max_lag().as_millis() as u64,
             })),
             Request::Reload { allow_empty } => self.reload(allow_empty),
-            Request::Stats => Ok(self.stats_json()),
-            Request::ServiceList => Ok(Value::Array(
+            Request::Stats {} => Ok(self.stats_json()),
+            Request::ServiceList {} => Ok(Value::Array(
                 self.config
                     .services
                     .iter()
@@ -523,9 +517,9 @@ impl Agent {
                         let st = id.and_then(|i| self.dp.service_stats(i).ok()).unwrap_or_default();
                         json!({
                             "name": s.spec.name, "id": id, "listen": s.spec.vip.to_string(),
-                            "protocol": format!("{:?}", s.spec.protocol).to_lowercase(),
-                            "scheduler": format!("{:?}", s.spec.scheduler).to_lowercase(),
-                            "forwarding": format!("{:?}", s.spec.forwarding).to_lowercase(),
+                            "protocol": s.spec.protocol,
+                            "scheduler": s.spec.scheduler,
+                            "forwarding": s.spec.forwarding,
                             "expire_s": s.spec.expire.map(|d| d.as_secs_f64()),
                             "backends": s.backends.len(), "packets": st.packets, "new_clients": st.new_clients,
                         })
@@ -972,6 +966,8 @@ pub fn run(opts: AgentOptions) -> Result<()> {
 async fn run_async(opts: AgentOptions) -> Result<()> {
     let state = StateDir::new(opts.state_dir.clone());
     let (config, fp, changes) = initial_config(&opts, &state)?;
+    crate::health::tls::check_config(&config)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.config.display()))?;
     let stick_capacity: u32 = config
         .services
         .iter()

@@ -8,15 +8,9 @@
 //!
 //! - A target that is up goes down after `fall` consecutive failed checks; a
 //!   target that is down goes up after `rise` consecutive successful checks.
-//! - [`HealthKind::Tcp`]: the check succeeds when a TCP connection to the check
-//!   address is established within `timeout`.
-//! - [`HealthKind::Http`]: connect, send `GET {path} HTTP/1.0` and read the
-//!   status line, all within `timeout`; healthy on 2xx/3xx, or exactly on
-//!   `expect_status` when that is set.
-//! - [`HealthKind::None`]: always up; no task, no network traffic.
-//!
-//! Check connections are closed with a reset (zero linger), as HAProxy does, so
-//! that thousands of checks per second leave no `TIME_WAIT` sockets behind.
+//! - What one check does ([`probe`]): a TCP connect, an HTTP/1.1 `GET` (hyper), or
+//!   the same over TLS ([`tls`], rustls); [`HealthKind::None`]: always up; no task,
+//!   no network traffic.
 //!
 //! Each task ticks every `interval` (missed ticks are delayed, never bunched up)
 //! and its first check is delayed by a deterministic jitter in `[0, interval)`
@@ -35,6 +29,9 @@
 //! state that differs from what the caller believed (a [`HealthKind::None`]
 //! target passed in as down), a transition is emitted for it.
 
+pub mod probe;
+pub mod tls;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -42,19 +39,26 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
+use lb_model::{
+    clock::unix_ms,
+    spec::{HealthConfig, HealthKind},
+    stats::CheckStatus,
+};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
     runtime::Handle,
     sync::mpsc::UnboundedSender,
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
 
-use crate::spec::{HealthConfig, HealthKind};
+use self::probe::Outcome;
+
+/// TLS client settings of a target: for `https` checks, the configuration or why there
+/// is none.
+type TlsSetup = Option<Result<Arc<rustls::ClientConfig>, String>>;
 
 /// Identity of a checked target: a backend of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,39 +88,20 @@ pub struct Transition {
     pub latency: Option<Duration>,
 }
 
-/// Current state and counters of a target.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct TargetStatus {
-    pub up: bool,
-    pub consecutive_ok: u32,
-    pub consecutive_fail: u32,
-    /// Latency of the last check, when it got a response.
-    pub last_latency_us: Option<u64>,
-    /// Reason of the last check when it failed; cleared by a successful check.
-    pub last_error: Option<String>,
-    /// Checks run.
-    pub checks: u64,
-    /// Failed checks.
-    pub failures: u64,
-    /// Changes of state.
-    pub transitions: u64,
-    /// When the state last changed (or when the target was added).
-    pub last_change_unix_ms: u64,
-}
+/// Current state and counters of a target (the `check` of a `backend.list` row).
+pub type TargetStatus = CheckStatus;
 
-impl TargetStatus {
-    fn new(up: bool) -> Self {
-        Self {
-            up,
-            consecutive_ok: 0,
-            consecutive_fail: 0,
-            last_latency_us: None,
-            last_error: None,
-            checks: 0,
-            failures: 0,
-            transitions: 0,
-            last_change_unix_ms: now_unix_ms(),
-        }
+fn fresh_status(up: bool) -> TargetStatus {
+    CheckStatus {
+        up,
+        consecutive_ok: 0,
+        consecutive_fail: 0,
+        last_latency_us: None,
+        last_error: None,
+        checks: 0,
+        failures: 0,
+        transitions: 0,
+        last_change_unix_ms: unix_ms(),
     }
 }
 
@@ -125,6 +110,7 @@ pub struct HealthChecker {
     shared: Arc<Shared>,
     targets: Mutex<BTreeMap<TargetKey, Entry>>,
     runtime: Handle,
+    tls: tls::Configs,
 }
 
 /// What the checking tasks share with the checker.
@@ -151,32 +137,8 @@ struct SlotInner {
     stopped: bool,
 }
 
-/// Result of one check.
-struct Outcome {
-    ok: bool,
-    reason: String,
-    latency: Option<Duration>,
-}
-
-impl Outcome {
-    fn fail(reason: String) -> Self {
-        Self {
-            ok: false,
-            reason,
-            latency: None,
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl HealthChecker {
@@ -189,6 +151,7 @@ impl HealthChecker {
             }),
             targets: Mutex::new(BTreeMap::new()),
             runtime: Handle::current(),
+            tls: tls::Configs::default(),
         }
     }
 
@@ -222,9 +185,17 @@ impl HealthChecker {
             }
             for (key, target) in wanted {
                 let up = initial_up(&key);
-                let new = self.start(target, TargetStatus::new(up), up, &mut transitions);
+                let new = self.start(target, fresh_status(up), up, &mut transitions);
                 map.insert(key, new);
             }
+            let used: Vec<_> = map
+                .values()
+                .filter_map(|e| match &e.target.config.kind {
+                    HealthKind::Https(_, t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            self.tls.keep_only(&used);
         }
         for t in &transitions {
             log_transition(t);
@@ -246,7 +217,7 @@ impl HealthChecker {
             status.up = true;
             if !believed_up {
                 status.transitions += 1;
-                status.last_change_unix_ms = now_unix_ms();
+                status.last_change_unix_ms = unix_ms();
                 let t = Transition {
                     key: target.key.clone(),
                     up: true,
@@ -265,8 +236,13 @@ impl HealthChecker {
             }),
         });
         if target.config.kind != HealthKind::None {
+            let tls: TlsSetup = match &target.config.kind {
+                HealthKind::Https(_, settings) => Some(self.tls.get(settings)),
+                _ => None,
+            };
             task = Some(self.runtime.spawn(run_checks(
                 target.clone(),
+                tls,
                 slot.clone(),
                 self.shared.clone(),
             )));
@@ -366,7 +342,7 @@ impl Slot {
             change.map(|reason| {
                 s.up = !s.up;
                 s.transitions += 1;
-                s.last_change_unix_ms = now_unix_ms();
+                s.last_change_unix_ms = unix_ms();
                 let t = Transition {
                     key: key.clone(),
                     up: s.up,
@@ -402,7 +378,7 @@ fn log_transition(t: &Transition) {
 }
 
 /// The task of one target: checks every `interval` until stopped.
-async fn run_checks(target: Target, slot: Arc<Slot>, shared: Arc<Shared>) {
+async fn run_checks(target: Target, tls: TlsSetup, slot: Arc<Slot>, shared: Arc<Shared>) {
     let interval = target.config.interval.max(Duration::from_millis(1));
     let first = Instant::now() + first_check_delay(&target.key, interval);
     let mut ticker = tokio::time::interval_at(first, interval);
@@ -411,7 +387,7 @@ async fn run_checks(target: Target, slot: Arc<Slot>, shared: Arc<Shared>) {
         let due = ticker.tick().await;
         let lag = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
         shared.max_lag_us.fetch_max(lag, Ordering::Relaxed);
-        let outcome = check(target.check_addr, &target.config).await;
+        let outcome = probe::check(target.check_addr, &target.config, tls.as_ref()).await;
         if !slot.record(&target.key, &target.config, outcome, &shared.events) {
             return;
         }
@@ -442,151 +418,6 @@ fn first_check_delay(key: &TargetKey, interval: Duration) -> Duration {
     Duration::from_nanos(u64::try_from(u128::from(h) % nanos).unwrap_or(0))
 }
 
-/// "1s", "250ms", or Debug formatting for anything finer.
-fn fmt_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d.as_nanos().is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{d:?}")
-    }
-}
-
-async fn check(addr: SocketAddr, config: &HealthConfig) -> Outcome {
-    match &config.kind {
-        HealthKind::None => Outcome {
-            ok: true,
-            reason: "no check".to_string(),
-            latency: None,
-        },
-        HealthKind::Tcp => tcp_check(addr, config.timeout).await,
-        HealthKind::Http {
-            path,
-            expect_status,
-        } => http_check(addr, path, *expect_status, config.timeout).await,
-    }
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(format!("connect timed out after {}", fmt_duration(timeout))),
-        Ok(Err(e)) => Err(format!("connect failed: {e}")),
-        Ok(Ok(stream)) => {
-            // Close with a reset: no TIME_WAIT left behind by frequent checks.
-            let _ = stream.set_zero_linger();
-            Ok(stream)
-        }
-    }
-}
-
-async fn tcp_check(addr: SocketAddr, timeout: Duration) -> Outcome {
-    let started = Instant::now();
-    match connect(addr, timeout).await {
-        Ok(_stream) => {
-            let latency = started.elapsed();
-            Outcome {
-                ok: true,
-                reason: format!("connected in {latency:.1?}"),
-                latency: Some(latency),
-            }
-        }
-        Err(reason) => Outcome::fail(reason),
-    }
-}
-
-async fn http_check(
-    addr: SocketAddr,
-    path: &str,
-    expect_status: Option<u16>,
-    timeout: Duration,
-) -> Outcome {
-    let started = Instant::now();
-    let mut stream = match connect(addr, timeout).await {
-        Ok(stream) => stream,
-        Err(reason) => return Outcome::fail(reason),
-    };
-    let path = if path.is_empty() { "/" } else { path };
-    if path.contains(['\r', '\n', ' ']) {
-        return Outcome::fail(format!("invalid HTTP check path {path:?}"));
-    }
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: stickylb-health\r\nConnection: close\r\n\r\n");
-    let exchange = async {
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("sending HTTP request failed: {e}"))?;
-        read_status(&mut stream).await
-    };
-    match tokio::time::timeout_at(started + timeout, exchange).await {
-        Err(_) => Outcome::fail(format!(
-            "HTTP response timed out after {}",
-            fmt_duration(timeout)
-        )),
-        Ok(Err(reason)) => Outcome::fail(reason),
-        Ok(Ok(code)) => {
-            let latency = started.elapsed();
-            let ok = match expect_status {
-                Some(expected) => code == expected,
-                None => (200..400).contains(&code),
-            };
-            let reason = match expect_status {
-                Some(expected) if !ok => format!("HTTP status {code}, expected {expected}"),
-                _ => format!("HTTP status {code} in {latency:.1?}"),
-            };
-            Outcome {
-                ok,
-                reason,
-                latency: Some(latency),
-            }
-        }
-    }
-}
-
-/// Reads the status line of an HTTP response and returns its status code.
-async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
-    let mut buf = [0u8; 256];
-    let mut len = 0;
-    loop {
-        if let Some(end) = buf[..len].iter().position(|&b| b == b'\n') {
-            return parse_status_line(&buf[..end]);
-        }
-        if len == buf.len() {
-            return parse_status_line(&buf[..len]);
-        }
-        let n = stream
-            .read(&mut buf[len..])
-            .await
-            .map_err(|e| format!("reading HTTP response failed: {e}"))?;
-        if n == 0 {
-            return if len == 0 {
-                Err("connection closed without an HTTP response".to_string())
-            } else {
-                parse_status_line(&buf[..len])
-            };
-        }
-        len += n;
-    }
-}
-
-fn parse_status_line(line: &[u8]) -> Result<u16, String> {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end();
-    let mut parts = text.split_ascii_whitespace();
-    let code = match (parts.next(), parts.next()) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/") && code.len() == 3 => {
-            code.parse::<u16>().ok()
-        }
-        _ => None,
-    };
-    if let Some(code) = code.filter(|c| (100..=599).contains(c)) {
-        return Ok(code);
-    }
-    let shown: String = text.chars().take(64).collect();
-    Err(format!("invalid HTTP status line {shown:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -594,7 +425,9 @@ mod tests {
         sync::atomic::{AtomicU16, AtomicUsize},
     };
 
+    use lb_model::spec::HttpCheck;
     use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
         sync::mpsc::{unbounded_channel, UnboundedReceiver},
         time::{sleep, timeout},
@@ -794,10 +627,11 @@ mod tests {
         let checker = HealthChecker::new(tx);
         let http = |expect_status| {
             config(
-                HealthKind::Http {
+                HealthKind::Http(HttpCheck {
                     path: "/health".into(),
                     expect_status,
-                },
+                    host: None,
+                }),
                 50,
                 500,
                 2,
@@ -822,7 +656,7 @@ mod tests {
             down.reason
         );
         let req = lock(&last_request).clone();
-        assert!(req.starts_with("GET /health HTTP/1.0\r\n"), "{req:?}");
+        assert!(req.starts_with("GET /health HTTP/1.1\r\n"), "{req:?}");
         assert!(
             req.contains(&format!("\r\nHost: {addr}\r\n"))
                 && req.contains("\r\nUser-Agent: stickylb-health\r\n")
@@ -863,16 +697,7 @@ mod tests {
         let (tx, mut rx) = unbounded_channel();
         let checker = HealthChecker::new(tx);
         let k = key("mute", addr);
-        let cfg = config(
-            HealthKind::Http {
-                path: "/".into(),
-                expect_status: None,
-            },
-            50,
-            100,
-            2,
-            2,
-        );
+        let cfg = config(HealthKind::Http(HttpCheck::default()), 50, 100, 2, 2);
         checker.set_targets(vec![target("mute", addr, cfg)], &|_| true);
         let t = next_event(&mut rx, Duration::from_secs(5)).await;
         assert!(!t.up && t.key == k && t.latency.is_none(), "{t:?}");
@@ -1081,15 +906,6 @@ mod tests {
     }
 
     #[test]
-    fn status_line_parsing() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r"), Ok(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 302"), Ok(302));
-        assert!(parse_status_line(b"SSH-2.0-OpenSSH").is_err());
-        assert!(parse_status_line(b"HTTP/1.1 20 OK").is_err());
-        assert!(parse_status_line(b"").is_err());
-    }
-
-    #[test]
     fn first_check_jitter_is_deterministic_and_spread() {
         let interval = Duration::from_secs(1);
         let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
@@ -1107,7 +923,5 @@ mod tests {
             buckets.iter().all(|&n| (50..=150).contains(&n)),
             "{buckets:?}"
         );
-        assert_eq!(fmt_duration(Duration::from_secs(1)), "1s");
-        assert_eq!(fmt_duration(Duration::from_millis(250)), "250ms");
     }
 }

@@ -1,0 +1,28 @@
+//! stickylb's agent and CLI: loading and attaching the XDP program, turning the model's
+//! configuration into map contents, health checks, the control socket, metrics and `top`.
+//! The model itself (services, config schema, plan, control protocol, stats schema) is the
+//! pure crate `lb-model`.
+//!
+//! - [`agent`]: `stickylb run`: state, the control requests' answers, the run loop.
+//! - [`loader`], [`pins`]: the embedded program, its maps pinned in bpffs, attaching.
+//! - [`dataplane`]: writes a plan into the maps and reads counters / stick entries.
+//! - [`health`]: active health checks (TCP, HTTP on hyper, HTTPS on rustls).
+//! - [`control`]: the control socket's client.
+//! - [`metrics`]: the Prometheus endpoint.
+//! - [`top`]: `stickylb top`.
+//! - [`persist`]: runtime changes saved across restarts.
+//! - [`neighbours`]: neighbour priming for DSR backends.
+//! - [`exit`], [`extras`]: the CLI's exit codes, completions and manual pages.
+
+pub mod agent;
+pub mod control;
+pub mod dataplane;
+pub mod exit;
+pub mod extras;
+pub mod health;
+pub mod loader;
+pub mod metrics;
+pub mod neighbours;
+pub mod persist;
+pub mod pins;
+pub mod top;

@@ -1,0 +1,26 @@
+//! stickylb's model: what the agent works with, without the kernel, the runtime or the
+//! network. Everything here is pure (std, serde) and tested on the host; the agent
+//! (`lb-agent`) and the cargo-fuzz targets (`fuzz/`) use it as it is.
+//!
+//! - [`spec`]: services and backends as the data path will see them, with the enums of
+//!   the model and their one name each ([`vocab`]).
+//! - [`plan`]: pure translation of specs into map entries (ids, selection tables,
+//!   reply-NAT entries), with validation.
+//! - [`config`]: the configuration file: the serde schema, parsing with spans and field
+//!   paths, the checks that involve several fields, and the errors.
+//! - [`control`]: the control protocol (requests, responses, usage) and the checks of a
+//!   request against the configuration, changes made on a copy.
+//! - [`stats`]: the one stats schema of `stats` answers, the metrics endpoint and `top`.
+//! - [`duration`], [`clock`]: the one duration grammar and the clocks.
+
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod duration;
+pub mod plan;
+pub mod spec;
+pub mod stats;
+pub mod vocab;
+
+#[cfg(test)]
+mod refusals_tests;

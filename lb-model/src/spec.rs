@@ -1,0 +1,252 @@
+//! Services and backends as the data path will see them (input to [`crate::plan`]), the
+//! health-check parameters, and the enums of the model, each value with its one name
+//! ([`crate::named!`]: the config file, the control protocol, answers and messages all use
+//! it).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+crate::named! {
+    /// Transport protocol of a service.
+    pub enum Protocol {
+        Tcp = "tcp",
+        Udp = "udp",
+    }
+}
+
+crate::named! {
+    /// How new clients are assigned.
+    pub enum Scheduler {
+        /// Weighted round-robin (HAProxy `balance roundrobin`).
+        RoundRobin = "roundrobin",
+        /// Maglev consistent hashing of the client address.
+        Maglev = "maglev",
+    }
+}
+
+crate::named! {
+    /// How packets reach the backend.
+    pub enum Forwarding {
+        /// Destination NAT; replies are rewritten back on their way through the balancer.
+        Nat = "nat",
+        /// L2 direct server return: backends hold the VIP on loopback.
+        Dsr = "dsr",
+    }
+}
+
+crate::named! {
+    /// Administrative / health state of a backend, as the data path will see it.
+    pub enum BackendState {
+        /// Takes new clients and keeps its own.
+        Up = "up",
+        /// Keeps its clients, takes no new ones.
+        Drain = "drain",
+        /// Receives nobody; its clients are re-picked.
+        Down = "down",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Backend address; port 0 = the client's destination port.
+    pub addr: SocketAddr,
+    /// 0..=256; 0 = no new clients (pinned clients stay).
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// VIP and port; port 0 = every port of the VIP.
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    /// Stick-table entry lifetime after the client was last seen; `None` = never.
+    pub expire: Option<Duration>,
+    /// Maglev table size (prime); `None` = default.
+    pub maglev_size: Option<u32>,
+    /// Which packets of an unknown client may add its stick-table entry.
+    pub insert_on: InsertOn,
+    /// New entries per second per CPU; 0 = no cap. Clients beyond it are served by
+    /// source hash without an entry.
+    pub insert_cap: u32,
+    pub backends: Vec<BackendSpec>,
+}
+
+crate::named! {
+    /// Which packets of an unknown client add its stick-table entry.
+    pub enum InsertOn {
+        /// Any packet (HAProxy `stick on src`).
+        Any = "any",
+        /// TCP services: only a SYN. Other TCP packets of unknown clients (a spoofed ACK
+        /// flood, or a connection whose entry was evicted) are served by source hash
+        /// without an entry.
+        Syn = "syn",
+    }
+}
+
+impl ServiceSpec {
+    /// A service with HAProxy-like defaults (round-robin, NAT, expire 30m, TCP).
+    pub fn new(name: &str, vip: SocketAddr) -> Self {
+        Self {
+            name: name.to_string(),
+            vip,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::RoundRobin,
+            forwarding: Forwarding::Nat,
+            expire: Some(Duration::from_secs(30 * 60)),
+            maglev_size: None,
+            insert_on: InsertOn::Any,
+            insert_cap: lb_common::DEFAULT_INSERT_CAP,
+            backends: Vec::new(),
+        }
+    }
+
+    /// Adds a backend with weight 1, up.
+    pub fn backend(mut self, addr: SocketAddr) -> Self {
+        self.backends.push(BackendSpec {
+            addr,
+            weight: 1,
+            state: BackendState::Up,
+        });
+        self
+    }
+}
+
+crate::named! {
+    /// Operator-set state of a backend (HAProxy `set server … state`).
+    pub enum AdminState {
+        /// In service: takes new clients while healthy.
+        Ready = "ready",
+        /// Keeps its clients, no new ones.
+        Drain = "drain",
+        /// Maintenance: receives nobody.
+        Maint = "maint",
+    }
+}
+
+impl AdminState {
+    /// The data-path state given the admin state and the health verdict.
+    pub fn effective(self, healthy: bool) -> BackendState {
+        match (self, healthy) {
+            (AdminState::Maint, _) | (_, false) => BackendState::Down,
+            (AdminState::Drain, true) => BackendState::Drain,
+            (AdminState::Ready, true) => BackendState::Up,
+        }
+    }
+}
+
+crate::named! {
+    /// The kinds of health check, as `health.kind` names them.
+    pub enum CheckKind {
+        /// A TCP connect.
+        Tcp = "tcp",
+        /// An HTTP/1.1 `GET`.
+        Http = "http",
+        /// An HTTP/1.1 `GET` over TLS (HAProxy `check-ssl`).
+        Https = "https",
+        /// No check: always healthy.
+        None = "none",
+    }
+}
+
+/// What a health check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthKind {
+    /// No check: always healthy.
+    None,
+    /// TCP connect.
+    Tcp,
+    /// HTTP GET.
+    Http(HttpCheck),
+    /// HTTP GET over TLS.
+    Https(HttpCheck, TlsCheck),
+}
+
+impl HealthKind {
+    /// The kind's name.
+    pub fn kind(&self) -> CheckKind {
+        match self {
+            HealthKind::None => CheckKind::None,
+            HealthKind::Tcp => CheckKind::Tcp,
+            HealthKind::Http(_) => CheckKind::Http,
+            HealthKind::Https(..) => CheckKind::Https,
+        }
+    }
+
+    /// The HTTP part of an `http` or `https` check.
+    pub fn http(&self) -> Option<&HttpCheck> {
+        match self {
+            HealthKind::Http(h) | HealthKind::Https(h, _) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// The request of an `http` / `https` check and what counts as healthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// The one healthy status; `None` = any 2xx or 3xx.
+    pub expect_status: Option<u16>,
+    /// The `Host` header; `None` = the checked address (`IP:PORT`).
+    pub host: Option<String>,
+}
+
+impl Default for HttpCheck {
+    fn default() -> Self {
+        Self {
+            path: "/".to_string(),
+            expect_status: None,
+            host: None,
+        }
+    }
+}
+
+/// How an `https` check sets up TLS (HAProxy `check-ssl`, `verify`, `ca-file`, `check-sni`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TlsCheck {
+    /// Verify the backend's certificate (chain, validity, name). On by default.
+    pub verify: bool,
+    /// PEM file of the CAs to trust; `None` = the system's trust store.
+    pub ca: Option<PathBuf>,
+    /// Server name sent (SNI) and verified; `None` = the `host` name if there is one,
+    /// otherwise the backend's IP address (verified against the certificate's IP SANs).
+    pub sni: Option<String>,
+}
+
+impl Default for TlsCheck {
+    fn default() -> Self {
+        Self {
+            verify: true,
+            ca: None,
+            sni: None,
+        }
+    }
+}
+
+/// Health check parameters of a service (HAProxy defaults: inter 2s, rise 2, fall 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to go up.
+    pub rise: u32,
+    /// Consecutive failures to go down.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            kind: HealthKind::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The one stats schema: what the `stats` and `backend.list` answers carry, what the
+//! metrics endpoint exposes and what `stickylb top` reads. The agent fills it, serde writes
+//! it as JSON, the metrics module encodes it for Prometheus and `top` reads it back: a
+//! counter or a field added here (or a counter added in `lb-common`) reaches all three.
+//!
+//! Data-path counters are the `lb-common` counter sets ([`ServiceStats`], [`BackendStats`]),
+//! written flat into their row (`"packets": 5, "drop_no_backend": 0, …`) by [`Counters`]
+//! from their one definition. What the agent knows besides (weights, health, pinned
+//! clients, the stick-table fill) are the named fields below, each described once in
+//! [`GAUGES`] for the metrics endpoint.
+
+use std::fmt;
+
+use lb_common::{BackendStats, CounterSet, ServiceStats};
+use serde::{
+    de::{MapAccess, Visitor},
+    ser::SerializeMap,
+    Deserialize, Deserializer, Serialize, Serializer,
+};
+
+use crate::spec::{AdminState, BackendState};
+
+/// The `stats` answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub services: Vec<ServiceRow>,
+    pub stick_table: StickFill,
+}
+
+/// How full the stick table is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickFill {
+    /// Entries at the last count (the agent counts in the background; see `census_age_ms`).
+    pub entries: u64,
+    /// Entries the table holds at most.
+    pub capacity: u64,
+    /// How old the count is, in ms (0 for a table counted on demand).
+    #[serde(default)]
+    pub census_age_ms: u64,
+}
+
+/// One service and its backends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub name: String,
+    #[serde(flatten)]
+    pub counters: Counters<ServiceStats>,
+    /// Clients (stick-table entries) pinned to the service at the last count.
+    #[serde(default)]
+    pub pinned: Option<u64>,
+    pub backends: Vec<BackendRow>,
+}
+
+crate::named! {
+    /// What the health checks say of a backend.
+    pub enum Health {
+        Up = "up",
+        Down = "down",
+        /// Not checked (`health.kind = "none"`).
+        None = "none",
+    }
+}
+
+/// One backend of a service (also a row of the `backend.list` answer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendRow {
+    pub service: String,
+    /// `ADDR:PORT` as configured (port 0: the service port).
+    pub address: String,
+    /// Backend id in the data path, once planned.
+    pub id: Option<u32>,
+    pub weight: u32,
+    pub admin: AdminState,
+    pub health: Health,
+    /// What the data path does with it: admin state and health together.
+    pub state: BackendState,
+    /// Health changes of state (up↔down) since the agent started: a rising count on a
+    /// backend that is up now is a flapping backend.
+    pub flaps: u64,
+    /// The last health checks, when checked.
+    pub check: Option<CheckStatus>,
+    #[serde(flatten)]
+    pub counters: Counters<BackendStats>,
+    /// Clients pinned to the backend at the last count.
+    #[serde(default)]
+    pub pinned: Option<u64>,
+}
+
+/// State and counters of one health-checked backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    pub up: bool,
+    pub consecutive_ok: u32,
+    pub consecutive_fail: u32,
+    /// Latency of the last check, when it got a response.
+    pub last_latency_us: Option<u64>,
+    /// Reason of the last check when it failed; cleared by a successful check.
+    pub last_error: Option<String>,
+    /// Checks run.
+    pub checks: u64,
+    /// Failed checks.
+    pub failures: u64,
+    /// Changes of state.
+    pub transitions: u64,
+    /// When the state last changed (or when the target was added).
+    pub last_change_unix_ms: u64,
+}
+
+/// A counter set written flat into its row, one key per counter (from its definition in
+/// `lb-common`); keys it does not know are ignored when read (an older `top` reading a
+/// newer agent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters<T>(pub T);
+
+impl<T: CounterSet> Serialize for Counters<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(T::COUNTERS.len()))?;
+        let mut result = Ok(());
+        self.0.for_each(&mut |c, v| {
+            if result.is_ok() {
+                result = map.serialize_entry(c.key, &v);
+            }
+        });
+        result?;
+        map.end()
+    }
+}
+
+impl<'de, T: CounterSet> Deserialize<'de> for Counters<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: CounterSet> Visitor<'de> for V<T> {
+            type Value = Counters<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("counters")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut c = T::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::Number(n) if n.as_u64().is_some() => {
+                            c.set(&key, n.as_u64().unwrap_or(0));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Counters(c))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// What a gauge (a value that goes up and down) of the metrics endpoint is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A counter of the agent's own (`_total`), not a gauge.
+    pub counter: bool,
+}
+
+/// The metrics the agent exposes besides the data-path counters, each with its one name
+/// and help text; [`BackendRow::gauges`] and [`StickFill::gauges`] give their values.
+pub const GAUGES: &[Gauge] = &[
+    BACKEND_WEIGHT,
+    BACKEND_FLAPS,
+    BACKEND_UP,
+    BACKEND_CHECK_LATENCY,
+    BACKEND_PINNED,
+    SERVICE_PINNED,
+    STICK_ENTRIES,
+    STICK_CAPACITY,
+];
+
+pub const BACKEND_WEIGHT: Gauge = Gauge {
+    name: "stickylb_backend_weight",
+    help: "Configured weight.",
+    counter: false,
+};
+pub const BACKEND_FLAPS: Gauge = Gauge {
+    name: "stickylb_backend_flaps",
+    help: "Health changes of state (up to down or down to up) since the agent started.",
+    counter: true,
+};
+pub const BACKEND_UP: Gauge = Gauge {
+    name: "stickylb_backend_up",
+    help: "1 when the backend takes traffic (health and admin state).",
+    counter: false,
+};
+pub const BACKEND_CHECK_LATENCY: Gauge = Gauge {
+    name: "stickylb_backend_check_latency_seconds",
+    help: "Latency of the last successful health check.",
+    counter: false,
+};
+pub const BACKEND_PINNED: Gauge = Gauge {
+    name: "stickylb_backend_pinned_clients",
+    help: "Clients (stick-table entries) pinned to the backend at the last count.",
+    counter: false,
+};
+pub const SERVICE_PINNED: Gauge = Gauge {
+    name: "stickylb_service_pinned_clients",
+    help: "Clients (stick-table entries) pinned to the service at the last count.",
+    counter: false,
+};
+pub const STICK_ENTRIES: Gauge = Gauge {
+    name: "stickylb_stick_table_entries",
+    help: "Entries in the stick table.",
+    counter: false,
+};
+pub const STICK_CAPACITY: Gauge = Gauge {
+    name: "stickylb_stick_table_capacity",
+    help: "Capacity of the stick table.",
+    counter: false,
+};
+
+impl BackendRow {
+    /// Whether the backend takes traffic (up, or draining its own clients).
+    pub fn takes_traffic(&self) -> bool {
+        matches!(self.state, BackendState::Up | BackendState::Drain)
+    }
+
+    /// The values of the backend's gauges (those it has now).
+    pub fn gauges(&self) -> Vec<(Gauge, f64)> {
+        let mut v = vec![
+            (BACKEND_WEIGHT, f64::from(self.weight)),
+            (BACKEND_FLAPS, self.flaps as f64),
+            (BACKEND_UP, f64::from(u8::from(self.takes_traffic()))),
+        ];
+        if let Some(us) = self.check.as_ref().and_then(|c| c.last_latency_us) {
+            v.push((BACKEND_CHECK_LATENCY, us as f64 / 1e6));
+        }
+        if let Some(n) = self.pinned {
+            v.push((BACKEND_PINNED, n as f64));
+        }
+        v
+    }
+}
+
+impl ServiceRow {
+    /// The values of the service's gauges (those it has now).
+    pub fn gauges(&self) -> Vec<(Gauge, f64)> {
+        self.pinned
+            .map(|n| (SERVICE_PINNED, n as f64))
+            .into_iter()
+            .collect()
+    }
+
+    /// Backends that take new clients now, of all.
+    pub fn up(&self) -> (usize, usize) {
+        let up = self
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Up)
+            .count();
+        (up, self.backends.len())
+    }
+}
+
+impl StickFill {
+    pub fn gauges(&self) -> Vec<(Gauge, f64)> {
+        vec![
+            (STICK_ENTRIES, self.entries as f64),
+            (STICK_CAPACITY, self.capacity as f64),
+        ]
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A `stats` answer with one service and two backends.
+    pub fn sample() -> Stats {
+        let svc = ServiceStats {
+            packets: 5,
+            drop_no_backend: 3,
+            repick_expired: 1,
+            ..Default::default()
+        };
+        let b = BackendStats {
+            packets: 5,
+            new_clients: 2,
+            ..Default::default()
+        };
+        Stats {
+            services: vec![ServiceRow {
+                name: "web".into(),
+                counters: Counters(svc),
+                pinned: Some(7),
+                backends: vec![
+                    BackendRow {
+                        service: "web".into(),
+                        address: "10.0.0.2:80".into(),
+                        id: Some(0),
+                        weight: 2,
+                        admin: AdminState::Ready,
+                        health: Health::Up,
+                        state: BackendState::Up,
+                        flaps: 4,
+                        check: Some(CheckStatus {
+                            up: true,
+                            consecutive_ok: 3,
+                            consecutive_fail: 0,
+                            last_latency_us: Some(1500),
+                            last_error: None,
+                            checks: 3,
+                            failures: 0,
+                            transitions: 4,
+                            last_change_unix_ms: 1,
+                        }),
+                        counters: Counters(b),
+                        pinned: Some(5),
+                    },
+                    BackendRow {
+                        service: "web".into(),
+                        address: "10.0.0.3:80".into(),
+                        id: Some(1),
+                        weight: 1,
+                        admin: AdminState::Drain,
+                        health: Health::Down,
+                        state: BackendState::Down,
+                        flaps: 0,
+                        check: None,
+                        counters: Counters(BackendStats::default()),
+                        pinned: None,
+                    },
+                ],
+            }],
+            stick_table: StickFill {
+                entries: 7,
+                capacity: 200_000,
+                census_age_ms: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn json_has_every_counter_flat_and_reads_back() {
+        let stats = sample();
+        let v = serde_json::to_value(&stats).unwrap();
+        let svc = &v["services"][0];
+        for c in ServiceStats::COUNTERS {
+            assert!(svc[c.key].is_u64(), "{} missing in {svc}", c.key);
+        }
+        assert_eq!(svc["packets"], 5);
+        assert_eq!(svc["drop_no_backend"], 3);
+        let b = &svc["backends"][0];
+        for c in BackendStats::COUNTERS {
+            assert!(b[c.key].is_u64(), "{} missing in {b}", c.key);
+        }
+        assert_eq!(b["admin"], "ready");
+        assert_eq!(b["state"], "up");
+        assert_eq!(b["check"]["last_latency_us"], 1500);
+        assert_eq!(serde_json::from_value::<Stats>(v.clone()).unwrap(), stats);
+        // A counter this build does not know (a newer agent) is ignored.
+        let mut newer = v;
+        newer["services"][0]["lost_something"] = 9.into();
+        assert_eq!(serde_json::from_value::<Stats>(newer).unwrap(), stats);
+    }
+
+    #[test]
+    fn every_gauge_is_described_once() {
+        let mut names = std::collections::BTreeSet::new();
+        for g in GAUGES {
+            assert!(names.insert(g.name), "{} twice", g.name);
+            assert!(g.help.ends_with('.'));
+            assert!(!g.name.ends_with("_total"));
+        }
+        let s = sample();
+        for (g, _) in s.services[0].backends[0]
+            .gauges()
+            .into_iter()
+            .chain(s.services[0].gauges())
+            .chain(s.stick_table.gauges())
+        {
+            assert!(GAUGES.contains(&g), "{} not in GAUGES", g.name);
+        }
+    }
+}
