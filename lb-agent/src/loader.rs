@@ -1,4 +1,5 @@
-//! Loading the embedded XDP object and attaching it to interfaces.
+//! Loading the embedded XDP object: its maps (pinned or not), the main program and the
+//! side programs reached by tail call. Attaching is `agent::attach`'s.
 
 use std::path::PathBuf;
 
@@ -31,33 +32,6 @@ impl Default for LoadOptions {
             stick_table_size: DEFAULT_STICK_TABLE_SIZE,
             pin_dir: None,
             debug: false,
-        }
-    }
-}
-
-/// XDP attach mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpMode {
-    /// Driver (native) mode.
-    Native,
-    /// Generic (skb) mode.
-    Skb,
-}
-
-impl XdpMode {
-    /// The mode's name (`native`, `skb`).
-    pub fn name(self) -> &'static str {
-        match self {
-            XdpMode::Native => "native",
-            XdpMode::Skb => "skb",
-        }
-    }
-
-    /// The aya attach mode.
-    pub fn aya(self) -> aya::programs::XdpMode {
-        match self {
-            XdpMode::Native => aya::programs::XdpMode::Driver,
-            XdpMode::Skb => aya::programs::XdpMode::Skb,
         }
     }
 }
@@ -121,18 +95,4 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .program_mut(PROGRAM_NAME)
         .with_context(|| format!("program {PROGRAM_NAME} missing from the object"))?;
     Ok(prog.try_into()?)
-}
-
-/// Attaches the loaded program to `iface` (resolved in the calling thread's network
-/// namespace). The attachment lives as long as the `Ebpf` object unless pinned.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    iface: &str,
-    mode: XdpMode,
-) -> Result<aya::programs::xdp::XdpLinkId> {
-    let prog = program(ebpf)?;
-    let name =
-        std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
-    prog.attach(name.as_c_str(), mode.aya())
-        .with_context(|| format!("attaching XDP ({mode:?} mode) to {iface}"))
 }

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use lb_agent::{
-    agent::{self, AgentOptions, ModeChoice},
+    agent::{self, AgentOptions, XdpMode},
     control::{self, ClientError},
     exit,
     metrics::DEFAULT_METRICS,
@@ -99,7 +99,7 @@ struct RunArgs {
     ifaces: Vec<String>,
     /// XDP mode: auto = native where it works as-is, skb otherwise (veth: skb).
     #[arg(long, value_enum, default_value = "auto")]
-    xdp_mode: ModeChoice,
+    xdp_mode: XdpMode,
     /// Prometheus metrics address; "off" disables.
     #[arg(long, default_value = DEFAULT_METRICS)]
     metrics: String,
@@ -284,7 +284,7 @@ fn main() -> ExitCode {
                 return exit::code(exit::USAGE);
             }
             let layout = PinLayout::new(&p.bpffs, &p.instance);
-            return match pins::detach_all(&layout) {
+            return match agent::attach::detach_all(&layout) {
                 Ok(ifaces) => {
                     lb_agent::persist::StateDir::new(state_dir(&p)).clear();
                     println!(

@@ -9,7 +9,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::agent::{with_agent, SharedAgent};
+use crate::agent::{lock, SharedAgent};
 
 /// Default metrics address (loopback only unless told otherwise).
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9478";
@@ -213,11 +213,9 @@ pub async fn serve(agent: SharedAgent, listener: TcpListener) {
             let mut buf = [0u8; 2048];
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
-            let body = tokio::task::spawn_blocking(move || {
-                with_agent(&agent, |a| render(&a.stats_json()))
-            })
-            .await
-            .unwrap_or_default();
+            let body = tokio::task::spawn_blocking(move || render(&lock(&agent).stats_json()))
+                .await
+                .unwrap_or_default();
             let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             let _ = sock.write_all(head.as_bytes()).await;
             let _ = sock.write_all(body.as_bytes()).await;

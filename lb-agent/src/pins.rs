@@ -1,6 +1,6 @@
 //! Where an agent instance keeps its kernel state so that it outlives the process:
-//! bpffs mounting, the pin layout, attaching (or adopting an existing attachment) with
-//! pinned links, and detaching.
+//! bpffs mounting and the pin layout (attaching with pinned links and detaching are
+//! `agent::attach`'s).
 //!
 //! Layout: `<bpffs>/<instance>/v<LAYOUT>/maps/<MAP>` and `.../links/<iface>`. The layout
 //! version is part of the path: a build whose map layout changed never opens old pins.
@@ -18,16 +18,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use aya::{
-    programs::{links::FdLink, links::PinnedLink, xdp::XdpLink},
-    Ebpf,
-};
 use lb_common::{
     MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR, MAP_SERVICES,
     MAP_SERVICE_STATS, MAP_STICK,
 };
-
-use crate::loader::{self, XdpMode};
 
 /// Bumped whenever a map's key/value layout or size semantics change (2: ICMP and
 /// fragment counters in `ServiceStats`, maps `FRAGMENTS` and `JUMP`; 3: insert cap and
@@ -231,102 +225,6 @@ pub fn ensure_bpffs(path: &Path) -> Result<PathBuf> {
         );
     }
     Ok(path.to_path_buf())
-}
-
-/// How an interface ended up attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attachment {
-    /// An attachment pinned by a previous agent was switched to this program atomically.
-    Adopted,
-    /// Freshly attached in this mode.
-    Attached(XdpMode),
-}
-
-/// Attaches to `iface`, adopting a pinned attachment when there is one (atomic program
-/// replacement, traffic never stops), and pins the new link otherwise.
-pub fn attach_pinned(
-    ebpf: &mut Ebpf,
-    layout: &PinLayout,
-    iface: &str,
-    mode: XdpMode,
-) -> Result<Attachment> {
-    let pin = layout.link(iface);
-    if pin.exists() {
-        match adopt(ebpf, &pin) {
-            Ok(()) => return Ok(Attachment::Adopted),
-            Err(e) => {
-                log::warn!("{iface}: cannot adopt pinned attachment ({e:#}); attaching afresh");
-                let _ = fs::remove_file(&pin);
-            }
-        }
-    }
-    let prog = loader::program(ebpf)?;
-    let name = CString::new(iface)?;
-    let id = prog
-        .attach(name.as_c_str(), mode.aya())
-        .with_context(|| format!("attaching XDP ({mode:?} mode) to {iface}"))?;
-    let link = prog.take_link(id)?;
-    let fd = FdLink::try_from(link)
-        .context("the kernel attached through netlink; a pinnable bpf_link is needed")?;
-    fs::create_dir_all(layout.links_dir())?;
-    let pinned = fd
-        .pin(&pin)
-        .with_context(|| format!("pinning the link of {iface} at {}", pin.display()))?;
-    // Keep the link alive through its pin only; the fd can go.
-    drop(pinned);
-    Ok(Attachment::Attached(mode))
-}
-
-fn adopt(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
-    let pinned = PinnedLink::from_pin(pin)?;
-    let fd: FdLink = pinned.into();
-    let link = XdpLink::try_from(fd)?;
-    let prog = loader::program(ebpf)?;
-    let id = prog.attach_to_link(link)?;
-    // The link object stays pinned; drop our handle without detaching.
-    let link = prog.take_link(id)?;
-    let fd = FdLink::try_from(link)?;
-    drop(fd);
-    Ok(())
-}
-
-/// Removes the attachment of one interface (if pinned).
-pub fn detach_link(layout: &PinLayout, iface: &str) -> Result<bool> {
-    let pin = layout.link(iface);
-    if !pin.exists() {
-        return Ok(false);
-    }
-    match PinnedLink::from_pin(&pin) {
-        Ok(link) => {
-            let fd = link.unpin()?;
-            drop(fd); // last reference: the kernel detaches the program
-        }
-        Err(_) => fs::remove_file(&pin)?,
-    }
-    Ok(true)
-}
-
-/// Removes every attachment and every pinned map of the instance.
-pub fn detach_all(layout: &PinLayout) -> Result<Vec<String>> {
-    let ifaces = layout.pinned_links();
-    for iface in &ifaces {
-        detach_link(layout, iface)?;
-    }
-    if layout.root.exists() {
-        for name in PINNED_MAPS {
-            let p = layout.map(name);
-            if p.exists() {
-                fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            }
-        }
-        for d in [layout.maps_dir(), layout.links_dir(), layout.root.clone()] {
-            let _ = fs::remove_dir(&d);
-        }
-        if let Some(parent) = layout.root.parent() {
-            let _ = fs::remove_dir(parent);
-        }
-    }
-    Ok(ifaces)
 }
 
 /// Refuses an instance name that would escape the pin directory.

@@ -12,8 +12,9 @@ use std::{
 
 use anyhow::Result;
 use lb_agent::{
+    agent::attach::{self, XdpMode},
     dataplane::Dataplane,
-    loader::{self, LoadOptions, XdpMode},
+    loader::{self, LoadOptions},
     neighbours,
 };
 use lb_model::{
@@ -72,7 +73,7 @@ fn run_scenario(forwarding: Forwarding, mode: XdpMode) -> Result<()> {
         .collect();
     topo.lb().enter(|| {
         for ifname in &ifaces {
-            loader::attach(&mut ebpf, ifname, mode)?;
+            attach::attach(&mut ebpf, ifname, mode)?;
         }
         for (ip, e) in neighbours::prime(&backend_ips) {
             eprintln!("priming {ip}: {e}");

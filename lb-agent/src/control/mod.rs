@@ -1,6 +1,7 @@
-//! The control socket (protocol and checks: `lb_model::control`): its client, used by the
-//! `stickylb` subcommands, `top` and the bench.
+//! The control socket (its protocol and checks are `lb_model::control`'s): the client,
+//! used by the `stickylb` subcommands, `top` and the bench, and the agent's server.
 
 pub mod client;
+pub mod server;
 
 pub use client::{request, request_value, ClientError};
