@@ -1,250 +1,254 @@
-//! Prometheus text exposition on `--metrics` (default 127.0.0.1:9478), read-only: any
-//! request gets the current counters; nothing can be changed through it.
+//! The metrics endpoint on `--metrics` (default 127.0.0.1:9478): OpenMetrics text encoded
+//! by `prometheus-client`, served over HTTP/1.1 by `hyper`. Read-only: any request gets
+//! the current metrics; nothing can be changed through it.
+//!
+//! What it shows is the stats schema (`lb_model::stats`): every data-path counter from its
+//! one definition in `lb-common` (family, `reason` label, help), and the agent's own values
+//! from [`lb_model::stats::GAUGES`]. A scrape reads the counters from the maps and the
+//! stick table's fill from the last census; it never copies the stick table.
 
-use std::fmt::Write as _;
+use std::{convert::Infallible, fmt, time::Duration};
 
-use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+use http_body_util::Full;
+use hyper::{body::Bytes, header, server::conn::http1, service::service_fn, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use lb_common::{counters::Counter, CounterSet};
+use lb_model::stats::{Gauge, Stats};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
 };
+use tokio::net::TcpListener;
 
 use crate::agent::{lock, SharedAgent};
 
 /// Default metrics address (loopback only unless told otherwise).
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9478";
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The content type of OpenMetrics text.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One scrape's stats, encoded as metric families.
+#[derive(Debug)]
+struct Scrape(Stats);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The samples of one family: labels and value.
+struct Family<'a> {
+    name: &'a str,
+    help: &'a str,
+    kind: MetricType,
+    samples: Vec<(Labels, f64)>,
 }
 
-/// Renders the agent's stats as Prometheus text.
-pub fn render(stats: &Value) -> String {
+impl Family<'_> {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
+        if let [(labels, value)] = self.samples.as_slice() {
+            if labels.is_empty() {
+                return encode_value(self.kind, *value, family);
+            }
+        }
+        for (labels, value) in &self.samples {
+            encode_value(self.kind, *value, family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// One sample: a counter, or a gauge (whole numbers as integers: `200000`, not `200000.0`).
+fn encode_value(kind: MetricType, value: f64, sample: MetricEncoder) -> fmt::Result {
+    match kind {
+        MetricType::Counter => ConstCounter::new(value as u64).encode(sample),
+        _ if value.fract() == 0.0 && value.abs() < 9e15 => {
+            ConstGauge::new(value as i64).encode(sample)
+        }
+        _ => ConstGauge::new(value).encode(sample),
+    }
+}
+
+/// The families of a counter set: one per family name, in the order of the definitions,
+/// with a sample per (labels, counter).
+fn counter_families<'a, T: CounterSet + 'a>(
+    rows: impl Iterator<Item = (Labels, &'a T)>,
+) -> Vec<Family<'static>> {
+    let mut families: Vec<Family<'static>> = Vec::new();
+    let family_of = |families: &mut Vec<Family<'static>>, c: &'static Counter| -> usize {
+        match families.iter().position(|f| f.name == c.family) {
+            Some(i) => i,
+            None => {
+                families.push(Family {
+                    name: c.family,
+                    help: c.help,
+                    kind: MetricType::Counter,
+                    samples: Vec::new(),
+                });
+                families.len() - 1
+            }
+        }
+    };
+    for c in T::COUNTERS {
+        family_of(&mut families, c);
+    }
+    for (labels, counters) in rows {
+        counters.for_each(&mut |c, v| {
+            let mut l = labels.clone();
+            if let Some(reason) = c.reason {
+                l.push(("reason", reason.to_string()));
+            }
+            let i = family_of(&mut families, c);
+            families[i].samples.push((l, v as f64));
+        });
+    }
+    families
+}
+
+/// The families of the agent's own values.
+fn gauge_families(samples: Vec<(Gauge, Labels, f64)>) -> Vec<Family<'static>> {
+    lb_model::stats::GAUGES
+        .iter()
+        .map(|g| Family {
+            name: g.name,
+            help: g.help,
+            kind: if g.counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            },
+            samples: samples
+                .iter()
+                .filter(|(s, _, _)| s == g)
+                .map(|(_, l, v)| (l.clone(), *v))
+                .collect(),
+        })
+        .collect()
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let stats = &self.0;
+        let service = |name: &str| vec![("service", name.to_string())];
+        let backend =
+            |s: &str, b: &str| vec![("service", s.to_string()), ("backend", b.to_string())];
+        let mut families = counter_families(
+            stats
+                .services
+                .iter()
+                .map(|s| (service(&s.name), &s.counters.0)),
+        );
+        families.extend(counter_families(stats.services.iter().flat_map(|s| {
+            s.backends
+                .iter()
+                .map(move |b| (backend(&s.name, &b.address), &b.counters.0))
+        })));
+        let mut gauges = Vec::new();
+        for s in &stats.services {
+            for (g, v) in s.gauges() {
+                gauges.push((g, service(&s.name), v));
+            }
+            for b in &s.backends {
+                for (g, v) in b.gauges() {
+                    let mut labels = backend(&s.name, &b.address);
+                    if g == lb_model::stats::BACKEND_UP {
+                        labels.push(("state", b.admin.to_string()));
+                        labels.push(("health", b.health.to_string()));
+                    }
+                    gauges.push((g, labels, v));
+                }
+            }
+        }
+        for (g, v) in stats.stick_table.gauges() {
+            gauges.push((g, Vec::new(), v));
+        }
+        families.extend(gauge_families(gauges));
+        for f in &families {
+            f.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// The metrics page of `stats`.
+pub fn render(stats: Stats) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(stats)));
     let mut out = String::new();
-    let n = |v: &Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-    let svc_counters = [
-        (
-            "packets",
-            "stickylb_service_packets_total",
-            "Client packets forwarded to a backend.",
-        ),
-        (
-            "bytes",
-            "stickylb_service_bytes_total",
-            "Client bytes forwarded to a backend.",
-        ),
-        (
-            "new_clients",
-            "stickylb_service_new_clients_total",
-            "Clients without an entry that got a first pick.",
-        ),
-        (
-            "reply_packets",
-            "stickylb_service_reply_packets_total",
-            "NAT replies rewritten to the VIP.",
-        ),
-        (
-            "fib_miss",
-            "stickylb_service_fib_miss_total",
-            "Packets handed to the kernel because the FIB had no neighbour or fast path.",
-        ),
-        (
-            "icmp_to_backend",
-            "stickylb_service_icmp_to_backend_total",
-            "ICMP errors about a client's flow steered to its backend.",
-        ),
-        (
-            "icmp_unmatched",
-            "stickylb_service_icmp_unmatched_total",
-            "ICMP errors about the service with no live client entry, passed to the kernel.",
-        ),
-        (
-            "frag_forwarded",
-            "stickylb_service_fragments_forwarded_total",
-            "IPv4 fragments forwarded (first ones with the flow, later ones by the client's entry).",
-        ),
-        (
-            "frag_unmatched",
-            "stickylb_service_fragments_unmatched_total",
-            "Later IPv4 fragments without a single live client entry, passed to the kernel.",
-        ),
-        (
-            "unpinned_not_syn",
-            "stickylb_service_unpinned_not_syn_total",
-            "New clients served by source hash without an entry: TCP packet other than a SYN under insert_on = \"syn\".",
-        ),
-        (
-            "unpinned_over_cap",
-            "stickylb_service_unpinned_over_cap_total",
-            "New clients served by source hash without an entry: the per-CPU insert_cap for the second was used up.",
-        ),
-    ];
-    let services = stats
-        .get("services")
-        .and_then(|s| s.as_array())
-        .cloned()
-        .unwrap_or_default();
-    for (key, name, help) in svc_counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for s in &services {
-            let _ = writeln!(
-                out,
-                "{name}{{service=\"{}\"}} {}",
-                esc(s["name"].as_str().unwrap_or("")),
-                n(s, key)
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP stickylb_service_repicks_total Clients re-picked, by reason.\n# TYPE stickylb_service_repicks_total counter");
-    for s in &services {
-        for (reason, key) in [
-            ("expired", "repick_expired"),
-            ("backend_down", "repick_down"),
-        ] {
-            let _ = writeln!(
-                out,
-                "stickylb_service_repicks_total{{service=\"{}\",reason=\"{reason}\"}} {}",
-                esc(s["name"].as_str().unwrap_or("")),
-                n(s, key)
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP stickylb_service_drops_total Packets dropped or passed, by reason.\n# TYPE stickylb_service_drops_total counter");
-    for s in &services {
-        for (reason, key) in [
-            ("no_backend", "drop_no_backend"),
-            ("no_route", "drop_no_route"),
-            ("ttl_passed", "pass_ttl"),
-        ] {
-            let _ = writeln!(
-                out,
-                "stickylb_service_drops_total{{service=\"{}\",reason=\"{reason}\"}} {}",
-                esc(s["name"].as_str().unwrap_or("")),
-                n(s, key)
-            );
-        }
-    }
-    let backend_metrics = [
-        (
-            "packets",
-            "stickylb_backend_packets_total",
-            "counter",
-            "Packets forwarded to the backend.",
-        ),
-        (
-            "bytes",
-            "stickylb_backend_bytes_total",
-            "counter",
-            "Bytes forwarded to the backend.",
-        ),
-        (
-            "new_clients",
-            "stickylb_backend_new_clients_total",
-            "counter",
-            "Clients picked for the backend.",
-        ),
-        (
-            "weight",
-            "stickylb_backend_weight",
-            "gauge",
-            "Configured weight.",
-        ),
-        (
-            "flaps",
-            "stickylb_backend_flaps_total",
-            "counter",
-            "Health changes of state (up to down or down to up) since the agent started.",
-        ),
-    ];
-    for (key, name, kind, help) in backend_metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for s in &services {
-            for b in s["backends"].as_array().into_iter().flatten() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{service=\"{}\",backend=\"{}\"}} {}",
-                    esc(s["name"].as_str().unwrap_or("")),
-                    esc(b["address"].as_str().unwrap_or("")),
-                    n(b, key)
-                );
-            }
-        }
-    }
-    let _ = writeln!(out, "# HELP stickylb_backend_up 1 when the backend takes traffic (health and admin state).\n# TYPE stickylb_backend_up gauge");
-    let _ = writeln!(out, "# HELP stickylb_backend_check_latency_seconds Latency of the last successful health check.\n# TYPE stickylb_backend_check_latency_seconds gauge");
-    for s in &services {
-        for b in s["backends"].as_array().into_iter().flatten() {
-            let labels = format!(
-                "service=\"{}\",backend=\"{}\",state=\"{}\",health=\"{}\"",
-                esc(s["name"].as_str().unwrap_or("")),
-                esc(b["address"].as_str().unwrap_or("")),
-                b["admin"].as_str().unwrap_or(""),
-                b["health"].as_str().unwrap_or("")
-            );
-            let up = matches!(b["state"].as_str(), Some("up") | Some("drain")) as u8;
-            let _ = writeln!(out, "stickylb_backend_up{{{labels}}} {up}");
-            if let Some(us) = b["check"].get("last_latency_us").and_then(|v| v.as_u64()) {
-                let _ = writeln!(
-                    out,
-                    "stickylb_backend_check_latency_seconds{{service=\"{}\",backend=\"{}\"}} {}",
-                    esc(s["name"].as_str().unwrap_or("")),
-                    esc(b["address"].as_str().unwrap_or("")),
-                    us as f64 / 1e6
-                );
-            }
-        }
-    }
-    let st = &stats["stick_table"];
-    let _ = writeln!(out, "# HELP stickylb_stick_table_entries Entries in the stick table.\n# TYPE stickylb_stick_table_entries gauge\nstickylb_stick_table_entries {}", n(st, "entries"));
-    let _ = writeln!(out, "# HELP stickylb_stick_table_capacity Capacity of the stick table.\n# TYPE stickylb_stick_table_capacity gauge\nstickylb_stick_table_capacity {}", n(st, "capacity"));
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
-/// Serves `GET /metrics` (any path) until the listener fails.
+/// Serves the metrics page (any path, any method) until the listener fails.
 pub async fn serve(agent: SharedAgent, listener: TcpListener) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let agent = agent.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
-            let body = tokio::task::spawn_blocking(move || render(&lock(&agent).stats_json()))
-                .await
-                .unwrap_or_default();
-            let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
+            let service = service_fn(move |_req| {
+                let agent = agent.clone();
+                async move {
+                    let body = tokio::task::spawn_blocking(move || render(lock(&agent).stats()))
+                        .await
+                        .unwrap_or_default();
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header(header::CONTENT_TYPE, CONTENT_TYPE)
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("a static response"),
+                    )
+                }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                log::debug!("metrics: connection from {peer}: {e}");
+            }
         });
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use std::net::SocketAddr;
+
+    use lb_common::ServiceStats;
 
     use super::*;
 
     #[test]
     fn default_address_is_loopback_only() {
-        let addr: std::net::SocketAddr = DEFAULT_METRICS.parse().unwrap();
+        let addr: SocketAddr = DEFAULT_METRICS.parse().unwrap();
         assert!(addr.ip().is_loopback(), "{addr}");
+    }
+
+    fn sample() -> Stats {
+        let json = serde_json::json!({
+            "services": [{ "name": "web", "packets": 5, "bytes": 500, "new_clients": 2, "repick_expired": 1,
+                "drop_no_backend": 3, "reply_packets": 4, "pinned": 7,
+                "backends": [{ "service": "web", "address": "10.0.0.2:80", "id": 0, "packets": 5, "bytes": 500,
+                    "new_clients": 2, "weight": 1, "flaps": 4, "admin": "ready", "health": "up", "state": "up",
+                    "pinned": 5,
+                    "check": { "up": true, "consecutive_ok": 1, "consecutive_fail": 0, "last_latency_us": 1500,
+                        "last_error": null, "checks": 1, "failures": 0, "transitions": 4, "last_change_unix_ms": 0 } }] }],
+            "stick_table": { "entries": 2, "capacity": 200000 },
+        });
+        serde_json::from_value(json).unwrap()
     }
 
     #[test]
     fn renders_counters_with_labels() {
-        let stats = json!({
-            "services": [{ "name": "web", "packets": 5, "bytes": 500, "new_clients": 2, "repick_expired": 1, "repick_down": 0,
-                "drop_no_backend": 3, "drop_no_route": 0, "fib_miss": 0, "pass_ttl": 0, "reply_packets": 4, "reply_bytes": 1,
-                "backends": [{ "address": "10.0.0.2:80", "packets": 5, "bytes": 500, "new_clients": 2, "weight": 1, "flaps": 4,
-                    "admin": "ready", "health": "up", "state": "up", "check": { "last_latency_us": 1500 } }] }],
-            "stick_table": { "entries": 2, "capacity": 200000 },
-        });
-        let text = render(&stats);
+        let text = render(sample());
         for want in [
             "stickylb_service_packets_total{service=\"web\"} 5",
             "stickylb_service_drops_total{service=\"web\",reason=\"no_backend\"} 3",
@@ -254,8 +258,36 @@ mod tests {
             "stickylb_backend_check_latency_seconds{service=\"web\",backend=\"10.0.0.2:80\"} 0.0015",
             "stickylb_stick_table_capacity 200000",
             "stickylb_backend_flaps_total{service=\"web\",backend=\"10.0.0.2:80\"} 4",
+            "stickylb_service_pinned_clients{service=\"web\"} 7",
+            "# EOF",
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
+        }
+    }
+
+    /// One definition drives the page: every counter of the set has its family, its help
+    /// and its sample, so a new counter in `lb-common` shows up without a change here.
+    #[test]
+    fn every_counter_is_exposed_from_its_definition() {
+        let text = render(sample());
+        for c in ServiceStats::COUNTERS {
+            assert!(
+                text.contains(&format!("# HELP {} {}", c.family, c.help)),
+                "no help for {}\n{text}",
+                c.family
+            );
+            let sample = match c.reason {
+                Some(r) => format!("{}_total{{service=\"web\",reason=\"{r}\"}}", c.family),
+                None => format!("{}_total{{service=\"web\"}}", c.family),
+            };
+            assert!(text.contains(&sample), "no sample {sample}\n{text}");
+        }
+        for g in lb_model::stats::GAUGES {
+            assert!(
+                text.contains(&format!("# HELP {} {}", g.name, g.help)),
+                "{}",
+                g.name
+            );
         }
     }
 }

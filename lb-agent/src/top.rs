@@ -8,12 +8,12 @@
 //! re-created).
 //!
 //! "Pinned" is the number of stick-table entries, i.e. clients currently stuck to a service
-//! or backend. The `stats` answer only has the whole table's fill, so `top` asks the agent
-//! with `table.show {service[, backend], limit: 0}`, which counts without sending rows but
-//! walks the whole stick table once per call. To keep a refresh cheap for the agent, the
-//! counts are taken only while the walks stay within [`PINNED_BUDGET`] entry reads per refresh:
-//! per backend and per service when that fits, per service only when that fits, otherwise not
-//! at all (the footer says which). An empty table costs nothing.
+//! or backend, from the agent's last census of the table (counted in the background, so a
+//! refresh costs the agent nothing more than the counters; the summary says how old it is).
+//!
+//! Everything shown comes from the typed `stats` answer (`lb_model::stats`): the rate
+//! columns add up the counters their definitions in `lb-common` assign to them, so a new
+//! counter shows where its definition says.
 //!
 //! On a terminal this is a full-screen view (q, Esc or Ctrl-C quits; arrows/PgUp/PgDn
 //! scroll). When stdout is not a terminal, or with `--once`, `--iterations` or `--json`, it
@@ -27,17 +27,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::{counters::Column, CounterSet};
+use lb_model::{control::Request, duration, stats::Stats};
 use serde::Serialize;
-use serde_json::Value;
-
-use lb_model::{control::Request, duration};
 
 use crate::{
     control::{self, ClientError},
     exit,
 };
-/// Most stick-table entries the agent may read per refresh to count pinned clients.
-pub const PINNED_BUDGET: u64 = 100_000;
 /// Timeout of one control request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -98,91 +95,82 @@ pub struct View {
     pub rows: Vec<Row>,
     pub stick_entries: Option<u64>,
     pub stick_capacity: Option<u64>,
-    /// What "pinned" was counted for: backend | service | none.
-    pub pinned_scope: String,
+    /// How old the pinned counts are (the agent's last census), in ms.
+    pub census_age_ms: u64,
     /// Seconds the rates are computed over (0 when there is no previous poll).
     pub interval_s: f64,
 }
 
-fn sum(v: &Value, keys: &[&str]) -> Option<u64> {
-    keys.iter().map(|k| v.get(*k).and_then(Value::as_u64)).sum()
-}
-
-fn rate(cur: &Value, prev: Option<&Value>, keys: &[&str], secs: f64) -> Option<f64> {
-    let c = sum(cur, keys)?;
-    let p = sum(prev?, keys)?;
+/// The rate of `column` between two polls `secs` apart; `None` without a previous poll or
+/// when the counters went backwards (the service or backend was re-created).
+fn rate<T: CounterSet>(cur: &T, prev: Option<&T>, column: Column, secs: f64) -> Option<f64> {
+    let (c, p) = (cur.column(column), prev?.column(column));
     if c < p || secs <= 0.0 {
         return None;
     }
     Some((c - p) as f64 / secs)
 }
 
-fn text(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or("-").to_string()
-}
-
-/// Builds the view from the current `stats` answer (optionally annotated with `pinned`
-/// counts by [`poll`]) and the previous one, `elapsed` apart. Pure.
-pub fn view(prev: Option<&Value>, cur: &Value, elapsed: Duration) -> View {
+/// Builds the view from the current `stats` answer and the previous one, `elapsed` apart.
+/// Pure.
+pub fn view(prev: Option<&Stats>, cur: &Stats, elapsed: Duration) -> View {
     let secs = elapsed.as_secs_f64();
-    let prev_services: HashMap<&str, &Value> = prev
-        .and_then(|p| p["services"].as_array())
+    let prev_services: HashMap<&str, &lb_model::stats::ServiceRow> = prev
         .into_iter()
-        .flatten()
-        .filter_map(|s| Some((s["name"].as_str()?, s)))
+        .flat_map(|p| &p.services)
+        .map(|s| (s.name.as_str(), s))
         .collect();
     let mut rows = Vec::new();
-    for svc in cur["services"].as_array().into_iter().flatten() {
-        let name = text(svc, "name");
-        let psvc = prev_services.get(name.as_str()).copied();
-        let backends = svc["backends"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let up = backends.iter().filter(|b| b["state"] == "up").count();
+    for svc in &cur.services {
+        let psvc = prev_services.get(svc.name.as_str()).copied();
+        let (up, all) = svc.up();
+        let c = &svc.counters.0;
+        let p = psvc.map(|p| &p.counters.0);
         rows.push(Row {
-            service: name.clone(),
+            service: svc.name.clone(),
             backend: None,
             health: String::new(),
-            state: format!("{up}/{} up", backends.len()),
+            state: format!("{up}/{all} up"),
             weight: None,
-            packets_per_s: rate(svc, psvc, &["packets"], secs),
-            bytes_per_s: rate(svc, psvc, &["bytes"], secs),
-            new_clients_per_s: rate(svc, psvc, &["new_clients"], secs),
-            pinned: svc["pinned"].as_u64(),
-            repicks_per_s: rate(svc, psvc, &["repick_expired", "repick_down"], secs),
-            drops_per_s: rate(svc, psvc, &["drop_no_backend", "drop_no_route"], secs),
-            passed_per_s: rate(svc, psvc, &["fib_miss", "pass_ttl"], secs),
+            packets_per_s: rate(c, p, Column::Packets, secs),
+            bytes_per_s: rate(c, p, Column::Bytes, secs),
+            new_clients_per_s: rate(c, p, Column::NewClients, secs),
+            pinned: svc.pinned,
+            repicks_per_s: rate(c, p, Column::Repicks, secs),
+            drops_per_s: rate(c, p, Column::Drops, secs),
+            passed_per_s: rate(c, p, Column::Passed, secs),
             check_latency_us: None,
         });
-        let prev_backends: HashMap<&str, &Value> = psvc
-            .and_then(|p| p["backends"].as_array())
+        let prev_backends: HashMap<&str, &lb_model::stats::BackendRow> = psvc
             .into_iter()
-            .flatten()
-            .filter_map(|b| Some((b["address"].as_str()?, b)))
+            .flat_map(|p| &p.backends)
+            .map(|b| (b.address.as_str(), b))
             .collect();
-        for b in backends {
-            let addr = text(b, "address");
-            let pb = prev_backends.get(addr.as_str()).copied();
+        for b in &svc.backends {
+            let c = &b.counters.0;
+            let p = prev_backends.get(b.address.as_str()).map(|p| &p.counters.0);
             rows.push(Row {
-                service: name.clone(),
-                backend: Some(addr),
-                health: text(b, "health"),
-                state: text(b, "state"),
-                weight: b["weight"].as_u64(),
-                packets_per_s: rate(b, pb, &["packets"], secs),
-                bytes_per_s: rate(b, pb, &["bytes"], secs),
-                new_clients_per_s: rate(b, pb, &["new_clients"], secs),
-                pinned: b["pinned"].as_u64(),
+                service: svc.name.clone(),
+                backend: Some(b.address.clone()),
+                health: b.health.to_string(),
+                state: b.state.to_string(),
+                weight: Some(u64::from(b.weight)),
+                packets_per_s: rate(c, p, Column::Packets, secs),
+                bytes_per_s: rate(c, p, Column::Bytes, secs),
+                new_clients_per_s: rate(c, p, Column::NewClients, secs),
+                pinned: b.pinned,
                 repicks_per_s: None,
                 drops_per_s: None,
                 passed_per_s: None,
-                check_latency_us: b["check"]["last_latency_us"].as_u64(),
+                check_latency_us: b.check.as_ref().and_then(|c| c.last_latency_us),
             });
         }
     }
     View {
         rows,
-        stick_entries: cur["stick_table"]["entries"].as_u64(),
-        stick_capacity: cur["stick_table"]["capacity"].as_u64(),
-        pinned_scope: cur["pinned_scope"].as_str().unwrap_or("none").to_string(),
+        stick_entries: Some(cur.stick_table.entries),
+        stick_capacity: Some(cur.stick_table.capacity),
+        census_age_ms: cur.stick_table.census_age_ms,
         interval_s: if prev.is_some() { secs } else { 0.0 },
     }
 }
@@ -267,11 +255,10 @@ pub fn summary(v: &View) -> String {
         }
         (e, c) => format!("{} / {}", opt(e), opt(c)),
     };
-    let pinned = match v.pinned_scope.as_str() {
-        "backend" => "pinned: per backend",
-        "service" => "pinned: per service (table too large to count per backend)",
-        _ => "pinned: not counted (table too large)",
-    };
+    let pinned = format!(
+        "pinned: counted {:.1}s ago",
+        v.census_age_ms as f64 / 1000.0
+    );
     let rates = if v.interval_s > 0.0 {
         format!("rates over {:.1}s", v.interval_s)
     } else {
@@ -343,78 +330,15 @@ impl PollError {
     }
 }
 
-fn ask(socket: &Path, req: &Request) -> Result<Value, PollError> {
-    let resp = control::request(socket, req, REQUEST_TIMEOUT).map_err(PollError::Client)?;
+/// Sends `stats` and reads the answer.
+pub fn poll(socket: &Path) -> Result<Stats, PollError> {
+    let resp =
+        control::request(socket, &Request::Stats {}, REQUEST_TIMEOUT).map_err(PollError::Client)?;
     if !resp.ok {
         return Err(PollError::Refused(resp.error.unwrap_or_default()));
     }
-    Ok(resp.result.unwrap_or(Value::Null))
-}
-
-/// Which pinned counts fit the budget: "backend", "service" or "none".
-pub fn pinned_scope(entries: u64, services: u64, backends: u64) -> &'static str {
-    if entries == 0 || entries.saturating_mul(services + backends) <= PINNED_BUDGET {
-        "backend"
-    } else if entries.saturating_mul(services) <= PINNED_BUDGET {
-        "service"
-    } else {
-        "none"
-    }
-}
-
-fn count(socket: &Path, service: &str, backend: Option<&str>) -> Result<Option<u64>, PollError> {
-    let req = Request::TableShow {
-        service: Some(service.to_string()),
-        backend: backend.map(str::to_string),
-        limit: Some(0),
-    };
-    match ask(socket, &req) {
-        Ok(v) => Ok(v["total"].as_u64()),
-        // Removed between the two requests: no count.
-        Err(PollError::Refused(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Sends `stats` and adds `pinned` counts (within the budget) to its services and backends,
-/// and `pinned_scope` to the top level.
-pub fn poll(socket: &Path) -> Result<Value, PollError> {
-    let mut stats = ask(socket, &Request::Stats {})?;
-    let entries = stats["stick_table"]["entries"].as_u64().unwrap_or(0);
-    let Some(services) = stats["services"].as_array_mut() else {
-        return Ok(stats);
-    };
-    let nsvc = services.len() as u64;
-    let nback: u64 = services
-        .iter()
-        .map(|s| s["backends"].as_array().map_or(0, |b| b.len() as u64))
-        .sum();
-    let scope = pinned_scope(entries, nsvc, nback);
-    for svc in services.iter_mut() {
-        let name = text(svc, "name");
-        if scope == "none" {
-            break;
-        }
-        let n = if entries == 0 {
-            Some(0)
-        } else {
-            count(socket, &name, None)?
-        };
-        svc["pinned"] = n.into();
-        if scope != "backend" {
-            continue;
-        }
-        for b in svc["backends"].as_array_mut().into_iter().flatten() {
-            let n = if entries == 0 {
-                Some(0)
-            } else {
-                count(socket, &name, Some(&text(b, "address")))?
-            };
-            b["pinned"] = n.into();
-        }
-    }
-    stats["pinned_scope"] = scope.into();
-    Ok(stats)
+    serde_json::from_value(resp.result.unwrap_or_default())
+        .map_err(|e| PollError::Client(ClientError::BadResponse(format!("stats: {e}"))))
 }
 
 /// Runs `stickylb top`.
@@ -486,7 +410,7 @@ fn run_plain(socket: &Path, json: bool, interval: Duration, n: Option<u64>) -> E
     }
 }
 
-fn run_tui(socket: &Path, interval: Duration, first: Value) -> io::Result<()> {
+fn run_tui(socket: &Path, interval: Duration, first: Stats) -> io::Result<()> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
     let mut terminal = ratatui::try_init()?;
@@ -690,26 +614,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn stats(packets: u64, bpackets: u64, new: u64, drops: u64) -> Value {
-        json!({
+    fn stats(packets: u64, bpackets: u64, new: u64, drops: u64) -> Stats {
+        let check = json!({"up": true, "consecutive_ok": 2, "consecutive_fail": 0,
+            "last_latency_us": 350, "last_error": null, "checks": 2, "failures": 0,
+            "transitions": 0, "last_change_unix_ms": 0});
+        serde_json::from_value(json!({
             "services": [{
                 "name": "web", "packets": packets, "bytes": packets * 100, "new_clients": new,
                 "repick_expired": 1, "repick_down": 0, "drop_no_backend": drops, "drop_no_route": 0,
                 "fib_miss": drops * 2, "pass_ttl": 0, "reply_packets": 0, "reply_bytes": 0,
                 "pinned": 7,
                 "backends": [
-                    {"service": "web", "address": "10.0.0.2:80", "weight": 2, "admin": "ready",
+                    {"service": "web", "address": "10.0.0.2:80", "weight": 2, "admin": "ready", "flaps": 0,
                      "health": "up", "state": "up", "packets": bpackets, "bytes": bpackets * 100,
                      "new_clients": new, "pinned": 5,
-                     "check": {"up": true, "last_latency_us": 350}},
-                    {"service": "web", "address": "10.0.0.3:80", "weight": 1, "admin": "drain",
+                     "check": check},
+                    {"service": "web", "address": "10.0.0.3:80", "weight": 1, "admin": "drain", "flaps": 1,
                      "health": "down", "state": "down", "packets": 0, "bytes": 0,
                      "new_clients": 0, "check": null},
                 ],
             }],
-            "stick_table": {"entries": 7, "capacity": 1000},
-            "pinned_scope": "backend",
-        })
+            "stick_table": {"entries": 7, "capacity": 1000, "census_age_ms": 1500},
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -741,6 +668,7 @@ mod tests {
         let t = render_text(&v);
         assert!(t.starts_with("stick table 7 / 1000 (0.7%)"), "{t}");
         assert!(t.contains("rates over 2.0s"), "{t}");
+        assert!(t.contains("pinned: counted 1.5s ago"), "{t}");
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[1].starts_with("SERVICE / BACKEND"), "{t}");
         let svc_line: Vec<&str> = lines[2].split_whitespace().collect();
@@ -771,6 +699,36 @@ mod tests {
         );
     }
 
+    /// One definition drives the columns: every counter that its definition puts in a
+    /// column moves that column's rate, and only that one.
+    #[test]
+    fn every_counter_lands_in_the_column_its_definition_names() {
+        let prev = stats(0, 0, 0, 0);
+        for c in lb_common::ServiceStats::COUNTERS {
+            let mut cur = prev.clone();
+            assert!(cur.services[0].counters.0.set(c.key, 1_000_000));
+            let v = view(Some(&prev), &cur, Duration::from_secs(1));
+            let r = &v.rows[0];
+            let moved: Vec<Column> = [
+                (Column::Packets, r.packets_per_s),
+                (Column::Bytes, r.bytes_per_s),
+                (Column::NewClients, r.new_clients_per_s),
+                (Column::Repicks, r.repicks_per_s),
+                (Column::Drops, r.drops_per_s),
+                (Column::Passed, r.passed_per_s),
+            ]
+            .into_iter()
+            .filter(|(_, rate)| rate.is_some_and(|x| x > 0.0))
+            .map(|(col, _)| col)
+            .collect();
+            let want: Vec<Column> = Some(c.column)
+                .filter(|c| *c != Column::None)
+                .into_iter()
+                .collect();
+            assert_eq!(moved, want, "{}", c.key);
+        }
+    }
+
     #[test]
     fn first_poll_and_counter_resets_show_no_rate() {
         let cur = stats(3000, 1600, 14, 4);
@@ -787,21 +745,10 @@ mod tests {
         assert_eq!(v.rows[0].drops_per_s, None);
         // A backend that is new since the previous poll has no rate either.
         let mut prev = stats(1000, 600, 10, 0);
-        prev["services"][0]["backends"]
-            .as_array_mut()
-            .unwrap()
-            .truncate(1);
+        prev.services[0].backends.truncate(1);
         let v = view(Some(&prev), &cur, Duration::from_secs(1));
         assert_eq!(v.rows[2].packets_per_s, None);
         assert_eq!(v.rows[1].packets_per_s, Some(1000.0));
-    }
-
-    #[test]
-    fn pinned_counts_stay_within_budget() {
-        assert_eq!(pinned_scope(0, 50, 5000), "backend");
-        assert_eq!(pinned_scope(1000, 2, 10), "backend");
-        assert_eq!(pinned_scope(20_000, 2, 10), "service");
-        assert_eq!(pinned_scope(1_000_000, 2, 10), "none");
     }
 
     #[test]

@@ -18,7 +18,52 @@ use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
 };
 
-use crate::spec::{AdminState, BackendState};
+use crate::spec::{AdminState, BackendState, Forwarding, Protocol, Scheduler};
+
+/// The `status` answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    /// The config file.
+    pub config: String,
+    pub interfaces: Vec<Interface>,
+    /// The instance's pin directory.
+    pub pins: String,
+    pub services: usize,
+    pub backends: usize,
+    pub stick_table: StickFill,
+    /// Control-command changes since the config file was loaded.
+    pub control_changes: u64,
+    pub reloads: u64,
+    /// Largest delay seen between a health check's due time and its start.
+    pub health_max_lag_ms: u64,
+}
+
+/// An interface the agent attaches to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    /// How: `native`, `skb`, `adopted`, or `gone` / `attach failed`.
+    pub xdp: String,
+}
+
+/// A row of the `service.list` answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceListRow {
+    pub name: String,
+    pub id: Option<u32>,
+    pub listen: String,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    /// Stick-table entry lifetime; `None` = never.
+    pub expire_s: Option<f64>,
+    pub backends: usize,
+    pub packets: u64,
+    pub new_clients: u64,
+}
 
 /// The `stats` answer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -753,7 +753,21 @@ fn full_stick_table_evicts_and_keeps_serving() {
         failed.len()
     );
     assert!(s.agent.is_running(), "{}", s.agent.log_text());
-    let stats = s.agent.ok(&["stats"]).unwrap();
+    // The fill comes from the agent's background count of the table (every second): wait
+    // for a count made after the traffic.
+    let served = Instant::now();
+    let stats = loop {
+        let stats = s.agent.ok(&["stats"]).unwrap();
+        let age = Duration::from_millis(stats["stick_table"]["census_age_ms"].as_u64().unwrap());
+        if age < served.elapsed() {
+            break stats;
+        }
+        assert!(
+            served.elapsed() < Duration::from_secs(30),
+            "no new count of the table: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let entries = stats["stick_table"]["entries"].as_u64().unwrap() as usize;
     let new_clients = stats["services"][0]["new_clients"].as_u64().unwrap() as usize;
     eprintln!(

@@ -3,7 +3,10 @@
 //! a change is applied, the other requests are answered from the maps and the health
 //! checker (status, stats, lists, the stick table).
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use lb_common::{
     addr_from_ip, ip_from_addr, sticky::judge, StickKey, StickValue, BACKEND_DOWN, BACKEND_DRAIN,
@@ -14,10 +17,14 @@ use lb_model::{
     config::{BackendConfig, ServiceConfig},
     control::{self, Request},
     spec::HealthKind,
+    stats::{
+        BackendRow, Counters, Health, Interface, ServiceListRow, ServiceRow, Stats, Status,
+        StickFill,
+    },
 };
 use serde_json::{json, Value};
 
-use super::state::Agent;
+use super::{census::Census, state::Agent};
 use crate::health::TargetKey;
 
 impl Agent {
@@ -37,38 +44,68 @@ impl Agent {
         control::find_backend(self.service(service)?, address)
     }
 
-    fn backend_json(&self, s: &ServiceConfig, b: &BackendConfig) -> Value {
+    /// A backend's row of the stats schema.
+    fn backend_row(&self, s: &ServiceConfig, b: &BackendConfig, census: &Census) -> BackendRow {
         let key = TargetKey {
             service: s.spec.name.clone(),
             backend: b.addr,
         };
         let status = self.health.status().get(&key).cloned();
         let id = self.ids.backend_id(&s.spec.name, b.addr);
-        let stats = id
+        let counters = id
             .and_then(|i| self.dp.backend_stats(i).ok())
             .unwrap_or_default();
-        let effective = b.admin.effective(self.healthy(&s.spec.name, b.addr));
-        json!({
-            "service": s.spec.name,
-            "address": b.addr.to_string(),
-            "id": id,
-            "weight": b.weight,
-            "admin": b.admin,
-            "health": match (&s.health.kind, &status) {
-                (HealthKind::None, _) => "none",
-                (_, Some(st)) if st.up => "up",
-                (_, Some(_)) => "down",
-                (_, None) => "up",
+        BackendRow {
+            service: s.spec.name.clone(),
+            address: b.addr.to_string(),
+            id,
+            weight: b.weight,
+            admin: b.admin,
+            health: match (&s.health.kind, &status) {
+                (HealthKind::None, _) => Health::None,
+                (_, Some(st)) if !st.up => Health::Down,
+                _ => Health::Up,
             },
-            "state": effective,
-            // Health changes of state (up↔down) since the agent started: a rising count on a
-            // backend that is up now is a flapping backend.
-            "flaps": status.as_ref().map(|st| st.transitions).unwrap_or(0),
-            "check": status,
-            "packets": stats.packets,
-            "bytes": stats.bytes,
-            "new_clients": stats.new_clients,
-        })
+            state: b.admin.effective(self.healthy(&s.spec.name, b.addr)),
+            flaps: status.as_ref().map_or(0, |st| st.transitions),
+            check: status,
+            counters: Counters(counters),
+            pinned: census_count(census, &census.by_backend, id),
+        }
+    }
+
+    /// The stick table's fill, from the last census.
+    fn stick_fill(&self, census: &Census) -> StickFill {
+        StickFill {
+            entries: census.entries,
+            capacity: u64::from(self.stick_capacity),
+            census_age_ms: census.age_ms(),
+        }
+    }
+
+    /// The `status` answer.
+    pub fn status(&self) -> Status {
+        Status {
+            instance: self.opts.instance.clone(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config: self.opts.config.display().to_string(),
+            interfaces: self
+                .attached
+                .iter()
+                .map(|(name, xdp)| Interface {
+                    name: name.clone(),
+                    xdp: xdp.clone(),
+                })
+                .collect(),
+            pins: self.layout.root.display().to_string(),
+            services: self.config.services.len(),
+            backends: self.config.services.iter().map(|s| s.backends.len()).sum(),
+            stick_table: self.stick_fill(&self.census.latest()),
+            control_changes: self.changes,
+            reloads: self.reloads,
+            health_max_lag_ms: u64::try_from(self.health.max_lag().as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     fn stick_entries(&self) -> Vec<(StickKey, StickValue)> {
@@ -85,66 +122,75 @@ impl Agent {
             return Ok(edit.result);
         }
         match req {
-            Request::Status {} => Ok(json!({
-                "instance": self.opts.instance,
-                "pid": std::process::id(),
-                "uptime_s": self.started.elapsed().as_secs(),
-                "config": self.opts.config.display().to_string(),
-                "interfaces": self.attached.iter().map(|(i, m)| json!({"name": i, "xdp": m})).collect::<Vec<_>>(),
-                "pins": self.layout.root.display().to_string(),
-                "services": self.config.services.len(),
-                "backends": self.config.services.iter().map(|s| s.backends.len()).sum::<usize>(),
-                "stick_table": { "entries": self.stick_entries().len(), "capacity": self.stick_capacity },
-                "control_changes": self.changes,
-                "reloads": self.reloads,
-                "health_max_lag_ms": self.health.max_lag().as_millis() as u64,
-            })),
+            Request::Status {} => Ok(answer(&self.status())),
             Request::Reload { allow_empty } => self.reload(allow_empty),
-            Request::Stats {} => Ok(self.stats_json()),
-            Request::ServiceList {} => Ok(Value::Array(
-                self.config
+            Request::Stats {} => Ok(answer(&self.stats())),
+            Request::ServiceList {} => {
+                let rows: Vec<ServiceListRow> = self
+                    .config
                     .services
                     .iter()
                     .map(|s| {
                         let id = self.ids.service_id(&s.spec.name);
-                        let st = id.and_then(|i| self.dp.service_stats(i).ok()).unwrap_or_default();
-                        json!({
-                            "name": s.spec.name, "id": id, "listen": s.spec.vip.to_string(),
-                            "protocol": s.spec.protocol,
-                            "scheduler": s.spec.scheduler,
-                            "forwarding": s.spec.forwarding,
-                            "expire_s": s.spec.expire.map(|d| d.as_secs_f64()),
-                            "backends": s.backends.len(), "packets": st.packets, "new_clients": st.new_clients,
-                        })
+                        let st = id
+                            .and_then(|i| self.dp.service_stats(i).ok())
+                            .unwrap_or_default();
+                        ServiceListRow {
+                            name: s.spec.name.clone(),
+                            id,
+                            listen: s.spec.vip.to_string(),
+                            protocol: s.spec.protocol,
+                            scheduler: s.spec.scheduler,
+                            forwarding: s.spec.forwarding,
+                            expire_s: s.spec.expire.map(|d| d.as_secs_f64()),
+                            backends: s.backends.len(),
+                            packets: st.packets,
+                            new_clients: st.new_clients,
+                        }
                     })
-                    .collect(),
-            )),
+                    .collect();
+                Ok(answer(&rows))
+            }
             Request::BackendList { service } => {
                 if let Some(s) = &service {
                     self.service(s)?;
                 }
-                let mut v = Vec::new();
-                for s in &self.config.services {
-                    if service.as_ref().is_some_and(|n| *n != s.spec.name) {
-                        continue;
-                    }
-                    for b in &s.backends {
-                        v.push(self.backend_json(s, b));
-                    }
-                }
-                Ok(Value::Array(v))
+                let census = self.census.latest();
+                let rows: Vec<BackendRow> = self
+                    .config
+                    .services
+                    .iter()
+                    .filter(|s| service.as_ref().is_none_or(|n| *n == s.spec.name))
+                    .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+                    .map(|(s, b)| self.backend_row(s, b, &census))
+                    .collect();
+                Ok(answer(&rows))
             }
-            Request::TableShow { service, backend, limit } => self.table_show(service, backend, limit),
+            Request::TableShow {
+                service,
+                backend,
+                limit,
+            } => self.table_show(service, backend, limit),
             Request::TableLookup { service, client } => self.table_lookup(&service, &client),
-            Request::TableClear { service, client, backend } => self.table_clear(&service, client, backend),
-            Request::TablePin { service, client, backend } => self.table_pin(&service, &client, &backend),
+            Request::TableClear {
+                service,
+                client,
+                backend,
+            } => self.table_clear(&service, client, backend),
+            Request::TablePin {
+                service,
+                client,
+                backend,
+            } => self.table_pin(&service, &client, &backend),
             // Answered by `control::check` above.
             Request::ServiceAdd { .. }
             | Request::ServiceRemove { .. }
             | Request::BackendAdd { .. }
             | Request::BackendRemove { .. }
             | Request::BackendWeight { .. }
-            | Request::BackendState { .. } => Err("internal error: a configuration change was not applied".into()),
+            | Request::BackendState { .. } => {
+                Err("internal error: a configuration change was not applied".into())
+            }
         }
     }
 
@@ -335,31 +381,45 @@ impl Agent {
         Ok(json!({ "service": service, "client": client, "backend": addr.to_string() }))
     }
 
-    /// Counters of every service and backend (also the source of the metrics).
-    pub fn stats_json(&self) -> Value {
-        let mut services = Vec::new();
-        for s in &self.config.services {
-            let id = self.ids.service_id(&s.spec.name);
-            let st = id
-                .and_then(|i| self.dp.service_stats(i).ok())
-                .unwrap_or_default();
-            let backends: Vec<Value> = s.backends.iter().map(|b| self.backend_json(s, b)).collect();
-            services.push(json!({
-                "name": s.spec.name,
-                "packets": st.packets, "bytes": st.bytes, "new_clients": st.new_clients,
-                "repick_expired": st.repick_expired, "repick_down": st.repick_down,
-                "drop_no_backend": st.drop_no_backend, "drop_no_route": st.drop_no_route,
-                "fib_miss": st.fib_miss, "pass_ttl": st.pass_ttl,
-                "reply_packets": st.reply_packets, "reply_bytes": st.reply_bytes,
-                "icmp_to_backend": st.icmp_to_backend, "icmp_unmatched": st.icmp_unmatched,
-                "frag_forwarded": st.frag_forwarded, "frag_unmatched": st.frag_unmatched,
-                "unpinned_not_syn": st.unpinned_not_syn, "unpinned_over_cap": st.unpinned_over_cap,
-                "backends": backends,
-            }));
+    /// Counters of every service and backend: the `stats` answer, and what the metrics
+    /// endpoint and `top` show.
+    pub fn stats(&self) -> Stats {
+        let census = self.census.latest();
+        let services = self
+            .config
+            .services
+            .iter()
+            .map(|s| {
+                let id = self.ids.service_id(&s.spec.name);
+                let counters = id
+                    .and_then(|i| self.dp.service_stats(i).ok())
+                    .unwrap_or_default();
+                ServiceRow {
+                    name: s.spec.name.clone(),
+                    counters: Counters(counters),
+                    pinned: census_count(&census, &census.by_service, id),
+                    backends: s
+                        .backends
+                        .iter()
+                        .map(|b| self.backend_row(s, b, &census))
+                        .collect(),
+                }
+            })
+            .collect();
+        Stats {
+            services,
+            stick_table: self.stick_fill(&census),
         }
-        json!({
-            "services": services,
-            "stick_table": { "entries": self.stick_entries().len(), "capacity": self.stick_capacity },
-        })
     }
+}
+
+/// An answer as JSON (the schema types always serialise).
+fn answer<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Entries of `id` in a census tally; `None` before the first census or without an id.
+fn census_count(census: &Census, tally: &HashMap<u32, u64>, id: Option<u32>) -> Option<u64> {
+    census.at?;
+    Some(tally.get(&id?).copied().unwrap_or(0))
 }

@@ -5,6 +5,7 @@
 //! - [`state`]: the agent's state and how it changes (config, health, interfaces).
 //! - [`answers`]: the answers to control requests.
 //! - [`attach`]: attaching the program to interfaces (the XDP mode, pinned links).
+//! - [`census`]: the stick table's fill, counted in the background.
 //! - this module: options and the run loop.
 //!
 //! Lifecycle: mount bpffs → load the program with pinned maps (adopting a previous
@@ -14,6 +15,7 @@
 
 pub mod answers;
 pub mod attach;
+pub mod census;
 pub mod state;
 
 use std::{
@@ -36,6 +38,7 @@ use tokio::{
     sync::mpsc,
 };
 
+use self::census::StickCensus;
 pub use self::{attach::XdpMode, state::Agent};
 use crate::{
     control::server,
@@ -160,6 +163,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         }
     }
     let mut dp = Dataplane::new(&mut ebpf)?;
+    let census = StickCensus::open(&layout.map(lb_common::MAP_STICK))?;
     let mut ids = Ids::default();
     let mut initial_down = std::collections::BTreeSet::new();
     let real_capacity = aya::maps::MapInfo::from_pin(layout.map(lb_common::MAP_STICK))
@@ -191,7 +195,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             layout.root.display(),
             found.services.len(),
             found.backends.len(),
-            dp.stick_entries().len()
+            census.count().entries
         );
         if real_capacity != stick_capacity {
             log::warn!("the pinned stick table holds {real_capacity} entries; the config asks for {stick_capacity}: `stickylb detach` and restart to resize (clients are then re-picked)");
@@ -215,6 +219,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         started: Instant::now(),
         reloads: 0,
         stick_capacity: real_capacity,
+        census: census.clone(),
     };
     // Health first with known states, then maps, then traffic.
     let targets = agent.targets();
@@ -238,6 +243,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         attach::attach_all(&mut agent._ebpf, &layout, &opts.ifaces, opts.xdp_mode)?;
     let agent: SharedAgent = Arc::new(Mutex::new(agent));
 
+    census.spawn();
     let listener = server::bind(&opts.socket)?;
     log::info!("control socket {}", opts.socket.display());
     let handler: server::Handler = {

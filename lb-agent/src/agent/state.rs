@@ -48,6 +48,8 @@ pub struct Agent {
     pub(super) started: Instant,
     pub(super) reloads: u64,
     pub(super) stick_capacity: u32,
+    /// The stick table's last count.
+    pub(super) census: std::sync::Arc<super::census::StickCensus>,
 }
 
 impl Agent {
