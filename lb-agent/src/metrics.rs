@@ -22,7 +22,9 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::agent::{lock, SharedAgent};
+use lb_model::sync::lock;
+
+use crate::agent::SharedAgent;
 
 /// Default metrics address (loopback only unless told otherwise).
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9478";

@@ -11,7 +11,8 @@
 //! - [`control`]: the control protocol (requests, responses, usage) and the checks of a
 //!   request against the configuration, changes made on a copy.
 //! - [`stats`]: the one stats schema of `stats` answers, the metrics endpoint and `top`.
-//! - [`duration`], [`clock`]: the one duration grammar and the clocks.
+//! - [`duration`], [`clock`], [`sync`]: the one duration grammar, the clocks, the lock
+//!   helper.
 
 pub mod clock;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod duration;
 pub mod plan;
 pub mod spec;
 pub mod stats;
+pub mod sync;
 pub mod vocab;
 
 #[cfg(test)]

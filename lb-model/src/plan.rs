@@ -161,7 +161,7 @@ const RING_CACHE_KEEP: u64 = 4;
 static RING_CACHE: std::sync::Mutex<Option<RingCache>> = std::sync::Mutex::new(None);
 
 fn ring_cache() -> std::sync::MutexGuard<'static, Option<RingCache>> {
-    RING_CACHE.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(&RING_CACHE)
 }
 
 /// Starts a plan: ages the cache.

@@ -19,6 +19,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData};
 use lb_common::{StickKey, StickValue};
+use lb_model::sync::lock;
 
 /// One count of the stick table.
 #[derive(Clone, Debug, Default)]
@@ -62,10 +63,7 @@ impl StickCensus {
 
     /// The last count (empty before the first).
     pub fn latest(&self) -> Census {
-        self.latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.latest).clone()
     }
 
     /// Counts the table now and keeps the result.
@@ -91,7 +89,7 @@ impl StickCensus {
         }
         c.took = started.elapsed();
         c.at = Some(Instant::now());
-        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        *lock(&self.latest) = c.clone();
         c
     }
 

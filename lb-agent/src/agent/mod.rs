@@ -6,6 +6,7 @@
 //! - [`answers`]: the answers to control requests.
 //! - [`attach`]: attaching the program to interfaces (the XDP mode, pinned links).
 //! - [`census`]: the stick table's fill, counted in the background.
+//! - [`interfaces`]: link events from netlink (an interface deleted or back).
 //! - this module: options and the run loop.
 //!
 //! Lifecycle: mount bpffs → load the program with pinned maps (adopting a previous
@@ -16,6 +17,7 @@
 pub mod answers;
 pub mod attach;
 pub mod census;
+pub mod interfaces;
 pub mod state;
 
 use std::{
@@ -32,6 +34,7 @@ use lb_model::{
     config::{self, Config},
     plan::Ids,
     spec::AdminState,
+    sync::lock,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -68,12 +71,6 @@ pub struct AgentOptions {
 
 /// The agent, shared by the tasks that serve it.
 pub type SharedAgent = Arc<Mutex<Agent>>;
-
-/// Locks the agent. A panic while it was held (a bug) must not take every later request,
-/// health change and signal down with it: the lock is taken over instead.
-pub fn lock(agent: &SharedAgent) -> std::sync::MutexGuard<'_, Agent> {
-    agent.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Chooses the configuration to start from (see [`crate::persist`]).
 fn initial_config(opts: &AgentOptions, state: &StateDir) -> Result<(Config, String, u64)> {
@@ -268,15 +265,21 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         });
     }
     {
-        // Interfaces deleted (or re-created) under the agent: noticed within a second.
+        // Interfaces deleted (or re-created) under the agent: noticed on the kernel's event.
+        let watched: std::collections::BTreeSet<String> = opts.ifaces.iter().cloned().collect();
+        let mut events = interfaces::watch()?;
         let agent = agent.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let agent = agent.clone();
-                let _ = tokio::task::spawn_blocking(move || lock(&agent).watch_interfaces()).await;
+            // Anything that happened between attaching and subscribing.
+            let a = agent.clone();
+            let _ = tokio::task::spawn_blocking(move || lock(&a).watch_interfaces()).await;
+            while let Some(event) = events.recv().await {
+                if !watched.contains(&event.name) {
+                    continue;
+                }
+                log::debug!("link event: {event:?}");
+                let a = agent.clone();
+                let _ = tokio::task::spawn_blocking(move || lock(&a).watch_interfaces()).await;
             }
         });
     }

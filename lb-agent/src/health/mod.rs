@@ -37,7 +37,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -46,6 +46,7 @@ use lb_model::{
     clock::unix_ms,
     spec::{HealthConfig, HealthKind},
     stats::CheckStatus,
+    sync::lock,
 };
 use tokio::{
     runtime::Handle,
@@ -135,10 +136,6 @@ struct SlotInner {
     status: TargetStatus,
     /// Set when the target is removed or replaced: its task must not report anymore.
     stopped: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HealthChecker {

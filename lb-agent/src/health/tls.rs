@@ -15,7 +15,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use lb_model::spec::{HttpCheck, TlsCheck};
+use lb_model::{
+    spec::{HttpCheck, TlsCheck},
+    sync::lock,
+};
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{self, CryptoProvider},
@@ -116,7 +119,7 @@ pub struct Configs {
 impl Configs {
     /// The configuration for `tls` (built once), or why it cannot be built.
     pub fn get(&self, tls: &TlsCheck) -> Result<Arc<ClientConfig>, String> {
-        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        let mut built = lock(&self.built);
         built
             .entry(tls.clone())
             .or_insert_with(|| client_config(tls))
@@ -126,7 +129,7 @@ impl Configs {
     /// Forgets the configurations of settings no longer in use (a CA file is read again
     /// when a target with it starts anew).
     pub fn keep_only(&self, used: &[&TlsCheck]) {
-        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        let mut built = lock(&self.built);
         built.retain(|k, _| used.contains(&k));
     }
 }
@@ -218,5 +221,17 @@ mod tests {
             ..TlsCheck::default()
         })
         .is_ok());
+        // A configuration naming such a file is refused before it runs, naming the service.
+        let c = lb_model::config::parse(
+            "[[service]]\nname = \"api\"\nlisten = \"10.0.0.1:443\"\n\
+             health = { kind = \"https\", ca = \"/nonexistent/ca.pem\" }\n",
+            "lb.toml",
+        )
+        .unwrap();
+        let e = check_config(&c).unwrap_err();
+        assert!(
+            e.starts_with("service \"api\": health.ca /nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 }

@@ -293,7 +293,7 @@ mod tests {
 
     use super::*;
     use crate::spec::{
-        BackendState, Forwarding, HealthKind, HttpCheck, InsertOn, Protocol, Scheduler,
+        BackendState, Forwarding, HealthKind, HttpCheck, InsertOn, Protocol, Scheduler, TlsCheck,
     };
 
     fn sa(s: &str) -> SocketAddr {
@@ -738,6 +738,127 @@ state = "maint"
             Some("service[0].health.path"),
             &["starting with '/'"],
         );
+    }
+
+    #[test]
+    fn https_checks_parse_and_their_options_are_checked() {
+        let svc = "[[service]]\nname = \"web\"\nlisten = \"10.0.0.100:443\"\n";
+        let c = parse(
+            &format!(
+                "{svc}health = {{ kind = \"https\", path = \"/up\", host = \"api.example.com\", \
+                 ca = \"/etc/ca.pem\", sni = \"backend.example.com\" }}\n"
+            ),
+            "lb.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.services[0].health.kind,
+            HealthKind::Https(
+                HttpCheck {
+                    path: "/up".into(),
+                    expect_status: None,
+                    host: Some("api.example.com".into()),
+                },
+                TlsCheck {
+                    verify: true,
+                    ca: Some("/etc/ca.pem".into()),
+                    sni: Some("backend.example.com".into()),
+                }
+            )
+        );
+        let again = parse(&c.to_toml(), "again.toml").unwrap();
+        assert_eq!(again, c, "{}", c.to_toml());
+        // Without verification; the Host header on plain HTTP.
+        let c = parse(
+            &format!("{svc}health.kind = \"https\"\nhealth.verify = false\n"),
+            "lb.toml",
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.services[0].health.kind, HealthKind::Https(_, t) if !t.verify && t.ca.is_none())
+        );
+        let c = parse(
+            &format!("{svc}health = {{ kind = \"http\", host = \"www.example.com:8080\" }}\n"),
+            "lb.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.services[0].health.kind.http().unwrap().host.as_deref(),
+            Some("www.example.com:8080")
+        );
+
+        check(
+            &format!("{svc}health = {{ kind = \"http\", verify = false }}\n"),
+            4,
+            Some("service[0].health.verify"),
+            &["false is only used with kind = \"https\" (kind is \"http\")"],
+        );
+        check(
+            &format!("{svc}health = {{ kind = \"https\", ca = \"ca.pem\" }}\n"),
+            4,
+            Some("service[0].health.ca"),
+            &["\"ca.pem\" is not accepted", "absolute path"],
+        );
+        check(
+            &format!("{svc}health = {{ kind = \"https\", verify = false, ca = \"/ca.pem\" }}\n"),
+            4,
+            Some("service[0].health.ca"),
+            &["only used with verify = true"],
+        );
+        check(
+            &format!("{svc}[service.health]\nkind = \"https\"\nverify = \"no\"\n"),
+            6,
+            Some("service[0].health.verify"),
+            &["\"no\" is not accepted: use true or false"],
+        );
+        check(
+            &format!("{svc}health = {{ kind = \"tcp\", host = \"x\" }}\n"),
+            4,
+            Some("service[0].health.host"),
+            &["only used with kind = \"http\" or \"https\""],
+        );
+        check(
+            &format!("{svc}health = {{ kind = \"https\", sni = \"not a name\" }}\n"),
+            4,
+            Some("service[0].health.sni"),
+            &["\"not a name\" is not accepted", "DNS name"],
+        );
+    }
+
+    /// Where a refusal points: the value's line and column, in every TOML form a table may
+    /// take (inline, section, dotted keys, inline arrays), and the field's full path.
+    #[test]
+    fn refusals_point_at_the_value_in_every_form() {
+        let svc = "[[service]]\nname = \"web\"\nlisten = \"10.0.0.100:80\"\n";
+        for (text, line, column, field) in [
+            (format!("{svc}health = {{ rise = 0 }}\n"), 4, 19, "service[0].health.rise"),
+            (format!("{svc}[service.health]\nrise = 0\n"), 5, 8, "service[0].health.rise"),
+            (format!("{svc}health.rise = 0\n"), 4, 15, "service[0].health.rise"),
+            (
+                format!("{svc}backend = [{{ address = \"a\" }}]\n"),
+                4,
+                24,
+                "service[0].backend[0].address",
+            ),
+            (
+                format!("{svc}[[service.backend]]\naddress = \"10.0.0.2\"\n[[service.backend]]\naddress = \"x\"\n"),
+                7,
+                11,
+                "service[0].backend[1].address",
+            ),
+            // A check across fields points at the field it refuses.
+            (format!("{svc}health.interval = \"1s\"\nhealth.timeout = \"5s\"\n"), 5, 18, "service[0].health.timeout"),
+        ] {
+            match parse(&text, "lb.toml").unwrap_err() {
+                ConfigError::Field {
+                    line: l,
+                    column: c,
+                    field: f,
+                    ..
+                } => assert_eq!((l, c, f.as_str()), (line, column, field), "{text}"),
+                other => panic!("{text}: {other}"),
+            }
+        }
     }
 
     #[test]
