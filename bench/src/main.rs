@@ -36,6 +36,7 @@ use lb_agent::{
 };
 use lb_common::{ServiceStats, StickKey, StickValue, PROGRAM_NAME};
 use lb_model::{
+    clock::monotonic_ns,
     plan::Ids,
     spec::{Forwarding, Scheduler, ServiceSpec},
 };
@@ -938,17 +939,6 @@ fn stick_key(sid: u32, i: u32) -> StickKey {
         service_id: sid,
         client: [u32::from_ne_bytes(ip), 0, 0, 0],
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE in nanoseconds, the data path's clock (`bpf_ktime_get_coarse_ns`).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `memlock` and `max_entries` of a BPF map from `/proc/self/fdinfo/<fd>`: the memory

@@ -16,7 +16,9 @@ use lb_common::{
     RING_REGION, SCHED_MAGLEV, SCHED_ROUNDROBIN, SVC_SYN_ONLY,
 };
 
-use crate::spec::{BackendState, Forwarding, InsertOn, Protocol, Scheduler, ServiceSpec};
+use crate::spec::{
+    family_name, BackendState, Forwarding, InsertOn, Protocol, Scheduler, ServiceSpec,
+};
 
 /// Highest accepted backend weight (as HAProxy).
 pub const MAX_WEIGHT: u32 = 256;
@@ -193,14 +195,6 @@ fn ring_for(input: RingInput) -> Vec<u32> {
         cache.tables.insert(input, (g, ring.clone()));
     }
     ring
-}
-
-fn family_name(a: &SocketAddr) -> &'static str {
-    if a.is_ipv4() {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
 }
 
 impl Ids {
@@ -521,8 +515,8 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), PlanError> {
                     service: s.name.clone(),
                     backend: b.addr,
                     vip: s.vip,
-                    backend_family: family_name(&b.addr),
-                    vip_family: family_name(&s.vip),
+                    backend_family: family_name(b.addr.ip()),
+                    vip_family: family_name(s.vip.ip()),
                 });
             }
             if b.weight > MAX_WEIGHT {

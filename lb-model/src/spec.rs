@@ -5,6 +5,15 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+/// The name of an address's family, for messages: `IPv4` or `IPv6`.
+pub fn family_name(ip: std::net::IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
 crate::named! {
     /// Transport protocol of a service.
     pub enum Protocol {

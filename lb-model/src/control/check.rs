@@ -16,7 +16,7 @@ use crate::{
         Config, ServiceConfig,
     },
     plan,
-    spec::BackendSpec,
+    spec::{family_name, BackendSpec},
     vocab::excerpt,
 };
 
@@ -339,13 +339,12 @@ pub fn find_backend(service: &ServiceConfig, address: &str) -> Result<SocketAddr
 
 /// A client address of `service` (its VIP's family).
 pub fn parse_client(service: &ServiceConfig, client: &str) -> Result<IpAddr, String> {
-    let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
     let vip = service.spec.vip;
     let ip: IpAddr = client.trim().parse().map_err(|_| {
         format!(
             "{} is not an IP address: give the client's {} address, e.g. {}",
             excerpt(client, 60),
-            family(vip.is_ipv4()),
+            family_name(vip.ip()),
             if vip.is_ipv4() {
                 "10.1.2.3"
             } else {
@@ -356,10 +355,10 @@ pub fn parse_client(service: &ServiceConfig, client: &str) -> Result<IpAddr, Str
     if ip.is_ipv4() != vip.is_ipv4() {
         return Err(format!(
             "client {ip} is {} but service {:?} listens on {vip} ({}): give an {} client address",
-            family(ip.is_ipv4()),
+            family_name(ip),
             service.spec.name,
-            family(vip.is_ipv4()),
-            family(vip.is_ipv4()),
+            family_name(vip.ip()),
+            family_name(vip.ip()),
         ));
     }
     Ok(ip)
