@@ -110,17 +110,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         return xdp_action::XDP_DROP;
     };
     if debug() && verdict != Verdict::Hit {
-        let why: u8 = match verdict {
-            Verdict::New => 0,
-            Verdict::RepickExpired => 1,
-            Verdict::RepickDown => 2,
-            Verdict::UnpinnedNotSyn => 3,
-            _ => 4,
-        };
+        let why = verdict as u8;
         if p.family == lb_common::FAMILY_V4 {
             debug!(
                 ctx,
-                "service {}: client {:i} -> backend {} (0=new 1=expired 2=backend down 3=unpinned non-SYN 4=unpinned over cap: {})",
+                "service {}: client {:i} -> backend {} (1=new 2=expired 3=backend down 4=unpinned non-SYN 5=unpinned over cap: {})",
                 svc.id,
                 u32::from_be(p.src[0]),
                 backend_id,
@@ -129,7 +123,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         } else {
             debug!(
                 ctx,
-                "service {}: IPv6 client -> backend {} (0=new 1=expired 2=backend down 3=unpinned non-SYN 4=unpinned over cap: {})",
+                "service {}: IPv6 client -> backend {} (1=new 2=expired 3=backend down 4=unpinned non-SYN 5=unpinned over cap: {})",
                 svc.id,
                 backend_id,
                 why
@@ -217,9 +211,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
     let len = pkt.len() as u64;
     let outcome = match route {
         Lookup::Route(r) => send(ctx, pkt, p, &r, true),
-        Lookup::NoNeighbour => Forwarded::NoNeighbour,
-        Lookup::NoRoute => Forwarded::NoRoute,
-        Lookup::NotForwarded => Forwarded::Kernel,
+        other => other.into(),
     };
     match outcome {
         Forwarded::Sent(action) => {

@@ -14,6 +14,7 @@ use lb_common::{
 
 use crate::{
     forward::{forward, not_sent, Forwarded},
+    hdr::*,
     maps::{BACKENDS, FRAGMENTS, SERVICES, STICK},
     packet::{get, set, Packet},
     parse::Parsed,
@@ -87,15 +88,18 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
     if !dsr {
         // NAT: only the IP destination (the ports and the L4 checksum are in the first
         // fragment, rewritten there).
-        let Some(ip) = pkt.ptr::<[u8; 20]>(p.l3_off) else {
+        let Some(ip) = pkt.region::<Ipv4Hdr>(p.l3_off) else {
             return xdp_action::XDP_PASS;
         };
-        let ip = ip as *mut u8;
         let addr = backend.addr[0];
         // SAFETY: constant offsets inside the bounds-checked header.
         unsafe {
-            set(ip, 10, csum::replace32(get(ip, 10), get(ip, 16), addr));
-            set(ip, 16, addr);
+            set(
+                ip,
+                IP4_CHECK,
+                csum::replace32(get(ip, IP4_CHECK), get(ip, IP4_DST), addr),
+            );
+            set(ip, IP4_DST, addr);
         }
     }
     let len = pkt.len() as u64;

@@ -23,43 +23,45 @@ use lb_common::{
 
 use crate::{
     forward::{forward, not_sent, Forwarded},
+    hdr::*,
     maps::{BACKENDS, SERVICES, STICK},
     packet::{get, set, Packet},
     parse::Parsed,
     stats,
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// The two ports at the start of a quoted TCP or UDP header.
+const PORTS: usize = TCP_DPORT + 2;
 
-/// IPv4 region at the ICMP header: ICMP header (8), quoted IPv4 header without options
-/// (20), quoted ports (4).
-const V4_REGION: usize = 32;
+/// IPv4 region at the ICMP header: ICMP header, quoted IPv4 header without options,
+/// quoted ports.
+const V4_REGION: usize = V4_Q + IP4_LEN + PORTS;
 /// Offsets inside it.
-const V4_ICMP_CHECK: usize = 2;
-const V4_Q_VIHL: usize = 8;
-const V4_Q_PROTO: usize = 8 + 9;
-const V4_Q_CHECK: usize = 8 + 10;
-const V4_Q_SRC: usize = 8 + 12;
-const V4_Q_DST: usize = 8 + 16;
-const V4_Q_SPORT: usize = 28;
+const V4_ICMP_CHECK: usize = ICMP_CHECK;
+const V4_Q: usize = ICMP_LEN;
+const V4_Q_VIHL: usize = V4_Q + IP4_VIHL;
+const V4_Q_PROTO: usize = V4_Q + IP4_PROTO;
+const V4_Q_CHECK: usize = V4_Q + IP4_CHECK;
+const V4_Q_SRC: usize = V4_Q + IP4_SRC;
+const V4_Q_DST: usize = V4_Q + IP4_DST;
+const V4_Q_SPORT: usize = V4_Q + IP4_LEN + TCP_SPORT;
 /// Outer IPv4 header (fixed part), at the IP header.
-const V4_OUTER: usize = 20;
-const V4_OUTER_CHECK: usize = 10;
-const V4_OUTER_DST: usize = 16;
+const V4_OUTER: usize = IP4_LEN;
+const V4_OUTER_CHECK: usize = IP4_CHECK;
+const V4_OUTER_DST: usize = IP4_DST;
 
-/// IPv6 region at the IP header: outer IPv6 header (40), ICMPv6 header (8), quoted IPv6
-/// header (40), quoted ports (4).
-const V6_REGION: usize = 92;
-const V6_OUTER_DST: usize = 24;
-const V6_ICMP_TYPE: usize = 40;
-const V6_ICMP_CHECK: usize = 42;
-const V6_Q_VERSION: usize = 48;
-const V6_Q_NEXT: usize = 48 + 6;
-const V6_Q_SRC: usize = 48 + 8;
-const V6_Q_DST: usize = 48 + 24;
-const V6_Q_SPORT: usize = 88;
+/// IPv6 region at the IP header: outer IPv6 header, ICMPv6 header, quoted IPv6 header,
+/// quoted ports.
+const V6_REGION: usize = V6_Q + IP6_LEN + PORTS;
+const V6_OUTER_DST: usize = IP6_DST;
+const V6_ICMP_TYPE: usize = IP6_LEN + ICMP6_TYPE;
+const V6_ICMP_CHECK: usize = IP6_LEN + ICMP6_CHECK;
+const V6_Q: usize = IP6_LEN + ICMP6_LEN;
+const V6_Q_VERSION: usize = V6_Q + IP6_VCF;
+const V6_Q_NEXT: usize = V6_Q + IP6_NEXT;
+const V6_Q_SRC: usize = V6_Q + IP6_SRC;
+const V6_Q_DST: usize = V6_Q + IP6_DST;
+const V6_Q_SPORT: usize = V6_Q + IP6_LEN + TCP_SPORT;
 
 /// Runs as its own XDP program, reached by tail call from the main program.
 #[inline(always)]
@@ -83,7 +85,7 @@ fn process_v4(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     // SAFETY: constant offsets inside the bounds-checked region.
     let (ty, vihl, proto, src, dst, sport) = unsafe {
         (
-            get::<u8>(r, 0),
+            get::<u8>(r, ICMP_TYPE),
             get::<u8>(r, V4_Q_VIHL),
             get::<u8>(r, V4_Q_PROTO),
             get::<u32>(r, V4_Q_SRC),

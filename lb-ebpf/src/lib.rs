@@ -9,14 +9,15 @@
 //!
 //! One module per stage: [`parse`], [`service`], [`sticky`], [`pick`], [`nat`], [`dsr`],
 //! [`forward`], [`stats`]; side paths for ICMP errors ([`icmp`]) and later IPv4 fragments
-//! ([`fragment`]); the maps live in [`maps`], and [`balancer`] strings the stages
-//! together. The entry point is in `main.rs`.
+//! ([`fragment`]); the maps live in [`maps`], header layouts (from `network-types`) in
+//! [`hdr`], and [`balancer`] strings the stages together. The entry point is in `main.rs`.
 #![no_std]
 
 pub mod balancer;
 pub mod dsr;
 pub mod forward;
 pub mod fragment;
+pub mod hdr;
 pub mod icmp;
 pub mod maps;
 pub mod nat;

@@ -54,6 +54,14 @@ impl Packet {
         Some(p as *mut T)
     }
 
+    /// The start of a `T` (a header layout from [`crate::hdr`], or a byte array) at `off`,
+    /// if the packet holds all of it: the pointer to read fields from with [`get`] /
+    /// [`set`] at constant offsets.
+    #[inline(always)]
+    pub fn region<T>(&self, off: usize) -> Option<*mut u8> {
+        self.ptr::<T>(off).map(|p| p as *mut u8)
+    }
+
     /// Reads a `T` at `off`. Headers are at most 2-byte aligned; the kernel allows
     /// unaligned packet access on the architectures we target.
     #[inline(always)]
