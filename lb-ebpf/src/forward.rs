@@ -32,13 +32,19 @@ pub enum Forwarded {
     /// The FIB cannot give a fast path (local destination, MTU, forwarding disabled…):
     /// let the kernel handle it.
     Kernel,
+    /// Encapsulating modes: the packet would exceed the egress MTU once encapsulated and
+    /// the client was answered (ICMP "fragmentation needed" / "packet too big"): this
+    /// action (`XDP_TX`) sends the answer.
+    Answered(u32),
+    /// Encapsulating modes: over the MTU and not answerable (IPv4 without DF, …): drop.
+    TooBig,
 }
 
 /// A successful FIB lookup: where to send and with which MAC addresses.
 pub struct Route {
-    ifindex: u32,
-    dmac: [u8; 6],
-    smac: [u8; 6],
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
 }
 
 /// What the FIB says about `src → dst`.

@@ -3,7 +3,8 @@
 //! and protocol (`FRAGMENTS`, kept by userspace), the one where the client has a live
 //! entry decides the backend. No entry, or live entries in more than one service (the
 //! fragment could belong to either), and the fragment passes to the kernel, counted:
-//! never mis-forwarded. First fragments carry the ports and take the normal path.
+//! never mis-forwarded. First fragments carry the ports and take the normal path. In the
+//! encapsulating modes the fragment is encapsulated to the backend as it is.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
@@ -13,6 +14,7 @@ use lb_common::{
 };
 
 use crate::{
+    balancer::{encapsulate, is_encap},
     forward::{forward, not_sent, Forwarded},
     hdr::*,
     maps::{BACKENDS, FRAGMENTS, SERVICES, STICK},
@@ -77,7 +79,8 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
     let Some(st) = stats::service(svc.id) else {
         return xdp_action::XDP_PASS;
     };
-    let dsr = svc.forwarding == FWD_DSR;
+    let encap = is_encap(&svc);
+    let dsr = svc.forwarding == FWD_DSR || encap;
     if !dsr && p.ttl <= 1 {
         // Routed hop would expire: the kernel answers.
         st.pass_ttl += 1;
@@ -103,7 +106,13 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
         }
     }
     let len = pkt.len() as u64;
-    match forward(ctx, &pkt, p, &p.src, &backend.addr, !dsr) {
+    let outcome = if encap {
+        // Fragments carry no DF: one over the MTU once encapsulated is dropped, counted.
+        encapsulate(ctx, p, &svc, backend_id, &backend, now, false)
+    } else {
+        forward(ctx, &pkt, p, &p.src, &backend.addr, !dsr)
+    };
+    match outcome {
         Forwarded::Sent(action) => {
             st.frag_forwarded += 1;
             st.packets += 1;
@@ -113,6 +122,10 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
                 b.bytes += len;
             }
             action
+        }
+        Forwarded::TooBig | Forwarded::Answered(_) => {
+            st.drop_too_big += 1;
+            xdp_action::XDP_DROP
         }
         other => not_sent(st, &other, dsr),
     }

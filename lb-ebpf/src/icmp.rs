@@ -5,8 +5,9 @@
 //! service and the quoted destination the client. The client's live entry decides the
 //! backend; no entry means the error passes to the kernel (counted). In NAT mode the
 //! outer destination and the quoted source are rewritten to the backend so its stack
-//! recognises its own packet; in DSR mode only the MAC changes. Echo requests and other
-//! ICMP pass untouched.
+//! recognises its own packet; in DSR mode only the MAC changes; in the encapsulating
+//! modes (IPIP, GUE) the error is encapsulated to the backend as it is. Echo requests and
+//! other ICMP pass untouched.
 //!
 //! Verifier-friendly access: each family reads and writes through one or two pointers to
 //! fixed-size regions, at constant offsets inside them (no per-field bounds checks that
@@ -22,6 +23,7 @@ use lb_common::{
 };
 
 use crate::{
+    balancer::{encapsulate, is_encap},
     forward::{forward, not_sent, Forwarded},
     hdr::*,
     maps::{BACKENDS, SERVICES, STICK},
@@ -96,10 +98,11 @@ fn process_v4(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     if ty != ICMP_DEST_UNREACH || vihl != 0x45 {
         return xdp_action::XDP_PASS;
     }
-    let Some((svc, backend)) = owner(p, [src, 0, 0, 0], sport, proto, [dst, 0, 0, 0]) else {
+    let Some((svc, backend_id, backend)) = owner(p, [src, 0, 0, 0], sport, proto, [dst, 0, 0, 0])
+    else {
         return xdp_action::XDP_PASS;
     };
-    let dsr = svc.forwarding == FWD_DSR;
+    let dsr = keeps_packet(&svc);
     // Pointers for the writes are taken afresh after the helper calls.
     let pkt = Packet::reload(ctx);
     if !dsr {
@@ -137,7 +140,7 @@ fn process_v4(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
             set(outer, V4_OUTER_DST, addr);
         }
     }
-    send(ctx, &pkt, p, &svc, &backend)
+    send(ctx, &pkt, p, &svc, backend_id, &backend)
 }
 
 #[inline(always)]
@@ -163,10 +166,10 @@ fn process_v6(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     if (ty != ICMPV6_DEST_UNREACH && ty != ICMPV6_PKT_TOOBIG) || qversion != 6 {
         return xdp_action::XDP_PASS;
     }
-    let Some((svc, backend)) = owner(p, src, sport, next, dst) else {
+    let Some((svc, backend_id, backend)) = owner(p, src, sport, next, dst) else {
         return xdp_action::XDP_PASS;
     };
-    let dsr = svc.forwarding == FWD_DSR;
+    let dsr = keeps_packet(&svc);
     let pkt = Packet::reload(ctx);
     if !dsr {
         let Some(r) = pkt.ptr::<[u8; V6_REGION]>(p.l3_off) else {
@@ -193,7 +196,7 @@ fn process_v6(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
             set(r, V6_ICMP_CHECK, csum::finish(sum));
         }
     }
-    send(ctx, &pkt, p, &svc, &backend)
+    send(ctx, &pkt, p, &svc, backend_id, &backend)
 }
 
 /// The service the quoted reply came from and the backend owning the quoted client, if
@@ -205,7 +208,7 @@ fn owner(
     sport: u16,
     proto: u8,
     client: Addr,
-) -> Option<(ServiceInfo, Backend)> {
+) -> Option<(ServiceInfo, u32, Backend)> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
@@ -233,32 +236,59 @@ fn owner(
     }
     .and_then(|e| {
         let b = BACKENDS.get(e.backend_id)?;
-        (judge(e, Some(b), svc.id, now, svc.expiry_ns) == Verdict::Hit && b.family == p.family)
-            .then_some(*b)
+        // Only encapsulation reaches a backend of the other family.
+        (judge(e, Some(b), svc.id, now, svc.expiry_ns) == Verdict::Hit
+            && (b.family == p.family || is_encap(&svc)))
+        .then_some((e.backend_id, *b))
     });
-    let Some(backend) = found else {
+    let Some((backend_id, backend)) = found else {
         st.icmp_unmatched += 1;
         return None;
     };
-    if svc.forwarding != FWD_DSR && p.ttl <= 1 {
+    if !keeps_packet(&svc) && p.ttl <= 1 {
         // Routed hop would expire: the kernel answers.
         st.pass_ttl += 1;
         return None;
     }
-    Some((svc, backend))
+    Some((svc, backend_id, backend))
 }
 
-/// Forwards the (rewritten, in NAT mode) error to the backend and counts it.
+/// L2 DSR and the encapsulating modes forward the error as it is (no NAT rewrite, no
+/// hop taken off).
 #[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo, backend: &Backend) -> u32 {
-    let dsr = svc.forwarding == FWD_DSR;
+fn keeps_packet(svc: &ServiceInfo) -> bool {
+    svc.forwarding == FWD_DSR || is_encap(svc)
+}
+
+/// Forwards the (rewritten, in NAT mode; encapsulated in the IPIP and GUE modes) error
+/// to the backend and counts it. An encapsulated error over the MTU is dropped, counted:
+/// an ICMP error is never answered with another.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    p: &Parsed,
+    svc: &ServiceInfo,
+    backend_id: u32,
+    backend: &Backend,
+) -> u32 {
+    let dsr = keeps_packet(svc);
     let Some(st) = stats::service(svc.id) else {
         return xdp_action::XDP_PASS;
     };
-    match forward(ctx, pkt, p, &p.src, &backend.addr, !dsr) {
+    let outcome = if is_encap(svc) {
+        encapsulate(ctx, p, svc, backend_id, backend, stats::now_ns(), false)
+    } else {
+        forward(ctx, pkt, p, &p.src, &backend.addr, !dsr)
+    };
+    match outcome {
         Forwarded::Sent(action) => {
             st.icmp_to_backend += 1;
             action
+        }
+        Forwarded::TooBig | Forwarded::Answered(_) => {
+            st.drop_too_big += 1;
+            xdp_action::XDP_DROP
         }
         other => not_sent(st, &other, dsr),
     }

@@ -3,18 +3,20 @@
 //! ```text
 //! parse ─► service lookup ─► stick table ─► pick (new / expired / dead backend)
 //!   │            │                              │
-//!   │            └─ no service ─► reply lookup ─┴─► rewrite (nat | dsr) ─► forward (fib) ─► stats
+//!   │            └─ no service ─► reply lookup ─┴─► rewrite (nat | dsr | encap) ─► forward (fib) ─► stats
+//!   │                                                              └─ over the MTU ─► toobig (ICMP back)
 //!   └─ not parseable / not ours ─► XDP_PASS, bytes untouched
 //! ```
 //!
 //! One module per stage: [`parse`], [`service`], [`sticky`], [`pick`], [`nat`], [`dsr`],
-//! [`forward`], [`stats`]; side paths for ICMP errors ([`icmp`]) and later IPv4 fragments
+//! [`encap`] (with [`toobig`], the answer to packets over the MTU), [`forward`], [`stats`]; side paths for ICMP errors ([`icmp`]) and later IPv4 fragments
 //! ([`fragment`]); the maps live in [`maps`], header layouts (from `network-types`) in
 //! [`hdr`], and [`balancer`] strings the stages together. The entry point is in `main.rs`.
 #![no_std]
 
 pub mod balancer;
 pub mod dsr;
+pub mod encap;
 pub mod forward;
 pub mod fragment;
 pub mod hdr;
@@ -27,3 +29,4 @@ pub mod pick;
 pub mod service;
 pub mod stats;
 pub mod sticky;
+pub mod toobig;

@@ -15,6 +15,8 @@ use crate::{
 const IPV4_MF_OFFSET: u16 = 0x3FFFu16.to_be();
 /// Fragment offset bits of the IPv4 `frag_off` field.
 const IPV4_OFFSET: u16 = 0x1FFFu16.to_be();
+/// Don't-fragment flag of the IPv4 `frag_off` field.
+const IPV4_DF: u16 = 0x4000u16.to_be();
 
 /// Not a fragment.
 pub const FRAG_NONE: u8 = 0;
@@ -33,6 +35,8 @@ pub struct Parsed {
     pub vlan: bool,
     /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`] (IPv4 only).
     pub frag: u8,
+    /// IPv4 don't-fragment flag (false for IPv6).
+    pub df: bool,
     pub family: u8,
     pub proto: u8,
     pub src: Addr,
@@ -46,7 +50,8 @@ pub struct Parsed {
     pub ttl: u8,
     /// IPv4 total length / IPv6 payload length + 40, host order (for the FIB MTU check).
     pub ip_len: u16,
-    /// IPv4 TOS or IPv6 flow info word (network order), for the FIB lookup.
+    /// IPv4 TOS, or the IPv6 flow info word (traffic class and flow label, network order,
+    /// version bits cleared), for the FIB lookup and the outer header.
     pub tos_or_flow: u32,
 }
 
@@ -173,6 +178,7 @@ fn parse_ipv4(pkt: &Packet, l3: usize) -> Option<Parsed> {
         l4_off: l3 + ihl,
         vlan: false,
         frag,
+        df: frag_off & IPV4_DF != 0,
         family: FAMILY_V4,
         proto,
         src: [src, 0, 0, 0],
@@ -211,6 +217,7 @@ fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
         l4_off: l3 + IP6_LEN,
         vlan: false,
         frag: FRAG_NONE,
+        df: false,
         family: FAMILY_V6,
         proto,
         src,
@@ -220,6 +227,6 @@ fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
         dport: 0,
         ttl,
         ip_len: u16::from_be(payload_len).wrapping_add(IP6_LEN as u16),
-        tos_or_flow: vcf & 0xFFFF_FF0Fu32.to_be(),
+        tos_or_flow: vcf & 0x0FFF_FFFFu32.to_be(),
     })
 }

@@ -480,7 +480,9 @@ impl Ctx<'_> {
                 let i = by_name(service);
                 (i, backend_of(i, *backend, 0))
             }
-            PlanError::BadMaglevSize { service, .. } => (by_name(service), None),
+            PlanError::BadMaglevSize { service, .. }
+            | PlanError::BadGuePort { service }
+            | PlanError::BadSourcePrefix { service, .. } => (by_name(service), None),
             PlanError::AmbiguousReply {
                 backend, second, ..
             } => {
@@ -1198,6 +1200,8 @@ fn forwarding_name(f: Forwarding) -> &'static str {
     match f {
         Forwarding::Nat => "nat",
         Forwarding::Dsr => "dsr",
+        Forwarding::Ipip => "ipip",
+        Forwarding::Gue => "gue",
     }
 }
 
