@@ -19,6 +19,12 @@ impl Packet {
         }
     }
 
+    /// A packet between two addresses from a context (a tc program's `data`/`data_end`).
+    #[inline(always)]
+    pub fn from_bounds(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
+
     /// The bounds read again from the context (volatile loads). Pointers taken from it
     /// get bounds checks of their own that the compiler cannot merge with (or replace by)
     /// earlier ones: use it to write after helper calls.
