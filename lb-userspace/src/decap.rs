@@ -375,6 +375,10 @@ fn remove(dir: &Path) -> Result<bool> {
     }
     let _ = fs::remove_dir(dir.join("maps"));
     let _ = fs::remove_dir(dir);
+    // The namespace's directory, once its last interface is gone.
+    if let Some(ns_dir) = dir.parent() {
+        let _ = fs::remove_dir(ns_dir);
+    }
     Ok(had)
 }
 
