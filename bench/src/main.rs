@@ -678,12 +678,18 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
 fn decap_fixture(v6: bool, gue: bool) -> Vec<u8> {
     use stickylb_tests::packets::{encapsulated, Outer, Tunnel};
     let inner = if v6 {
-        request(CLIENT6.parse().expect("client"), VIP_GUE6.parse().expect("VIP"))
+        request(
+            CLIENT6.parse().expect("client"),
+            VIP_GUE6.parse().expect("VIP"),
+        )
     } else {
         request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_IPIP4))
     };
     let (src, dst): (IpAddr, IpAddr) = if v6 {
-        ("fd00:1::1".parse().expect("addr"), "fd00:1::2".parse().expect("addr"))
+        (
+            "fd00:1::1".parse().expect("addr"),
+            "fd00:1::2".parse().expect("addr"),
+        )
     } else {
         (
             IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),

@@ -24,7 +24,8 @@ mod program {
     use aya_ebpf::{
         bindings::{bpf_fib_lookup, xdp_action},
         helpers::{
-            self, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+            self, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+            generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
         },
         macros::{map, xdp},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},

@@ -2093,7 +2093,7 @@ forwarding = "ipip"
     fn the_shipped_example_and_docs_parse() {
         let example = include_str!("../../examples/stickylb.toml");
         let c = parse(example, "examples/stickylb.toml").unwrap();
-        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services.len(), 3);
         let docs = include_str!("../../docs/CONFIG.md");
         let mut blocks = 0;
         for block in docs.split("```toml").skip(1) {

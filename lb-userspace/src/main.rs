@@ -135,7 +135,7 @@ enum ServiceCmd {
         /// roundrobin | maglev
         #[arg(long)]
         scheduler: Option<String>,
-        /// nat | dsr
+        /// nat | dsr | ipip | gue (encap options: config file only)
         #[arg(long)]
         forwarding: Option<String>,
         /// Stick-table expiry, e.g. 30m, or "never".
