@@ -6,6 +6,7 @@
 //! - [`agent`]: `stickylb run`: state, the control requests' answers, the run loop.
 //! - [`loader`], [`pins`]: the embedded program, its maps pinned in bpffs, attaching.
 //! - [`dataplane`]: writes a plan into the maps and reads counters / stick entries.
+//! - [`decap`]: `stickylb decap`, the backends' side of L3 DSR (`ipip`, `gue`).
 //! - [`health`]: active health checks (TCP, HTTP on hyper, HTTPS on rustls).
 //! - [`control`]: the control socket's client.
 //! - [`metrics`]: the Prometheus endpoint.
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod control;
 pub mod dataplane;
+pub mod decap;
 pub mod exit;
 pub mod extras;
 pub mod health;

@@ -69,6 +69,9 @@ enum Command {
     Table(TableCmd),
     /// Live view of services and backends: health, state, rates, pinned clients, stick-table fill.
     Top(lb_agent::top::TopArgs),
+    /// On a backend of an `ipip` / `gue` service: attach (or with --detach remove) the
+    /// program that strips the tunnel header and passes the client's packet up.
+    Decap(lb_agent::decap::DecapArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(lb_agent::extras::CompletionsArgs),
     /// Print the manual page (roff), or write one page per command with --dir.
@@ -130,7 +133,7 @@ enum ServiceCmd {
         /// roundrobin | maglev
         #[arg(long)]
         scheduler: Option<String>,
-        /// nat | dsr
+        /// nat | dsr | ipip | gue (encap options: config file only)
         #[arg(long)]
         forwarding: Option<String>,
         /// Stick-table expiry, e.g. 30m, or "never".
@@ -305,6 +308,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Top(args) => return lb_agent::top::run(&cli.socket, cli.json, &args),
+        Command::Decap(args) => return lb_agent::decap::run(&args, cli.json),
         Command::Completions(args) => {
             return lb_agent::extras::completions(<Cli as clap::CommandFactory>::command(), &args)
         }

@@ -173,6 +173,7 @@ mod tests {
     fn every_counter_is_described_once() {
         check::<ServiceStats>();
         check::<BackendStats>();
+        check::<crate::DecapStats>();
         let s = ServiceStats {
             repick_expired: 2,
             repick_down: 3,

@@ -116,11 +116,13 @@ impl Agent {
             .config
             .services
             .iter()
-            .filter(|s| s.spec.forwarding == lb_model::spec::Forwarding::Dsr)
+            // L2 and L3 DSR drop a packet whose next hop has no neighbour entry yet (the
+            // kernel would route it by the VIP): resolve them ahead.
+            .filter(|s| s.spec.forwarding.is_dsr())
             .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
             .collect();
         for (ip, e) in neighbours::prime(&dsr) {
-            log::warn!("cannot reach DSR backend {ip} to resolve its MAC: {e}");
+            log::warn!("cannot reach DSR backend {ip} to resolve its next hop's MAC: {e}");
         }
         if persist {
             self.save()?;

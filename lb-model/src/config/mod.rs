@@ -249,7 +249,9 @@ fn plan_error(text: &str, origin: &str, config: &Config, error: PlanError) -> Co
             let i = by_name(service);
             (i, backend_of(i, *backend, 0))
         }
-        PlanError::BadMaglevSize { service, .. } => (by_name(service), None),
+        PlanError::BadMaglevSize { service, .. }
+        | PlanError::BadGuePort { service }
+        | PlanError::BadSourcePrefix { service, .. } => (by_name(service), None),
         PlanError::AmbiguousReply {
             backend, second, ..
         } => {
@@ -293,7 +295,8 @@ mod tests {
 
     use super::*;
     use crate::spec::{
-        BackendState, Forwarding, HealthKind, HttpCheck, InsertOn, Protocol, Scheduler, TlsCheck,
+        BackendState, EncapSpec, Forwarding, HealthKind, HttpCheck, InsertOn, OuterSource,
+        Protocol, Scheduler, TlsCheck,
     };
 
     fn sa(s: &str) -> SocketAddr {
@@ -567,7 +570,7 @@ state = "maint"
             &format!("{svc}forwarding = \"tunnel\"\n"),
             4,
             Some("service[0].forwarding"),
-            &["use \"nat\" or \"dsr\""],
+            &["use \"nat\", \"dsr\", \"ipip\" or \"gue\""],
         );
         check(
             &format!("{svc}protocol = 6\n"),
@@ -1059,6 +1062,20 @@ state = "maint"
 [[service]]
 name = "empty"
 listen = "10.0.0.101:443"
+
+[[service]]
+name = "l3dsr"
+listen = "10.0.0.102:443"
+forwarding = "gue"
+encap = { gue_port = 7000, source = "client-hash", source_prefix_v4 = "172.16.0.0/16", source_prefix_v6 = "fd00:5::/64" }
+
+[[service.backend]]
+address = "2001:db8:2::2"
+
+[[service]]
+name = "ipip"
+listen = "10.0.0.103:443"
+forwarding = "ipip"
 "#;
         for text in [ISSUE, text] {
             let c = parse(text, "lb.toml").unwrap();
@@ -1066,6 +1083,21 @@ listen = "10.0.0.101:443"
             assert_eq!(parse(&out, "out.toml").unwrap(), c, "{out}");
             assert_eq!(parse(&out, "out.toml").unwrap().to_toml(), out);
         }
+        let c = parse(text, "lb.toml").unwrap();
+        let l3 = &c.services[3].spec;
+        assert_eq!((l3.forwarding, l3.encap.gue_port), (Forwarding::Gue, 7000));
+        assert_eq!(
+            l3.encap.source,
+            OuterSource::ClientHash {
+                v4: Some("172.16.0.0/16".parse().unwrap()),
+                v6: Some("fd00:5::/64".parse().unwrap()),
+            }
+        );
+        let ipip = &c.services[4].spec;
+        assert_eq!(
+            (ipip.forwarding, ipip.encap),
+            (Forwarding::Ipip, EncapSpec::default())
+        );
         // Names with characters TOML must escape survive (through the API, not the file).
         let mut c = parse(ISSUE, "lb.toml").unwrap();
         c.services[0].spec.name = "we\"b\\".into();
@@ -1077,7 +1109,7 @@ listen = "10.0.0.101:443"
     fn the_shipped_example_and_docs_parse() {
         let example = include_str!("../../../examples/stickylb.toml");
         let c = parse(example, "examples/stickylb.toml").unwrap();
-        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services.len(), 3);
         let docs = include_str!("../../../docs/CONFIG.md");
         let mut blocks = 0;
         for block in docs.split("```toml").skip(1) {

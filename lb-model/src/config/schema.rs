@@ -19,16 +19,17 @@ use serde::{Deserialize, Serialize};
 use super::{
     errors::{Invalid, Path},
     values::{
-        BackendAddr, CaFile, Count, Expire, Flag, Host, HttpPath, InsertCap, Interval, Listen,
-        MaglevSize, Name, Period, ServerName, StatusCode, TableSize, Weight,
+        BackendAddr, CaFile, Count, Expire, FamilyPrefix, Flag, GuePort, Host, HttpPath, InsertCap,
+        Interval, Listen, MaglevSize, Name, Period, ServerName, SourceKind, StatusCode, TableSize,
+        Weight,
     },
     BackendConfig, ServiceConfig, DEFAULT_HEALTH_TIMEOUT, DEFAULT_STICK_TABLE_SIZE,
 };
 use crate::{
     duration,
     spec::{
-        AdminState, BackendSpec, CheckKind, Forwarding, HealthConfig, HealthKind, HttpCheck,
-        InsertOn, Protocol, Scheduler, ServiceSpec, TlsCheck,
+        AdminState, BackendSpec, CheckKind, EncapSpec, Forwarding, HealthConfig, HealthKind,
+        HttpCheck, InsertOn, OuterSource, Protocol, Scheduler, ServiceSpec, TlsCheck,
     },
     vocab::Shown,
 };
@@ -56,11 +57,30 @@ pub struct ServiceDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev_size: Option<Shown<MaglevSize>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap: Option<EncapDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stick_table: Option<StickTableDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthDoc>,
     #[serde(default, skip_serializing_if = "Sections::is_empty")]
     pub backend: Sections<BackendDoc>,
+}
+
+/// A service's `encap` table (`forwarding = "ipip"` / `"gue"`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table, e.g. encap = { gue_port = 6080, source = \"fib\" }"
+)]
+pub struct EncapDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gue_port: Option<Shown<GuePort>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Shown<SourceKind>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix_v4: Option<Shown<FamilyPrefix<true>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix_v6: Option<Shown<FamilyPrefix<false>>>,
 }
 
 /// A service's `stick_table` table.
@@ -226,6 +246,10 @@ impl ServiceDoc {
             spec.maglev_size = Some(size.value.0);
         }
 
+        if let Some(e) = &self.encap {
+            spec.encap = e.check(spec.forwarding)?;
+        }
+
         let mut stick_table_size = DEFAULT_STICK_TABLE_SIZE;
         if let Some(st) = &self.stick_table {
             if let Some(size) = st.size {
@@ -266,12 +290,13 @@ impl ServiceDoc {
                 0 => vip.port(),
                 p => p,
             };
-            if spec.forwarding == Forwarding::Dsr && vip.port() != 0 && port != vip.port() {
+            if spec.forwarding.is_dsr() && vip.port() != 0 && port != vip.port() {
                 return Err(Invalid {
                     path: here,
                     message: format!(
-                        "{shown} has port {port}, but with forwarding = \"dsr\" packets reach the \
+                        "{shown} has port {port}, but with forwarding = \"{}\" packets reach the \
                          backend unchanged, on the service port {}: omit the port or use {}",
+                        spec.forwarding,
                         vip.port(),
                         vip.port()
                     ),
@@ -330,6 +355,10 @@ impl ServiceDoc {
                 (Scheduler::Maglev, Some(n)) => Some(Shown::new(MaglevSize(n))),
                 _ => None,
             },
+            encap: spec
+                .forwarding
+                .is_encap()
+                .then(|| EncapDoc::from_spec(spec)),
             stick_table: Some(StickTableDoc {
                 size: Some(TableSize(s.stick_table_size)),
                 expire: Some(Expire(spec.expire)),
@@ -363,6 +392,92 @@ impl ServiceDoc {
                     .map(|b| BackendDoc::new(b.addr, b.weight, b.admin))
                     .collect(),
             ),
+        }
+    }
+}
+
+impl EncapDoc {
+    /// The encapsulation settings of a service forwarding with `forwarding`.
+    fn check(&self, forwarding: Forwarding) -> Result<EncapSpec, Invalid> {
+        let at = |keys: &[&str], message: String| Invalid {
+            path: Path::of(keys),
+            message,
+        };
+        if !forwarding.is_encap() {
+            return Err(at(
+                &["encap"],
+                format!(
+                    "encap is only used with forwarding = \"ipip\" or \"gue\" (forwarding is \
+                     \"{forwarding}\"): remove it or change forwarding"
+                ),
+            ));
+        }
+        let mut e = EncapSpec::default();
+        if let Some(p) = &self.gue_port {
+            if forwarding != Forwarding::Gue {
+                return Err(at(
+                    &["encap", "gue_port"],
+                    format!(
+                        "gue_port = {} is only used with forwarding = \"gue\": remove it",
+                        p.shown
+                    ),
+                ));
+            }
+            e.gue_port = p.value.0;
+        }
+        let client_hash = self
+            .source
+            .as_ref()
+            .is_some_and(|s| s.value == SourceKind::ClientHash);
+        for (key, shown) in [
+            (
+                "source_prefix_v4",
+                self.source_prefix_v4.as_ref().map(|p| &p.shown),
+            ),
+            (
+                "source_prefix_v6",
+                self.source_prefix_v6.as_ref().map(|p| &p.shown),
+            ),
+        ] {
+            if let (Some(shown), false) = (shown, client_hash) {
+                return Err(at(
+                    &["encap", key],
+                    format!(
+                        "{key} = {shown} is only used with source = \"client-hash\": remove it \
+                         or set source"
+                    ),
+                ));
+            }
+        }
+        if client_hash {
+            let v4 = self.source_prefix_v4.as_ref().map(|p| p.value.0);
+            let v6 = self.source_prefix_v6.as_ref().map(|p| p.value.0);
+            if v4.is_none() && v6.is_none() {
+                return Err(at(
+                    &["encap"],
+                    "source = \"client-hash\" needs the prefix to hash into: add \
+                     source_prefix_v4 (e.g. \"172.16.0.0/16\") and/or source_prefix_v6 \
+                     (e.g. \"fd00:5::/64\")"
+                        .to_string(),
+                ));
+            }
+            e.source = OuterSource::ClientHash { v4, v6 };
+        }
+        Ok(e)
+    }
+
+    /// The table that gives `spec`'s encapsulation settings, every value written out.
+    fn from_spec(spec: &ServiceSpec) -> Self {
+        let e = &spec.encap;
+        let (source, v4, v6) = match e.source {
+            OuterSource::Fib => (SourceKind::Fib, None, None),
+            OuterSource::ClientHash { v4, v6 } => (SourceKind::ClientHash, v4, v6),
+        };
+        Self {
+            gue_port: (spec.forwarding == Forwarding::Gue).then(|| Shown::new(GuePort(e.gue_port))),
+            source: Some(Shown::new(source)),
+            source_prefix_v4: v4.map(|p| Shown::new(FamilyPrefix(p))),
+            source_prefix_v6: v6.map(|p| Shown::new(FamilyPrefix(p))),
         }
     }
 }

@@ -16,6 +16,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     duration,
     plan::MAX_WEIGHT,
+    spec::Prefix,
     vocab::{FromRaw, Raw},
 };
 
@@ -450,7 +451,82 @@ impl FromRaw for Flag {
 }
 display_serialize!(Flag, |v| v.0, |s, ser| ser.serialize_bool(s.0));
 
+/// A GUE destination port, 1..=65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuePort(pub u16);
+
+impl FromRaw for GuePort {
+    fn from_raw(raw: &Raw) -> Result<Self, String> {
+        int_in(
+            raw,
+            1..=65535,
+            &format!(
+                "a UDP port from 1 to 65535 (default {})",
+                lb_common::DEFAULT_GUE_PORT
+            ),
+        )
+        .map(|n| GuePort(n as u16))
+    }
+}
+display_serialize!(GuePort, |v| v.0, |s, ser| ser.serialize_u16(s.0));
+
+crate::named! {
+    /// Where the outer source address of encapsulated packets comes from
+    /// (`encap.source`).
+    pub enum SourceKind {
+        /// The balancer's egress address towards the backend, as the FIB gives it.
+        Fib = "fib",
+        /// The client's hash inside a prefix per family.
+        ClientHash = "client-hash",
+    }
+}
+
+/// An address prefix of one family (`encap.source_prefix_v4` / `_v6`): network address,
+/// length at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FamilyPrefix<const V4: bool>(pub Prefix);
+
+impl<const V4: bool> FromRaw for FamilyPrefix<V4> {
+    fn from_raw(raw: &Raw) -> Result<Self, String> {
+        let (family, example) = if V4 {
+            ("IPv4", "172.16.0.0/16")
+        } else {
+            ("IPv6", "fd00:5::/64")
+        };
+        let accepted = format!("an {family} prefix such as {example:?}");
+        let Raw::Str(text) = raw else {
+            return Err(raw.refuse(&accepted));
+        };
+        let p: Prefix = text
+            .parse()
+            .map_err(|m: String| format!("{m}; use {accepted}"))?;
+        if p.addr.is_ipv4() != V4 || p.len == 0 {
+            return Err(raw.refuse(&format!("{accepted}, at least /1")));
+        }
+        Ok(FamilyPrefix(p))
+    }
+}
+
+impl<'de, const V4: bool> serde::Deserialize<'de> for FamilyPrefix<V4> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::vocab::deserialize(d)
+    }
+}
+
+impl<const V4: bool> fmt::Display for FamilyPrefix<V4> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<const V4: bool> Serialize for FamilyPrefix<V4> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(&self.0)
+    }
+}
+
 crate::from_raw!(
+    GuePort,
     Name,
     Listen,
     BackendAddr,

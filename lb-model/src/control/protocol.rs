@@ -60,6 +60,7 @@ impl ServiceDef {
             scheduler: self.scheduler,
             forwarding: self.forwarding,
             maglev_size: None,
+            encap: None,
             stick_table: self.expire.map(|e| StickTableDoc {
                 expire: Some(e),
                 ..Default::default()
