@@ -134,7 +134,7 @@ pub fn run(args: &DecapArgs, json: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("stickylb decap: {e:#}");
-            ExitCode::from(1)
+            ExitCode::FAILURE
         }
     }
 }

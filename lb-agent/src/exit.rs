@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 /// Done.
 pub const OK: u8 = 0;
-/// Refused by the agent (its reason is printed), or the agent failed.
+/// Refused by the agent (its reason is printed), or the command failed (the agent could not
+/// start, `decap` could not attach, ...): the same code as `ExitCode::FAILURE`.
 pub const REFUSED: u8 = 1;
 /// Usage error (bad arguments).
 pub const USAGE: u8 = 2;
