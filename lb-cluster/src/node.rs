@@ -86,7 +86,8 @@ struct PeerStats {
     teaches_sent: u64,
     digest: Option<[u8; 32]>,
     refusals: u64,
-    last_error: Option<String>,
+    in_error: Option<String>,
+    out_error: Option<String>,
 }
 
 struct Peer {
@@ -300,11 +301,16 @@ impl Inner {
         *lock(&self.last_refusal) = Some(what);
     }
 
-    fn peer_error(&self, p: usize, what: String) {
+    /// A session with peer `p` ended by an error (`inbound`: its connection to us).
+    fn peer_error(&self, p: usize, inbound: bool, what: String) {
         log::warn!("cluster: peer {}: {what}", self.peers[p].name);
         let mut st = lock(&self.peers[p].stats);
         st.refusals += 1;
-        st.last_error = Some(what);
+        if inbound {
+            st.in_error = Some(what);
+        } else {
+            st.out_error = Some(what);
+        }
     }
 
     /// The sync rule: every configured peer has taught us, or is not connected to us
@@ -381,11 +387,13 @@ impl Inner {
                         connected: st.out_connected,
                         since_ms: ago(st.out_since),
                         sessions: st.out_sessions,
+                        last_error: st.out_error.clone(),
                     },
                     inbound: SessionStatus {
                         connected: st.in_connected,
                         since_ms: ago(st.in_since),
                         sessions: st.in_sessions,
+                        last_error: st.in_error.clone(),
                     },
                     last_message_ms_ago: ago(st.last_message),
                     entries_sent: st.entries_sent,
@@ -404,7 +412,6 @@ impl Inner {
                     services_differ: st.digest.is_some_and(|d| d != digest_now),
                     services_digest: st.digest.as_ref().map(short_digest),
                     refusals: st.refusals,
-                    last_error: st.last_error.clone(),
                 }
             })
             .collect();
@@ -562,7 +569,7 @@ async fn inbound(inner: Arc<Inner>, tcp: TcpStream, remote: SocketAddr) {
             })
             .await;
         return match inner.cfg.peer_index(&hello.node) {
-            Some(p) => inner.peer_error(p, format!("from {remote}: {e}")),
+            Some(p) => inner.peer_error(p, true, format!("from {remote}: {e}")),
             None => inner.refused(format!("{remote}: {e}")),
         };
     }
@@ -626,7 +633,7 @@ async fn inbound(inner: Arc<Inner>, tcp: TcpStream, remote: SocketAddr) {
     }
     match result {
         Ok(()) => log::info!("cluster: peer {}: inbound session ended", peer.name),
-        Err(e) => inner.peer_error(p, format!("inbound session from {remote}: {e}")),
+        Err(e) => inner.peer_error(p, true, format!("inbound session from {remote}: {e}")),
     }
 }
 
@@ -646,6 +653,7 @@ where
 {
     let peer = &inner.peers[p];
     let mut state = InboundState::default();
+    let mut last_rx = tokio::time::Instant::now();
     let mut ack = tokio::time::interval(inner.cfg.heartbeat);
     ack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut rx_seen, mut tx_seen) = (rx.load(Ordering::Relaxed), tx.load(Ordering::Relaxed));
@@ -667,8 +675,17 @@ where
                 writer.send(Message::Ack { received: state.received }).await?;
                 continue;
             }
-            m = next_within(reader, inner.cfg.peer_timeout, "inbound session") => m?,
+            m = tokio::time::timeout_at(last_rx + inner.cfg.peer_timeout, reader.next()) => match m {
+                Err(_) => return Err(WireError::Io(format!(
+                    "nothing received for {} (inbound session)",
+                    dur::format(inner.cfg.peer_timeout)
+                ))),
+                // Closed between frames: the peer ended the session (a restart, a stop).
+                Ok(None) => return Ok(()),
+                Ok(Some(m)) => m?,
+            },
         };
+        last_rx = tokio::time::Instant::now();
         let now = mono_ms();
         flush_bytes(&mut rx_seen, &mut tx_seen);
         lock(&peer.stats).last_message = Some(now);
@@ -746,10 +763,10 @@ async fn dial_loop(inner: Arc<Inner>, p: usize) {
             Ok(()) => backoff = BACKOFF_MIN,
             Err(e) => {
                 let mut st = lock(&inner.peers[p].stats);
-                if st.last_error.as_deref() != Some(e.as_str()) {
+                if st.out_error.as_deref() != Some(e.as_str()) {
                     log::info!("cluster: peer {}: {e}", inner.peers[p].name);
                 }
-                st.last_error = Some(e);
+                st.out_error = Some(e);
             }
         }
         tokio::select! {
@@ -846,7 +863,7 @@ async fn outbound(inner: &Inner, p: usize) -> Result<(), String> {
     match r {
         Ok(()) => Ok(()),
         Err(e) => {
-            inner.peer_error(p, format!("outbound session: {e}"));
+            inner.peer_error(p, false, format!("outbound session: {e}"));
             Ok(())
         }
     }
@@ -862,7 +879,14 @@ async fn ack_loop<R: AsyncRead + Unpin>(
     loop {
         let m = tokio::select! {
             _ = inner.stop.cancelled() => return Ok(()),
-            m = next_within(reader, inner.cfg.peer_timeout, "outbound session") => m?,
+            m = tokio::time::timeout(inner.cfg.peer_timeout, reader.next()) => match m {
+                Err(_) => return Err(WireError::Io(format!(
+                    "nothing received for {} (outbound session)",
+                    dur::format(inner.cfg.peer_timeout)
+                ))),
+                Ok(None) => return Ok(()),
+                Ok(Some(m)) => m?,
+            },
         };
         lock(&peer.stats).last_message = Some(mono_ms());
         match m {

@@ -69,7 +69,6 @@ pub struct PeerStatus {
     pub services_digest: Option<String>,
     /// Sessions with it ended by an error (protocol, version, name, timeout).
     pub refusals: u64,
-    pub last_error: Option<String>,
 }
 
 /// One direction's connection.
@@ -79,4 +78,6 @@ pub struct SessionStatus {
     /// Milliseconds since it was established (or lost).
     pub since_ms: Option<u64>,
     pub sessions: u64,
+    /// What last failed or ended it (connecting, TLS, hello, protocol, timeout).
+    pub last_error: Option<String>,
 }
