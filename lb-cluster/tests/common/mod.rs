@@ -238,6 +238,27 @@ impl Node {
         }
     }
 
+    /// What the data path does on a pick: writes its map, then the event reaches the
+    /// cluster (whose answer, values to write again, goes to the map too).
+    pub fn picks(&self, picks: &[Observed]) {
+        {
+            let mut t = self.sink.table.lock().unwrap();
+            for o in picks {
+                t.insert(
+                    (o.service, o.client),
+                    Applied {
+                        service: o.service,
+                        client: o.client,
+                        backend: o.backend,
+                        last_seen_ms: o.last_seen_ms,
+                    },
+                );
+            }
+        }
+        let rewrites = self.cluster.observe(picks);
+        self.sink.apply(&rewrites);
+    }
+
     /// The backend this node's store holds for a client.
     pub fn backend(&self, s: &ServiceKey, c: u32) -> Option<BackendKey> {
         self.cluster
