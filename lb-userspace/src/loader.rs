@@ -23,6 +23,9 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     /// Enable the data path's debug log (aya-log); off costs nothing.
     pub debug: bool,
+    /// Emit stick-table events (new entries, re-picks) into `STICK_EVENTS` for cluster
+    /// replication; off (a single node) costs nothing.
+    pub stick_events: bool,
 }
 
 impl Default for LoadOptions {
@@ -31,6 +34,7 @@ impl Default for LoadOptions {
             stick_table_size: DEFAULT_STICK_TABLE_SIZE,
             pin_dir: None,
             debug: false,
+            stick_events: false,
         }
     }
 }
@@ -81,6 +85,8 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     // verifier drops the logging code entirely.
     let debug: u8 = opts.debug.into();
     loader.override_global("DEBUG", &debug, true);
+    let events: u8 = opts.stick_events.into();
+    loader.override_global(lb_common::GLOBAL_STICK_EVENTS, &events, true);
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the stickylb eBPF object")?;
