@@ -14,32 +14,35 @@
 //!   (pure, host-tested).
 //! - [`wire`]: frames and messages (postcard in length-delimited frames) and the
 //!   receiving state machine (what the fuzz target drives).
-//! - [`tls`]: mutual TLS with a cluster CA on rustls.
+//! - `tls`: mutual TLS with a cluster CA on rustls.
 //! - [`config`]: the `[cluster]` section and its validation.
-//! - [`node`]: the running replication ([`Cluster`]) and what the agent plugs in
-//!   ([`Sink`]).
+//! - `node`: the running replication (`Cluster`) and what the agent plugs in (`Sink`);
+//!   with `tls`, behind the default `runtime` feature (the fuzz target builds without).
 //! - [`status`]: what `stickylb peers` shows.
 //! - [`clock`]: the monotonic (data-path) and wall clocks.
 //!
-//! The agent's side, in short: give [`Cluster::start`] the `[cluster]` config, the
-//! service definitions and a [`Sink`] that writes entries into the stick table; feed
-//! [`Cluster::observe`] with the data path's events and a periodic scan of the table
-//! (writing back what it returns); read [`Cluster::status`] and
-//! [`Cluster::subscribe_synced`]. docs/CLUSTER.md has the whole design.
+//! The agent's side, in short: give `Cluster::start` the `[cluster]` config, the
+//! service definitions and a `Sink` that writes entries into the stick table; feed
+//! `Cluster::observe` with the data path's events and a periodic scan of the table
+//! (writing back what it returns); read `Cluster::status` and
+//! `Cluster::subscribe_synced`. docs/CLUSTER.md has the whole design.
 
 pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod identity;
+#[cfg(feature = "runtime")]
 pub mod node;
 pub mod status;
 pub mod store;
+#[cfg(feature = "runtime")]
 pub mod tls;
 pub mod wire;
 
 pub use catalog::{BackendDef, ServiceDef};
 pub use config::{ClusterConfig, PeerConfig};
 pub use identity::{BackendKey, ClientKey, Proto, ServiceKey};
+#[cfg(feature = "runtime")]
 pub use node::{Cluster, Sink};
 pub use status::{ClusterStatus, PeerStatus};
 pub use store::{Applied, Observed, ObservedKind};

@@ -633,4 +633,97 @@ mod tests {
         assert!(st.handle(Message::Entries { entries: vec![bad] }).is_err());
         assert!(st.handle(Message::Hello(hello())).is_err());
     }
+
+    /// A whole session as a sender writes it: hello, definitions, a teach, incremental
+    /// entries, a heartbeat. The fuzz target's seed (`fuzz/seeds/cluster/session.bin`,
+    /// after one byte that picks the read sizes) is exactly this.
+    fn seed_session() -> Vec<u8> {
+        let v4 = ClientKey::host("198.51.100.7".parse().unwrap());
+        let net = ClientKey::network("2001:db8:c::".parse().unwrap(), 64).unwrap();
+        let e = |service, client, backend| WireEntry {
+            service,
+            client,
+            backend,
+            age_ms: 1500,
+            stamp: 1_700_000_000_000,
+        };
+        let msgs = vec![
+            Message::Hello(hello()),
+            Message::DefineService {
+                index: 0,
+                key: svc(),
+            },
+            Message::DefineBackend {
+                index: 0,
+                key: BackendKey {
+                    addr: "10.0.1.2".parse().unwrap(),
+                    port: 8080,
+                },
+            },
+            Message::DefineService {
+                index: 1,
+                key: ServiceKey {
+                    vip: "2001:db8::100".parse().unwrap(),
+                    port: 0,
+                    proto: Proto::Udp,
+                },
+            },
+            Message::DefineBackend {
+                index: 1,
+                key: BackendKey {
+                    addr: "2001:db8:1::2".parse().unwrap(),
+                    port: 0,
+                },
+            },
+            Message::TeachBegin { total: 2 },
+            Message::Teach {
+                entries: vec![e(0, v4, 0), e(1, net, 1)],
+            },
+            Message::TeachEnd { sent: 2 },
+            Message::Entries {
+                entries: vec![e(0, v4, 0)],
+            },
+            Message::Services {
+                services: 2,
+                digest: [3; 32],
+            },
+            Message::Heartbeat { queued: 0 },
+        ];
+        let mut codec = Codec::new(1 << 20);
+        let mut buf = BytesMut::new();
+        for m in msgs {
+            codec.encode(m, &mut buf).unwrap();
+        }
+        let mut out = vec![0x0f];
+        out.extend_from_slice(&buf);
+        out
+    }
+
+    #[test]
+    fn fuzz_seed_is_a_whole_session() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/seeds/cluster/session.bin");
+        let want = seed_session();
+        if std::env::var_os("STICKYLB_WRITE_SEEDS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &want).unwrap();
+        }
+        let got = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            got == want,
+            "{} is not the current session seed: regenerate it with \
+             STICKYLB_WRITE_SEEDS=1 cargo test -p lb-cluster fuzz_seed",
+            path.display()
+        );
+        // And it is a session a receiver takes whole.
+        let mut codec = Codec::new(1 << 20);
+        let mut buf = BytesMut::from(&got[1..]);
+        let mut st = InboundState::default();
+        let first = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(matches!(first, Message::Hello(_)));
+        while let Some(m) = codec.decode_eof(&mut buf).unwrap() {
+            st.handle(m).unwrap();
+        }
+        assert_eq!((st.teaches, st.received), (1, 3));
+    }
 }
