@@ -7,6 +7,8 @@
 //!    `lb-bench-ebpf` where the program rewrites the packet.
 //! 2. Stick-table scale: the hit path with 1k … 10M live entries, over a rotating set of
 //!    up to 65 536 clients that all have entries, and the kernel's memory per entry.
+//! 3. The network path (`netpath`), 4. the control plane (`control_plane`), 5. stick-table
+//!    replication between two cluster nodes (`replication`).
 //!
 //! Every case runs `repeat` packets per run; the runs are interleaved (round 1 runs every
 //! case once, then round 2 …) so that a burst of other work on the machine spreads over
@@ -17,6 +19,7 @@
 
 mod control_plane;
 mod netpath;
+mod replication;
 mod report;
 mod wrapper;
 
@@ -80,7 +83,8 @@ struct Args {
     #[arg(long)]
     out_dir: Option<PathBuf>,
     /// Parts of the benchmark to run, comma-separated: 1 per-packet cost, 2 stick-table
-    /// scale (runs part 1's baselines too), 3 network path, 4 control plane (default all).
+    /// scale (runs part 1's baselines too), 3 network path, 4 control plane, 5 replication
+    /// (default all).
     #[arg(long, value_delimiter = ',')]
     parts: Option<Vec<u8>>,
     /// Rounds of the network-path cases (default 3; 1 with --quick).
@@ -183,10 +187,10 @@ fn run(args: Args) -> Result<()> {
         cfg.runs, cfg.repeat, machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg
     );
 
-    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4]);
+    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4, 5]);
     ensure!(
-        parts.iter().all(|p| (1..=4).contains(p)),
-        "--parts takes 1, 2, 3, 4"
+        parts.iter().all(|p| (1..=5).contains(p)),
+        "--parts takes 1, 2, 3, 4, 5"
     );
     // The agent binary the network-path and control-plane parts run: next to this one.
     if std::env::var_os("STICKYLB_BIN").is_none() {
@@ -238,9 +242,23 @@ fn run(args: Args) -> Result<()> {
         None
     };
 
+    let replication = if parts.contains(&5) {
+        let opts = replication::Options {
+            rates: vec![1_000, 50_000],
+            seconds: if args.quick { 1.0 } else { 3.0 },
+            resync_entries: if args.quick { 200_000 } else { 1_000_000 },
+            refresh_clients: if args.quick { 10_000 } else { 50_000 },
+        };
+        println!("\npart 5, replication between two cluster nodes ...");
+        Some(replication::run(&opts).context("part 5 (replication)")?)
+    } else {
+        None
+    };
+
     let mut report = Report::new(machine, cfg.clone(), results, scale, programs);
     report.netpath = netpath;
     report.control = control;
+    report.replication = replication;
     report.elapsed_s = started.elapsed().as_secs_f64();
     report.finish();
     report.print();
