@@ -209,6 +209,12 @@ impl Cluster {
         })
     }
 
+    /// Makes room in the store for `entries` (the sum of the node's stick-table sizes),
+    /// so that it never rehashes while it fills (see `Store::reserve`).
+    pub fn reserve(&self, entries: usize) {
+        lock(&self.inner.store).reserve(entries);
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

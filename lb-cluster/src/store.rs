@@ -311,6 +311,16 @@ impl Store {
         }
     }
 
+    /// Makes room for `n` entries (at most the capacity) now, so that the store never
+    /// grows, and so never rehashes under its lock, while it fills: a rehash of a million
+    /// entries holds the lock for tens of milliseconds. The agent reserves the size of its
+    /// stick tables at start.
+    pub fn reserve(&mut self, n: usize) {
+        let n = n.min(self.capacity);
+        self.index.reserve(n.saturating_sub(self.index.len()));
+        self.slots.reserve(n.saturating_sub(self.slots.len()));
+    }
+
     /// Entries stored.
     pub fn len(&self) -> usize {
         self.live
