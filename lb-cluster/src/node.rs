@@ -59,6 +59,54 @@ pub trait Sink: Send + Sync + 'static {
     fn apply(&self, entries: &[Applied]);
 }
 
+/// Most connections in their handshake (TLS and hello) at once, in all and from one
+/// address: an unauthenticated flood holds a bounded number of tasks, each for at most
+/// `peer_timeout`, and one address cannot take every slot.
+const MAX_HANDSHAKES: usize = 256;
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+
+/// Connections in their handshake, per remote address.
+#[derive(Default)]
+struct Handshakes {
+    total: usize,
+    by_addr: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// A handshake slot, given back when dropped.
+struct HandshakeSlot {
+    inner: Arc<Inner>,
+    addr: std::net::IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut h = lock(&self.inner.handshakes);
+        h.total -= 1;
+        if let Some(n) = h.by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                h.by_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn handshake_slot(self: &Arc<Self>, addr: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut h = lock(&self.handshakes);
+        let mine = h.by_addr.get(&addr).copied().unwrap_or(0);
+        if h.total >= MAX_HANDSHAKES || mine >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        h.total += 1;
+        *h.by_addr.entry(addr).or_insert(0) += 1;
+        Some(HandshakeSlot {
+            inner: self.clone(),
+            addr,
+        })
+    }
+}
+
 /// Smallest and largest reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -119,6 +167,7 @@ struct Inner {
     synced_after: Mutex<Option<u64>>,
     refused_handshakes: AtomicU64,
     last_refusal: Mutex<Option<String>>,
+    handshakes: Mutex<Handshakes>,
     stop: CancellationToken,
 }
 
@@ -188,6 +237,7 @@ impl Cluster {
             synced_after: Mutex::new(None),
             refused_handshakes: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
+            handshakes: Mutex::new(Handshakes::default()),
             stop: CancellationToken::new(),
             cfg,
         });
@@ -506,9 +556,19 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((tcp, remote)) => {
-                    tokio::spawn(inbound(inner.clone(), tcp, remote));
-                }
+                Ok((tcp, remote)) => match inner.handshake_slot(remote.ip()) {
+                    Some(slot) => {
+                        tokio::spawn(inbound(inner.clone(), tcp, remote, slot));
+                    }
+                    None => {
+                        drop(tcp);
+                        inner.refused(format!(
+                            "{remote}: closed at once: too many connections in their handshake \
+                             (at most {MAX_HANDSHAKES_PER_ADDRESS} from one address, \
+                             {MAX_HANDSHAKES} in all)"
+                        ));
+                    }
+                },
                 Err(e) => {
                     log::warn!("cluster: accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -519,7 +579,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
 }
 
 /// One inbound session, from the TLS handshake to its end.
-async fn inbound(inner: Arc<Inner>, tcp: TcpStream, remote: SocketAddr) {
+async fn inbound(inner: Arc<Inner>, tcp: TcpStream, remote: SocketAddr, slot: HandshakeSlot) {
     let _ = tcp.set_nodelay(true);
     let limit = inner.cfg.peer_timeout;
     // Until the peer is known, its bytes are counted nowhere.
@@ -628,6 +688,8 @@ async fn inbound(inner: Arc<Inner>, tcp: TcpStream, remote: SocketAddr) {
         st.digest = Some(hello.digest);
         st.teach_in = None;
     }
+    // Authenticated: the handshake slot is free again.
+    drop(slot);
     peer.redial.notify_one();
     log::info!("cluster: peer {} connected from {remote}", peer.name);
     let result = receive(&inner, p, gen, &mut reader, &mut writer, &rx, &tx).await;

@@ -322,6 +322,31 @@ async fn bad_frames_end_the_session_and_are_counted() {
     still_replicates(&a, spec_b).await;
 }
 
+/// A flood of connections that never finish their handshake holds a bounded number of
+/// slots (8 per address): the rest are closed at once and counted; once they are gone, a
+/// real peer gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_is_bounded() {
+    let pki = Pki::new("cluster CA");
+    let (a, spec_b) = pair(&pki).await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(TcpStream::connect(a.spec.listen).await.unwrap());
+    }
+    wait_for("the surplus closed at once and counted", LIMIT, || {
+        a.cluster.status().refused_handshakes >= 32
+    })
+    .await;
+    assert!(a
+        .cluster
+        .status()
+        .last_refusal
+        .unwrap()
+        .contains("too many connections in their handshake"));
+    drop(idle);
+    still_replicates(&a, spec_b).await;
+}
+
 fn frame(m: &Message) -> Vec<u8> {
     let body = lb_cluster::wire::encode_message(m);
     let mut f = (body.len() as u32).to_be_bytes().to_vec();
