@@ -439,7 +439,10 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
         target: Prog::Stickylb(0),
         check: Some(Check::new(expect, 0, sid)),
     };
-    let fresh = |service: &'static str| How::Fresh { service };
+    let fresh = |service: &'static str| How::Fresh {
+        service,
+        events: false,
+    };
     use Group::{Baseline, Component, Stickylb};
     let mut cases = vec![
         Case::new(
@@ -581,6 +584,21 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
             fresh("nat4"),
         )
         .varying(vary_new()),
+        // The same with stick-table events on, as on a cluster node (issue 12): each new
+        // entry is also reserved and submitted into the events ring, sized for the whole
+        // run so that no event is dropped (a dropped one would be cheaper).
+        Case::new(
+            "new_v4_rr_events",
+            "IPv4 NAT, new client, round-robin, cluster events",
+            Stickylb,
+            hit4.clone(),
+            XDP_REDIRECT,
+            How::Fresh {
+                service: "nat4",
+                events: true,
+            },
+        )
+        .varying(vary_new()),
         Case::new(
             "new_v4_maglev",
             "IPv4 NAT, new client, Maglev",
@@ -658,10 +676,14 @@ struct Instance {
 
 impl Instance {
     fn load(stick_table_size: u32) -> Result<Instance> {
-        let mut ebpf = loader::load(&LoadOptions {
+        Self::load_with(&LoadOptions {
             stick_table_size,
             ..Default::default()
-        })?;
+        })
+    }
+
+    fn load_with(opts: &LoadOptions) -> Result<Instance> {
+        let mut ebpf = loader::load(opts)?;
         let dp = Dataplane::new(&mut ebpf)?;
         Self::configure(ebpf, dp, Ids::default())
     }
@@ -813,8 +835,9 @@ enum How {
     /// The wrapper restores the fixture before each packet and tail-calls `target`.
     Wrapped { target: Prog, check: Option<Check> },
     /// New clients into an empty table: every run loads a fresh instance (default table
-    /// of 2M entries, or more: room for the warm-up and the run), wrapped.
-    Fresh { service: &'static str },
+    /// of 2M entries, or more: room for the warm-up and the run), wrapped; `events`: with
+    /// stick-table events on and a ring that holds every event of the run.
+    Fresh { service: &'static str, events: bool },
 }
 
 struct Case {
@@ -900,9 +923,21 @@ impl Runner<'_> {
                 };
                 self.checked_run(wrapper, &case.pkt, n, case.action, check)
             }
-            How::Fresh { service } => {
+            How::Fresh { service, events } => {
                 let capacity = (2 * (self.cfg.warmup + self.cfg.repeat)).max(2_000_000);
-                let inst = Instance::load(capacity)?;
+                let ring = events.then(|| {
+                    // 48 bytes per event (40 and the kernel's header), rounded up to a
+                    // power of two.
+                    (u64::from(self.cfg.warmup + self.cfg.repeat) * 48)
+                        .next_power_of_two()
+                        .max(1 << 22) as u32
+                });
+                let inst = Instance::load_with(&LoadOptions {
+                    stick_table_size: capacity,
+                    stick_events: events,
+                    stick_events_bytes: ring,
+                    ..Default::default()
+                })?;
                 let sid = inst.sid(service)?;
                 let fd = inst.program()?.fd()?.try_clone()?;
                 bench.set_target(&fd)?;
@@ -910,7 +945,17 @@ impl Runner<'_> {
                 let wrapper = bench.program(wrapper::WRAPPER)?;
                 self.run(wrapper, &case.pkt, self.cfg.warmup, case.action)?;
                 let check = checked.then_some((Expect::New, &inst.dp, sid));
-                self.checked_run(wrapper, &case.pkt, n, case.action, check)
+                let s = self.checked_run(wrapper, &case.pkt, n, case.action, check)?;
+                if events {
+                    let lost: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
+                        inst.ebpf
+                            .map(lb_common::MAP_STICK_EVENTS_LOST)
+                            .context("STICK_EVENTS_LOST")?,
+                    )?;
+                    let lost: u64 = lost.get(&0, 0)?.iter().sum();
+                    ensure!(lost == 0, "{lost} events dropped: the ring was too small");
+                }
+                Ok(s)
             }
         }
     }

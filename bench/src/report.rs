@@ -389,6 +389,15 @@ impl Report {
                 });
             }
         }
+        if let (Some(with), Some(without)) = (self.ns("new_v4_rr_events"), self.ns("new_v4_rr")) {
+            let extra = (with / without - 1.0) * 100.0;
+            goals.push(Goal {
+                goal: "stick-table events on the new-client path (% added)".into(),
+                measured: extra,
+                limit: 10.0,
+                met: extra <= 10.0,
+            });
+        }
         if let Some(r) = &self.replication {
             if let Some(l) = r.lag.iter().find(|l| l.rate == 50_000) {
                 goals.push(Goal {

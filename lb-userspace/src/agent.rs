@@ -987,6 +987,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         debug: opts.debug,
         // On once the agent replicates to a cluster (issue 12, phase 2).
         stick_events: false,
+        stick_events_bytes: None,
     })?;
     if opts.debug {
         // Data-path log lines (aya-log) go to this process's log at debug level.

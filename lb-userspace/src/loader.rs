@@ -26,6 +26,9 @@ pub struct LoadOptions {
     /// Emit stick-table events (new entries, re-picks) into `STICK_EVENTS` for cluster
     /// replication; off (a single node) costs nothing.
     pub stick_events: bool,
+    /// Size of the `STICK_EVENTS` ring in bytes (a power of two, at least a page);
+    /// `None`: `STICK_EVENTS_BYTES`.
+    pub stick_events_bytes: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -35,6 +38,7 @@ impl Default for LoadOptions {
             pin_dir: None,
             debug: false,
             stick_events: false,
+            stick_events_bytes: None,
         }
     }
 }
@@ -68,6 +72,9 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_STICK, opts.stick_table_size);
+    if let Some(bytes) = opts.stick_events_bytes {
+        loader.map_max_entries(lb_common::MAP_STICK_EVENTS, bytes);
+    }
     let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
