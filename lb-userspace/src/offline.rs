@@ -248,6 +248,9 @@ fn health_text(h: &crate::spec::HealthConfig) -> String {
 /// Warnings about a valid configuration that probably does not do what is meant.
 fn advice(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    if cfg.services.is_empty() {
+        out.push("no services: nothing is balanced".to_string());
+    }
     for s in &cfg.services {
         let name = &s.spec.name;
         if s.backends.is_empty() {
