@@ -11,7 +11,7 @@
 //! | `/lib/systemd/system/stickylb.service` | `dist/stickylb.service` (not enabled on install) |
 //! | `/etc/stickylb/stickylb.toml` | conffile: `dist/stickylb.toml`, no services until edited |
 //! | `/etc/default/stickylb` | conffile: `dist/stickylb.default`, the `--iface` options |
-//! | `/usr/share/man/man1/stickylb*.1.gz` | `stickylb man --dir` |
+//! | `/usr/share/man/man8/stickylb*.8.gz` | `stickylb man --section 8 --dir` (the binary is in sbin) |
 //! | `/usr/share/bash-completion/completions/stickylb`, zsh, fish | `stickylb completions` |
 //! | `/usr/share/doc/stickylb/` | copyright, changelog, README and docs, examples |
 //! | `/usr/share/stickylb/grafana/stickylb.json` | the Grafana dashboard |
@@ -24,7 +24,8 @@
 //! and owners, the conffiles, `lintian` (no error or warning may remain; see
 //! docs/OPERATIONS.md for the tags that are explained rather than fixed), an unpacked copy
 //! (`dpkg -x` into a scratch root) whose binary answers `--version` and validates the
-//! packaged configurations, and `systemd-analyze verify` of the unit against that root.
+//! packaged configurations, and `systemd-analyze verify` of the unit (with the unpacked
+//! binary standing in for /usr/sbin/stickylb).
 
 use std::{
     fs,
@@ -168,6 +169,26 @@ fn maintainer() -> String {
     }
 }
 
+/// `FIRST-LAST` years of the git history (the source date's year without git).
+fn copyright_years() -> String {
+    let git = |args: &[&str]| {
+        output(Command::new("git").args(args).current_dir(workspace_root()))
+            .ok()
+            .and_then(|o| o.lines().next().map(|l| l.trim().to_string()))
+            .filter(|y| y.len() == 4)
+    };
+    let last = git(&["log", "-1", "--format=%cd", "--date=format:%Y"]);
+    let first = git(&["log", "--reverse", "--format=%cd", "--date=format:%Y"]);
+    match (first, last) {
+        (Some(f), Some(l)) if f != l => format!("{f}-{l}"),
+        (_, Some(l)) => l,
+        _ => source_date()
+            .ok()
+            .and_then(|d| d.split_whitespace().nth(3).map(str::to_string))
+            .unwrap_or_else(|| "1970".into()),
+    }
+}
+
 fn copyright() -> String {
     let mit = "Permission is hereby granted, free of charge, to any person obtaining a copy
 of this software and associated documentation files (the \"Software\"), to deal
@@ -186,6 +207,7 @@ AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
 LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
 OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
 SOFTWARE.";
+    let years = copyright_years();
     let mit: String = mit
         .lines()
         .map(|l| {
@@ -203,7 +225,7 @@ Comment: The binary also contains the Rust crates it is built from (see Cargo.lo
  in the source tree), under their own licenses, all compatible with the below.
 
 Files: *
-Copyright: the stickylb contributors
+Copyright: {years} the stickylb contributors
 License: MIT or Apache-2.0
 
 License: MIT
@@ -262,7 +284,14 @@ fn build() -> Result<PathBuf> {
     if man_tmp.exists() {
         fs::remove_dir_all(&man_tmp)?;
     }
-    output(Command::new(&bin).arg("man").arg("--dir").arg(&man_tmp))?;
+    output(
+        Command::new(&bin)
+            .arg("man")
+            .arg("--section")
+            .arg("8")
+            .arg("--dir")
+            .arg(&man_tmp),
+    )?;
     let mut pages: Vec<PathBuf> = fs::read_dir(&man_tmp)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
@@ -271,7 +300,7 @@ fn build() -> Result<PathBuf> {
     for page in pages {
         let name = page.file_name().unwrap().to_string_lossy().into_owned();
         write(
-            &stage.join("usr/share/man/man1").join(format!("{name}.gz")),
+            &stage.join("usr/share/man/man8").join(format!("{name}.gz")),
             &gzip(&fs::read(&page)?)?,
             0o644,
         )?;
@@ -438,12 +467,12 @@ const EXPECTED: &[(&str, &str)] = &[
     ("./lib/systemd/system/stickylb.service", "-rw-r--r--"),
     ("./etc/stickylb/stickylb.toml", "-rw-r--r--"),
     ("./etc/default/stickylb", "-rw-r--r--"),
-    ("./usr/share/man/man1/stickylb.1.gz", "-rw-r--r--"),
-    ("./usr/share/man/man1/stickylb-run.1.gz", "-rw-r--r--"),
-    ("./usr/share/man/man1/stickylb-check.1.gz", "-rw-r--r--"),
-    ("./usr/share/man/man1/stickylb-import.1.gz", "-rw-r--r--"),
+    ("./usr/share/man/man8/stickylb.8.gz", "-rw-r--r--"),
+    ("./usr/share/man/man8/stickylb-run.8.gz", "-rw-r--r--"),
+    ("./usr/share/man/man8/stickylb-check.8.gz", "-rw-r--r--"),
+    ("./usr/share/man/man8/stickylb-import.8.gz", "-rw-r--r--"),
     (
-        "./usr/share/man/man1/stickylb-table-show.1.gz",
+        "./usr/share/man/man8/stickylb-table-show.8.gz",
         "-rw-r--r--",
     ),
     (
@@ -586,19 +615,31 @@ fn check(deb: &Path) -> Result<()> {
         unit.contains("ExecReload=/usr/sbin/stickylb check"),
         "the unit does not check the configuration before reloading"
     );
+    // systemd's own check of the unit, with the packaged binary standing in for
+    // /usr/sbin/stickylb (it must exist and be executable); any complaint fails.
+    let verify_dir = target_dir().join("debian").join("unit-verify");
+    fs::create_dir_all(&verify_dir)?;
+    let local = verify_dir.join("stickylb.service");
+    fs::write(
+        &local,
+        unit.replace("/usr/sbin/stickylb", &bin.display().to_string()),
+    )?;
     let verify = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(format!("--root={}", scratch.display()))
-        .arg("/lib/systemd/system/stickylb.service")
+        .args(["verify", "--man=no"])
+        .arg(&local)
         .output()
         .context("cannot run systemd-analyze (package systemd)")?;
-    let msg = String::from_utf8_lossy(&verify.stderr);
-    ensure!(verify.status.success(), "systemd-analyze verify: {msg}");
-    for page in ["stickylb.1.gz", "stickylb-import.1.gz"] {
+    let msg = String::from_utf8_lossy(&verify.stderr).trim().to_string();
+    ensure!(
+        verify.status.success() && msg.is_empty(),
+        "systemd-analyze verify of the unit: {msg}"
+    );
+    fs::remove_dir_all(&verify_dir)?;
+    for page in ["stickylb.8.gz", "stickylb-import.8.gz"] {
         output(
             Command::new("gzip")
                 .arg("-t")
-                .arg(scratch.join("usr/share/man/man1").join(page)),
+                .arg(scratch.join("usr/share/man/man8").join(page)),
         )?;
     }
     fs::remove_dir_all(&scratch)?;
