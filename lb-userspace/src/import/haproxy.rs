@@ -35,8 +35,9 @@ use std::{
 };
 
 use super::{
-    backend_address, endpoint, format_duration, sanitise_name, unique_names, BackendOut,
-    Diagnostics, FileOut, HealthOut, Import, Options, ServiceOut, StickTableOut,
+    backend_address, drop_shared_nat_backends, endpoint, enforce_limits, format_duration,
+    sanitise_name, unique_names, valid_check_path, BackendOut, Diagnostics, FileOut, HealthOut,
+    Import, Options, Place, ServiceOut, StickTableOut,
 };
 
 /// HAProxy's defaults, as documented.
@@ -860,7 +861,7 @@ impl Parser<'_> {
     ) {
         let text = l.text();
         let mut path = path.to_string();
-        if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        if !valid_check_path(&path) {
             self.d.warn(
                 l.no,
                 text.clone(),
@@ -1537,10 +1538,6 @@ fn parse_server_addr(a: &str) -> Result<(IpAddr, Port), String> {
     }
 }
 
-/// Where a backend came from: the server's line, its address and port (none: the
-/// service port).
-type Place = (usize, IpAddr, Option<u16>);
-
 impl Parser<'_> {
     /// Turns the parsed proxies into services.
     fn build(&mut self) -> FileOut {
@@ -1720,32 +1717,8 @@ impl Parser<'_> {
                 }
             }
         }
-        // Two nat services cannot share a backend address and port (replies could not be
-        // told apart): the later service does without it.
-        let mut seen: BTreeMap<(IpAddr, u16), String> = BTreeMap::new();
-        for (svc, places) in services.iter_mut().zip(&mut backend_lines) {
-            let port = svc
-                .listen
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .unwrap_or(0);
-            let mut keep = Vec::new();
-            for (b, (line, ip, bport)) in svc.backend.drain(..).zip(places.drain(..)) {
-                let key = (ip, bport.unwrap_or(port));
-                match seen.get(&key) {
-                    Some(first) => self.d.warn(line, format!("server {}", b.address), format!(
-                        "{} also serves service {first:?}: two nat services cannot share a backend address and port in stickylb (their replies could not be told apart), so service {:?} is imported without it; give the servers distinct ports per service",
-                        endpoint(key.0, key.1),
-                        svc.name
-                    )),
-                    None => {
-                        seen.insert(key, svc.name.clone());
-                        keep.push(b);
-                    }
-                }
-            }
-            svc.backend = keep;
-        }
+        drop_shared_nat_backends(&mut services, &mut backend_lines, &mut self.d, "server");
+        enforce_limits(&mut services, &mut self.d);
         if !services.is_empty() {
             self.d.note(0, "", "HAProxy connected to the servers from its own address; stickylb's forwarding = \"nat\" forwards the clients' packets, so the servers see each client's own address and must route their replies back through the balancer (docs/OPERATIONS.md)");
         }
@@ -1873,7 +1846,7 @@ impl Parser<'_> {
             let bport = match s.port {
                 Port::Same => None,
                 Port::Fixed(p) => Some(p),
-                Port::Offset(n) => match u16::try_from(i32::from(port) + n) {
+                Port::Offset(n) => match u16::try_from(i32::from(port).saturating_add(n)) {
                     Ok(p) if p != 0 => Some(p),
                     _ => {
                         self.d.warn(
@@ -1981,7 +1954,13 @@ impl Parser<'_> {
         // HAProxy: without `timeout check` the whole check may take `inter`; with it,
         // min(timeout connect, inter) to connect plus `timeout check` to answer.
         let timeout = match be.common.timeout_check {
-            Some(tc) => (be.common.timeout_connect.unwrap_or(inter).min(inter) + tc).min(interval),
+            Some(tc) => (be
+                .common
+                .timeout_connect
+                .unwrap_or(inter)
+                .min(inter)
+                .saturating_add(tc))
+            .min(interval),
             None => interval,
         }
         .max(Duration::from_millis(1));

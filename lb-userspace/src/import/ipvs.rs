@@ -30,8 +30,9 @@ use std::{
 };
 
 use super::{
-    backend_address, endpoint, format_duration, unique_names, BackendOut, Diagnostics, FileOut,
-    HealthOut, Import, Options, ServiceOut, StickTableOut,
+    backend_address, drop_shared_nat_backends, endpoint, enforce_limits, format_duration,
+    unique_names, valid_check_path, BackendOut, Diagnostics, FileOut, HealthOut, Import, Options,
+    Place, ServiceOut, StickTableOut,
 };
 
 /// stickylb's stick-table size for an imported service (IPVS's templates are unbounded).
@@ -224,7 +225,15 @@ fn service_rule(d: &mut Diagnostics, no: usize, line: &str, w: &[&str]) -> Optio
         return None;
     };
     match parse_addr_port(addr) {
-        Ok((ip, Some(port))) if port != 0 => {
+        Ok((ip, _)) if ip.is_unspecified() => {
+            d.warn(
+                no,
+                line,
+                format!("{addr:?}: a VIP must be a specific address; not imported"),
+            );
+            return None;
+        }
+        Ok((ip, Some(port))) => {
             vs.ip = ip;
             vs.port = port;
         }
@@ -405,6 +414,9 @@ fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     let ip: IpAddr = host.parse().map_err(|_| {
         format!("{host:?} is not an IP address (run `ipvsadm-save -n` for numeric output)")
     })?;
+    if ip.is_unspecified() {
+        return Err("an unspecified address (0.0.0.0, ::) is neither a VIP nor a server".into());
+    }
     let port = match port {
         None => None,
         Some(p) => Some(p.parse::<u16>().map_err(|_| {
@@ -438,9 +450,22 @@ fn finish(
 ) -> Import {
     let f = opts.features;
     let mut out = Vec::new();
+    let mut places: Vec<Vec<Place>> = Vec::new();
+    let mut seen: Vec<(Proto, IpAddr, u16, usize)> = Vec::new();
     for vs in services {
         let name = format!("{}-{}-{}", vs.proto.name(), vs.ip, vs.port);
         let vs_text = format!("{} {}", vs.proto.name(), endpoint(vs.ip, vs.port));
+        if let Some(first) = seen
+            .iter()
+            .find(|(p, ip, port, _)| (*p, *ip, *port) == (vs.proto, vs.ip, vs.port))
+        {
+            d.warn(vs.line, vs_text, format!("defined before, at line {}: a VIP, port and protocol belong to one service; not imported again", first.3));
+            continue;
+        }
+        seen.push((vs.proto, vs.ip, vs.port, vs.line));
+        if vs.port == 0 {
+            d.note(vs.line, vs_text.clone(), "port 0: one service for every port of the VIP, as IPVS's port-less persistent service");
+        }
         let expire = match vs.persistence {
             Some(0) => "never".to_string(),
             Some(t) => format_duration(Duration::from_secs(t)),
@@ -472,7 +497,7 @@ fn finish(
             }
         }
         if fwd == Fwd::Ipip && !f.ipip {
-            d.error(vs.line, vs_text.clone(), format!("tunnel mode (-i): written as forwarding = \"ipip\", which this build of stickylb does not support yet: the configuration will not load until it does (or change service {name:?} to \"dsr\" if its backends share the balancer's L2 segment)"));
+            d.error(vs.line, vs_text.clone(), format!("tunnel mode (-i): written as forwarding = \"ipip\", but this build of stickylb does not support it yet: the configuration will not load until it does (or change service {name:?} to \"dsr\" if its backends share the balancer's L2 segment)"));
         }
         let mut health = vs.health.clone();
         if health.kind == "https" && !f.https_health {
@@ -490,6 +515,7 @@ fn finish(
             d.warn(vs.line, vs_text.clone(), format!("weights up to {max_w}: stickylb's go up to {MAX_WEIGHT}, so they are scaled by {MAX_WEIGHT}/{max_w} (rounded, at least 1 for a non-zero weight)"));
         }
         let mut backends = Vec::new();
+        let mut here: Vec<Place> = Vec::new();
         for s in &vs.servers {
             if s.ip.is_ipv4() != vs.ip.is_ipv4() {
                 d.warn(
@@ -500,7 +526,12 @@ fn finish(
                 continue;
             }
             let mut port = s.port;
-            if fwd != Fwd::Nat {
+            if vs.port == 0 {
+                if port.is_some_and(|p| p != 0) {
+                    d.warn(s.line, format!("{what} {}", s.ip), format!("port {} is ignored: a service on every port forwards to the port the client connected to", port.unwrap_or(0)));
+                }
+                port = None;
+            } else if fwd != Fwd::Nat {
                 if port.is_some_and(|p| p != vs.port) {
                     d.warn(s.line, format!("{what} {}", s.ip), format!("port {} is ignored: with {} forwarding the packet reaches the server on the service port {}, as in IPVS", port.unwrap_or(0), fwd.name(), vs.port));
                 }
@@ -529,6 +560,7 @@ fn finish(
                 weight,
                 state: "ready",
             });
+            here.push((s.line, s.ip, port.filter(|p| *p != 0)));
         }
         if backends.is_empty() {
             d.warn(vs.line, vs_text.clone(), "no servers: the service is imported without backends (it drops its traffic until backends are added)");
@@ -566,10 +598,13 @@ fn finish(
             },
             pending,
         });
+        places.push(here);
     }
     if out.iter().any(|s| s.health.kind == "none") && kind == "ipvsadm rules" {
         d.note(0, "", "ipvsadm rules carry no health checks (keepalived or another tool did them): the services are imported with health kind = \"none\"; add a check (docs/CONFIG.md) to have stickylb take failed backends out");
     }
+    drop_shared_nat_backends(&mut out, &mut places, &mut d, what);
+    enforce_limits(&mut out, &mut d);
     unique_names(&mut out);
     Import {
         file: FileOut { service: out },
@@ -736,7 +771,7 @@ fn virtual_server(d: &mut Diagnostics, n: &Node) -> Option<Vs> {
             return None;
         }
         [_, ip, port, ..] => match (ip.parse::<IpAddr>(), port.parse::<u16>()) {
-            (Ok(ip), Ok(port)) if port != 0 => (ip, port),
+            (Ok(ip), Ok(port)) if !ip.is_unspecified() => (ip, port),
             _ => {
                 d.warn(
                     n.line,
@@ -849,15 +884,15 @@ fn virtual_server(d: &mut Diagnostics, n: &Node) -> Option<Vs> {
         let text = r.text();
         let (ip, port) = match r.words.as_slice() {
             [_, ip, port, ..] => match (ip.parse::<IpAddr>(), port.parse::<u16>()) {
-                (Ok(ip), Ok(p)) => (ip, Some(p)),
+                (Ok(ip), Ok(p)) if !ip.is_unspecified() => (ip, Some(p).filter(|p| *p != 0)),
                 _ => {
                     d.warn(r.line, text, "expected `real_server IP PORT`: not imported");
                     continue;
                 }
             },
             [_, ip] => match ip.parse::<IpAddr>() {
-                Ok(ip) => (ip, None),
-                Err(_) => {
+                Ok(ip) if !ip.is_unspecified() => (ip, None),
+                _ => {
                     d.warn(r.line, text, "expected `real_server IP PORT`: not imported");
                     continue;
                 }
@@ -957,7 +992,8 @@ fn checker(
                     let ukw = u.words.first().map(String::as_str).unwrap_or("");
                     let uv = u.words.get(1).cloned().unwrap_or_default();
                     match ukw {
-                        "path" => path = Some(uv),
+                        "path" if valid_check_path(&uv) => path = Some(uv),
+                        "path" => d.warn(u.line, u.text(), "not a path starting with '/' without spaces or control characters: \"/\" is used"),
                         "status_code" => match uv.parse::<u16>() {
                             Ok(s) if (100..=599).contains(&s) => status = Some(s),
                             _ => d.warn(
@@ -996,17 +1032,12 @@ fn checker(
         interval: Some(format_duration(interval)),
         timeout: Some(format_duration(timeout)),
         rise: Some(1),
-        fall: Some(retry + 1),
+        fall: Some(retry.saturating_add(1)),
         ..HealthOut::default()
     };
     if kind != "TCP_CHECK" {
         h.kind = if kind == "SSL_GET" { "https" } else { "http" };
-        let p = path.unwrap_or_else(|| "/".into());
-        h.path = Some(if p.starts_with('/') {
-            p
-        } else {
-            format!("/{p}")
-        });
+        h.path = Some(path.unwrap_or_else(|| "/".into()));
         h.expect_status = status;
         if kind == "SSL_GET" {
             // keepalived's SSL_GET does not verify the certificate unless told to.
@@ -1034,5 +1065,47 @@ mod tests {
             ("2001:db8::1".parse().unwrap(), Some(443))
         );
         assert!(parse_addr_port("web.example:http").is_err());
+        assert!(parse_addr_port("0.0.0.0:80").is_err());
+    }
+
+    /// What the planner would refuse is not written: a second service on one VIP, port
+    /// and protocol; a backend two nat services share. A port-less persistent service
+    /// becomes a service on every port.
+    #[test]
+    fn output_respects_the_planners_rules() {
+        let opts = Options::default();
+        let r = import(
+            "-A -t 10.0.0.1:0 -s rr -p 60\n-a -t 10.0.0.1:0 -r 10.1.0.1:8080 -m -w 1\n\
+             -A -t 10.0.0.2:80 -s rr -p 60\n-a -t 10.0.0.2:80 -r 10.1.0.2:8080 -m -w 1\n\
+             -A -t 10.0.0.3:80 -s rr -p 60\n-a -t 10.0.0.3:80 -r 10.1.0.2:8080 -m -w 1\n",
+            &opts,
+        );
+        let s = &r.file.service;
+        assert_eq!(s[0].listen, "10.0.0.1:0");
+        assert_eq!(
+            s[0].backend[0].address, "10.1.0.1",
+            "no port on an every-port service"
+        );
+        assert_eq!(s[1].backend.len(), 1);
+        assert!(
+            s[2].backend.is_empty(),
+            "a shared nat backend is dropped from the later service"
+        );
+        assert!(r
+            .diagnostics
+            .iter()
+            .any(|d| d.line == 6 && d.why.contains("also serves service")));
+        crate::config::parse(&r.to_toml("x"), "x").unwrap();
+        let k = import_keepalived(
+            "virtual_server 10.0.0.1 80 {\n real_server 10.1.0.1 80 {\n }\n}\n\
+             virtual_server 10.0.0.1 80 {\n real_server 10.1.0.2 80 {\n }\n}\n",
+            &opts,
+        );
+        assert_eq!(k.file.service.len(), 1);
+        assert!(k
+            .diagnostics
+            .iter()
+            .any(|d| d.line == 5 && d.why.contains("defined before")));
+        crate::config::parse(&k.to_toml("x"), "x").unwrap();
     }
 }

@@ -352,6 +352,12 @@ pub fn format_duration(d: Duration) -> String {
     format!("{s}s")
 }
 
+/// Whether a health-check path is accepted (docs/CONFIG.md): starts with `/`, no spaces
+/// or control characters.
+pub fn valid_check_path(path: &str) -> bool {
+    path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Whether a name is accepted as a service name (docs/CONFIG.md).
 pub fn valid_service_name(name: &str) -> bool {
     !name.is_empty()
@@ -390,6 +396,109 @@ pub fn unique_names(services: &mut [ServiceOut]) {
             n += 1;
         }
         seen.push(s.name.clone());
+    }
+}
+
+/// Where a backend came from: its line in the input, its address and its port (none: the
+/// service port).
+pub type Place = (usize, IpAddr, Option<u16>);
+
+/// Two nat services cannot share a backend address, port and protocol (the planner
+/// refuses it: replies could not be told apart). The later service is imported without
+/// it, with a warning at the backend's line. `places[i]` lists service `i`'s backends.
+pub fn drop_shared_nat_backends(
+    services: &mut [ServiceOut],
+    places: &mut [Vec<Place>],
+    d: &mut Diagnostics,
+    what: &str,
+) {
+    let mut seen: std::collections::BTreeMap<(IpAddr, u16, &'static str), String> =
+        std::collections::BTreeMap::new();
+    for (svc, places) in services.iter_mut().zip(places.iter_mut()) {
+        if svc.forwarding != "nat" {
+            continue;
+        }
+        let port = svc
+            .listen
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(0);
+        let mut keep = Vec::new();
+        let mut keep_places = Vec::new();
+        for (b, place) in svc.backend.drain(..).zip(places.drain(..)) {
+            let (line, ip, bport) = place;
+            let key = (ip, bport.unwrap_or(port), svc.protocol);
+            match seen.get(&key) {
+                Some(first) => d.warn(
+                    line,
+                    format!("{what} {}", b.address),
+                    format!(
+                        "{} ({}) also serves service {first:?}: two nat services cannot share a \
+                         backend address and port in stickylb (their replies could not be told \
+                         apart), so service {:?} is imported without it; give the backends \
+                         distinct ports per service, or use dsr",
+                        endpoint(key.0, key.1),
+                        key.2,
+                        svc.name
+                    ),
+                ),
+                None => {
+                    seen.insert(key, svc.name.clone());
+                    keep.push(b);
+                    keep_places.push(place);
+                }
+            }
+        }
+        svc.backend = keep;
+        *places = keep_places;
+    }
+}
+
+/// The planner's limits: services beyond [`lb_common::MAX_SERVICES`] and backends beyond
+/// [`lb_common::MAX_BACKENDS`] (in all) are not imported, with an error.
+pub fn enforce_limits(services: &mut Vec<ServiceOut>, d: &mut Diagnostics) {
+    let max_services = lb_common::MAX_SERVICES as usize;
+    if services.len() > max_services {
+        let dropped: Vec<String> = services[max_services..]
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        d.error(
+            0,
+            "",
+            format!(
+                "stickylb balances at most {max_services} services: the last {} ({}) are not imported",
+                dropped.len(),
+                shorten_list(&dropped)
+            ),
+        );
+        services.truncate(max_services);
+    }
+    let max_backends = lb_common::MAX_BACKENDS as usize;
+    let mut total = 0;
+    for s in services.iter_mut() {
+        if total + s.backend.len() > max_backends {
+            let keep = max_backends - total;
+            d.error(
+                0,
+                "",
+                format!(
+                    "stickylb balances at most {max_backends} backends in all: service {:?} is imported with {keep} of its {}",
+                    s.name,
+                    s.backend.len()
+                ),
+            );
+            s.backend.truncate(keep);
+        }
+        total += s.backend.len();
+    }
+}
+
+fn shorten_list(names: &[String]) -> String {
+    if names.len() <= 5 {
+        names.join(", ")
+    } else {
+        format!("{}, ... {}", names[..4].join(", "), names[names.len() - 1])
     }
 }
 
