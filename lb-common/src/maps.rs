@@ -26,11 +26,11 @@ pub struct Endpoint {
 pub struct ServiceInfo {
     /// Index into the per-service arrays and part of every stick-table key.
     pub id: u32,
-    /// [`crate::FWD_NAT`] or [`crate::FWD_DSR`].
+    /// [`crate::FWD_NAT`], [`crate::FWD_DSR`], [`crate::FWD_IPIP`] or [`crate::FWD_GUE`].
     pub forwarding: u8,
     /// [`crate::SCHED_ROUNDROBIN`] or [`crate::SCHED_MAGLEV`].
     pub scheduler: u8,
-    /// [`crate::SVC_SYN_ONLY`], …
+    /// [`crate::SVC_SYN_ONLY`], [`crate::SVC_SRC_HASH`].
     pub flags: u8,
     pub _pad: u8,
     /// Length of the active selection table; 0 = no backend takes new clients.
@@ -44,7 +44,23 @@ pub struct ServiceInfo {
     /// New stick-table entries one CPU may add for this service per second; 0 = no cap.
     /// Clients beyond it are served by source hash without an entry.
     pub insert_cap: u32,
-    pub _pad2: u32,
+    /// GUE destination port (network order); 0 for the other modes.
+    pub gue_port: u16,
+    pub _pad2: u16,
+}
+
+/// Value of `ENCAP_SOURCE` (indexed by service id), read when the service has
+/// [`crate::SVC_SRC_HASH`]: the outer source is `prefix | (client hash & !mask)`, per
+/// outer family (an IPv4 outer header uses word 0 of each). A family whose mask is all
+/// zero has no prefix: that family's backends take the FIB's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapSource {
+    pub v4_prefix: u32,
+    /// Network-order mask of the prefix bits.
+    pub v4_mask: u32,
+    pub v6_prefix: Addr,
+    pub v6_mask: Addr,
 }
 
 /// Value of `BACKENDS` (an array indexed by backend id).
@@ -150,6 +166,14 @@ pub struct ServiceStats {
     /// New clients served by source hash without an entry: this CPU's `insert_cap` for
     /// the current second was used up.
     pub unpinned_over_cap: u64,
+    /// Encapsulating services: client packets that would exceed the egress MTU once
+    /// encapsulated, answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
+    /// (MTU minus the overhead), sent back to the client.
+    pub too_big_answered: u64,
+    /// Encapsulating services: client packets over the MTU that cannot be answered
+    /// (IPv4 without DF, an IPv6 inner packet whose answer would go below 1280, a packet
+    /// too short to quote), dropped.
+    pub drop_too_big: u64,
 }
 
 /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
@@ -181,6 +205,8 @@ impl ServiceStats {
         self.frag_unmatched += o.frag_unmatched;
         self.unpinned_not_syn += o.unpinned_not_syn;
         self.unpinned_over_cap += o.unpinned_over_cap;
+        self.too_big_answered += o.too_big_answered;
+        self.drop_too_big += o.drop_too_big;
     }
 }
 
@@ -208,6 +234,10 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for InsertBudget {}
     unsafe impl aya::Pod for CachedRoute {}
+    unsafe impl aya::Pod for EncapSource {}
+    unsafe impl aya::Pod for DecapConfig {}
+    unsafe impl aya::Pod for DecapKey {}
+    unsafe impl aya::Pod for DecapStats {}
 }
 
 #[cfg(feature = "user")]
@@ -288,7 +318,47 @@ pub struct CachedRoute {
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
     /// Largest IP length the FIB accepted on this route (its MTU check); longer packets
-    /// ask the FIB again.
+    /// ask the FIB again. For encapsulating services, the outer length.
     pub ok_len: u16,
-    pub _pad: [u8; 2],
+    /// The service's forwarding mode when the route was cached (the encapsulating modes
+    /// also cache the outer source).
+    pub forwarding: u8,
+    pub _pad: u8,
+    /// Encapsulating services: the outer source (the FIB's egress address, or the
+    /// client-hash source).
+    pub src: Addr,
+}
+
+/// Value of `DECAP_CONFIG` (one slot) of the backend-side decapsulation program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapConfig {
+    /// [`crate::DECAP_STRICT`].
+    pub flags: u32,
+    /// GUE port (network order); 0 = do not decapsulate GUE.
+    pub gue_port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `DECAP_ADDRS`: a local address the strict mode accepts as outer destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-CPU counters of the decapsulation program (`DECAP_STATS`, one slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapStats {
+    /// Outer headers stripped, inner packet passed up.
+    pub decapsulated: u64,
+    /// Encapsulated packets left untouched: outer destination not local (strict), outer
+    /// IPv4 options or fragments, inner not IP of the claimed family.
+    pub passed: u64,
+    /// Encapsulated packets dropped: lengths that lie (outer length beyond the frame,
+    /// inner length beyond the outer payload), nested tunnels.
+    pub dropped: u64,
 }

@@ -4,12 +4,12 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
-    sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR, JUMP_FRAGMENT, JUMP_ICMP, PROTO_ICMP,
-    PROTO_ICMPV6,
+    sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR, FWD_GUE, FWD_IPIP, JUMP_FRAGMENT,
+    JUMP_ICMP, PROTO_ICMP, PROTO_ICMPV6,
 };
 
 use crate::{
-    dsr,
+    dsr, encap,
     forward::{forward_to_backend, lookup, not_sent, send, Forwarded, Lookup},
     fragment, icmp,
     maps::JUMP,
@@ -92,7 +92,10 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
     let Some(st) = stats::service(svc.id) else {
         return xdp_action::XDP_PASS;
     };
-    let dsr = svc.forwarding == FWD_DSR;
+    // L2 DSR and the encapsulating modes (L3 DSR) leave the client's packet as it is: no
+    // hop is taken off it, and the kernel must not route it (it would route by the VIP).
+    let encap = is_encap(svc);
+    let dsr = svc.forwarding == FWD_DSR || encap;
     if !dsr && p.ttl <= 1 {
         // Routed hop would expire: the kernel sends the ICMP time-exceeded.
         st.pass_ttl += 1;
@@ -110,17 +113,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         return xdp_action::XDP_DROP;
     };
     if debug() && verdict != Verdict::Hit {
-        let why: u8 = match verdict {
-            Verdict::New => 0,
-            Verdict::RepickExpired => 1,
-            Verdict::RepickDown => 2,
-            Verdict::UnpinnedNotSyn => 3,
-            _ => 4,
-        };
+        let why = verdict as u8;
         if p.family == lb_common::FAMILY_V4 {
             debug!(
                 ctx,
-                "service {}: client {:i} -> backend {} (0=new 1=expired 2=backend down 3=unpinned non-SYN 4=unpinned over cap: {})",
+                "service {}: client {:i} -> backend {} (1=new 2=expired 3=backend down 4=unpinned non-SYN 5=unpinned over cap: {})",
                 svc.id,
                 u32::from_be(p.src[0]),
                 backend_id,
@@ -129,15 +126,16 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         } else {
             debug!(
                 ctx,
-                "service {}: IPv6 client -> backend {} (0=new 1=expired 2=backend down 3=unpinned non-SYN 4=unpinned over cap: {})",
+                "service {}: IPv6 client -> backend {} (1=new 2=expired 3=backend down 4=unpinned non-SYN 5=unpinned over cap: {})",
                 svc.id,
                 backend_id,
                 why
             );
         }
     }
-    if backend.family != p.family {
-        // The agent never configures this; refuse rather than mis-forward.
+    if backend.family != p.family && !encap {
+        // Only encapsulation carries a packet to a backend of the other family (4-in-6,
+        // 6-in-4); the agent never configures it otherwise: refuse rather than mis-forward.
         st.drop_no_backend += 1;
         return xdp_action::XDP_DROP;
     }
@@ -160,7 +158,9 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
     }
     let len = pkt.len() as u64;
 
-    let outcome = if dsr {
+    let outcome = if encap {
+        encapsulate(ctx, p, svc, backend_id, &backend, now, true)
+    } else if dsr {
         dsr::to_backend(ctx, pkt, p, backend_id, &backend, now)
     } else {
         if nat::rewrite(pkt, p, End::Destination, &backend.addr, backend.port).is_none() {
@@ -181,6 +181,14 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             }
             action
         }
+        Forwarded::Answered(action) => {
+            st.too_big_answered += 1;
+            action
+        }
+        Forwarded::TooBig => {
+            st.drop_too_big += 1;
+            xdp_action::XDP_DROP
+        }
         other => {
             let action = not_sent(st, &other, dsr);
             if action == xdp_action::XDP_PASS {
@@ -192,6 +200,40 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             }
             action
         }
+    }
+}
+
+/// Whether the service encapsulates (IPIP or GUE).
+#[inline(always)]
+pub fn is_encap(svc: &ServiceInfo) -> bool {
+    svc.forwarding == FWD_IPIP || svc.forwarding == FWD_GUE
+}
+
+/// Encapsulates the packet for `backend` and sends it (see [`encap`]). Over the egress
+/// MTU, the client gets an ICMP answer when `answer_too_big` (not for ICMP errors and
+/// fragments: `Forwarded::TooBig`).
+#[inline(always)]
+pub fn encapsulate(
+    ctx: &XdpContext,
+    p: &Parsed,
+    svc: &ServiceInfo,
+    backend_id: u32,
+    backend: &lb_common::Backend,
+    now: u64,
+    answer_too_big: bool,
+) -> Forwarded {
+    let Some(o) = encap::plan(p, svc, backend) else {
+        return Forwarded::TooBig;
+    };
+    match encap::route(ctx, svc, backend_id, backend, &o, now) {
+        encap::OuterRoute::Route(r, src) => {
+            encap::push_and_send(ctx, p, &o, &src, &backend.addr, &r)
+        }
+        encap::OuterRoute::TooBig(mtu) if answer_too_big && mtu > o.overhead => {
+            crate::toobig::answer(ctx, p, mtu - o.overhead)
+        }
+        encap::OuterRoute::TooBig(_) => Forwarded::TooBig,
+        encap::OuterRoute::Other(f) => f,
     }
 }
 
@@ -217,9 +259,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
     let len = pkt.len() as u64;
     let outcome = match route {
         Lookup::Route(r) => send(ctx, pkt, p, &r, true),
-        Lookup::NoNeighbour => Forwarded::NoNeighbour,
-        Lookup::NoRoute => Forwarded::NoRoute,
-        Lookup::NotForwarded => Forwarded::Kernel,
+        other => other.into(),
     };
     match outcome {
         Forwarded::Sent(action) => {

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_common::{csum, Addr, FAMILY_V4, ROUTE_CACHE_NS};
 
-use crate::{maps::ROUTE_CACHE, packet::Packet, parse::Parsed};
+use crate::{hdr::*, maps::ROUTE_CACHE, packet::Packet, parse::Parsed};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -32,13 +32,19 @@ pub enum Forwarded {
     /// The FIB cannot give a fast path (local destination, MTU, forwarding disabled…):
     /// let the kernel handle it.
     Kernel,
+    /// Encapsulating modes: the packet would exceed the egress MTU once encapsulated and
+    /// the client was answered (ICMP "fragmentation needed" / "packet too big"): this
+    /// action (`XDP_TX`) sends the answer.
+    Answered(u32),
+    /// Encapsulating modes: over the MTU and not answerable (IPv4 without DF, …): drop.
+    TooBig,
 }
 
 /// A successful FIB lookup: where to send and with which MAC addresses.
 pub struct Route {
-    ifindex: u32,
-    dmac: [u8; 6],
-    smac: [u8; 6],
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
 }
 
 /// What the FIB says about `src → dst`.
@@ -50,6 +56,19 @@ pub enum Lookup {
     NoRoute,
     /// Not forwarded by the FIB: local destination, MTU exceeded, forwarding disabled…
     NotForwarded,
+}
+
+impl From<Lookup> for Forwarded {
+    /// The outcome of a lookup that found no route to send on. (A `Route` is the caller's
+    /// to send, with [`send`]; converting one means "not sent", so it maps to `Kernel`.)
+    #[inline(always)]
+    fn from(l: Lookup) -> Forwarded {
+        match l {
+            Lookup::NoNeighbour => Forwarded::NoNeighbour,
+            Lookup::NoRoute => Forwarded::NoRoute,
+            Lookup::Route(_) | Lookup::NotForwarded => Forwarded::Kernel,
+        }
+    }
 }
 
 /// Asks the kernel's FIB for the path of `src → dst` (addresses as they will be sent).
@@ -107,7 +126,8 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, p: &Parsed, route: &Route, routed: b
     if routed && !decrement_ttl(pkt, p) {
         return Forwarded::Kernel;
     }
-    let (Some(dmac), Some(smac)) = (pkt.ptr::<[u8; 6]>(0), pkt.ptr::<[u8; 6]>(6)) else {
+    let (Some(dmac), Some(smac)) = (pkt.ptr::<[u8; 6]>(ETH_DST), pkt.ptr::<[u8; 6]>(ETH_SRC))
+    else {
         return Forwarded::Kernel;
     };
     // SAFETY: bounds-checked above.
@@ -139,9 +159,7 @@ pub fn forward(
 ) -> Forwarded {
     match lookup(ctx, p, src, dst) {
         Lookup::Route(r) => send(ctx, pkt, p, &r, routed),
-        Lookup::NoNeighbour => Forwarded::NoNeighbour,
-        Lookup::NoRoute => Forwarded::NoRoute,
-        Lookup::NotForwarded => Forwarded::Kernel,
+        other => other.into(),
     }
 }
 
@@ -194,9 +212,7 @@ pub fn forward_to_backend(
             }
             send(ctx, pkt, p, &r, routed)
         }
-        Lookup::NoNeighbour => Forwarded::NoNeighbour,
-        Lookup::NoRoute => Forwarded::NoRoute,
-        Lookup::NotForwarded => Forwarded::Kernel,
+        other => other.into(),
     }
 }
 
@@ -206,9 +222,9 @@ pub fn forward_to_backend(
 fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
     if p.family == FAMILY_V4 {
         let (Some(ttl), Some(proto), Some(check)) = (
-            pkt.ptr::<u8>(p.l3_off + 8),
-            pkt.ptr::<u8>(p.l3_off + 9),
-            pkt.ptr::<u16>(p.l3_off + 10),
+            pkt.ptr::<u8>(p.l3_off + IP4_TTL),
+            pkt.ptr::<u8>(p.l3_off + IP4_PROTO),
+            pkt.ptr::<u16>(p.l3_off + IP4_CHECK),
         ) else {
             return false;
         };
@@ -220,7 +236,7 @@ fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
             *ttl -= 1;
         }
     } else {
-        let Some(hop) = pkt.ptr::<u8>(p.l3_off + 7) else {
+        let Some(hop) = pkt.ptr::<u8>(p.l3_off + IP6_HOP) else {
             return false;
         };
         unsafe { *hop -= 1 };

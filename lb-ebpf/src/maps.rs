@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, BackendStats, CachedRoute, Endpoint, FragCandidates, InsertBudget, ReverseValue,
-    ServiceInfo, ServiceStats, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS,
-    MAX_SERVICES, RING_SLOTS,
+    Backend, BackendStats, CachedRoute, EncapSource, Endpoint, FragCandidates, InsertBudget,
+    ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE,
+    MAX_BACKENDS, MAX_SERVICES, RING_SLOTS,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
@@ -63,6 +63,11 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 #[map]
 pub static FRAGMENTS: HashMap<Endpoint, FragCandidates> =
     HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Service id → the prefixes of its client-hash outer sources (services with
+/// `SVC_SRC_HASH` only).
+#[map]
+pub static ENCAP_SOURCE: Array<EncapSource> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Tail-call targets: the ICMP-error and later-fragment programs (slots `JUMP_ICMP`,
 /// `JUMP_FRAGMENT`), filled by the loader.

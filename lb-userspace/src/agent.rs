@@ -341,11 +341,13 @@ impl Agent {
             .config
             .services
             .iter()
-            .filter(|s| s.spec.forwarding == crate::spec::Forwarding::Dsr)
+            // L2 and L3 DSR drop a packet whose next hop has no neighbour entry yet (the
+            // kernel would route it by the VIP): resolve them ahead.
+            .filter(|s| s.spec.forwarding.is_dsr())
             .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
             .collect();
         for (ip, e) in neighbours::prime(&dsr) {
-            log::warn!("cannot reach DSR backend {ip} to resolve its MAC: {e}");
+            log::warn!("cannot reach DSR backend {ip} to resolve its next hop's MAC: {e}");
         }
         if persist {
             self.save()?;
@@ -767,6 +769,7 @@ impl Agent {
                 "icmp_to_backend": st.icmp_to_backend, "icmp_unmatched": st.icmp_unmatched,
                 "frag_forwarded": st.frag_forwarded, "frag_unmatched": st.frag_unmatched,
                 "unpinned_not_syn": st.unpinned_not_syn, "unpinned_over_cap": st.unpinned_over_cap,
+                "too_big_answered": st.too_big_answered, "drop_too_big": st.drop_too_big,
                 "backends": backends,
             }));
         }

@@ -209,6 +209,31 @@ fn forwarding(f: Forwarding) -> &'static str {
     match f {
         Forwarding::Nat => "nat",
         Forwarding::Dsr => "dsr",
+        Forwarding::Ipip => "ipip",
+        Forwarding::Gue => "gue",
+    }
+}
+
+/// The outer header of an L3 DSR service, for the summary.
+fn encap_text(sp: &crate::spec::ServiceSpec) -> String {
+    if !sp.forwarding.is_encap() {
+        return String::new();
+    }
+    let source = match &sp.encap.source {
+        crate::spec::OuterSource::Fib => "the balancer's address (fib)".to_string(),
+        crate::spec::OuterSource::ClientHash { v4, v6 } => format!(
+            "a client hash in {}",
+            [v4.map(|p| p.to_string()), v6.map(|p| p.to_string())]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+    };
+    if sp.forwarding == Forwarding::Gue {
+        format!(" (GUE port {}, outer source {source})", sp.encap.gue_port)
+    } else {
+        format!(" (outer source {source})")
     }
 }
 
@@ -288,7 +313,7 @@ pub fn summary_text(file: &Path, cfg: &Config) -> String {
         let sp = &s.spec;
         let _ = writeln!(
             out,
-            "service {:?}: {} {}, scheduler {}{}, forwarding {}",
+            "service {:?}: {} {}, scheduler {}{}, forwarding {}{}",
             sp.name,
             sp.vip,
             protocol(sp.protocol),
@@ -298,7 +323,8 @@ pub fn summary_text(file: &Path, cfg: &Config) -> String {
                 (Scheduler::Maglev, None) => format!(" ({} slots)", lb_common::DEFAULT_MAGLEV_SIZE),
                 _ => String::new(),
             },
-            forwarding(sp.forwarding)
+            forwarding(sp.forwarding),
+            encap_text(sp)
         );
         let _ = writeln!(
             out,
@@ -357,6 +383,7 @@ pub fn summary_json(cfg: &Config) -> serde_json::Value {
                 "protocol": protocol(sp.protocol),
                 "scheduler": scheduler(sp.scheduler),
                 "forwarding": forwarding(sp.forwarding),
+                "encap": sp.forwarding.is_encap().then(|| encap_text(sp).trim().trim_matches(['(', ')']).to_string()),
                 "stick_table": {
                     "size": s.stick_table_size,
                     "expire": expire(sp.expire),

@@ -68,7 +68,7 @@ fn check_accepts_the_example_and_says_what_it_would_run() {
     let (code, out, err) = stickylb(&["check", example.to_str().unwrap()], "");
     assert_eq!(code, 0, "{err}");
     for want in [
-        "the configuration is valid: 2 service(s), 6 backend(s), stick table of 1200000 entries",
+        "the configuration is valid: 3 service(s), 8 backend(s), stick table of 1400000 entries",
         "service \"web\": 10.0.0.100:80 tcp, scheduler roundrobin, forwarding nat",
         "stick table: 200000 entries, expire 30m after the client was last seen, entries added on TCP SYN only, at most 125000 new entries per second per CPU",
         "health: http GET /healthz (expect 200) every 2s, timeout 1s, rise 2, fall 3",
@@ -77,6 +77,7 @@ fn check_accepts_the_example_and_says_what_it_would_run() {
         "service \"api6\": [2001:db8::443]:443 tcp, scheduler maglev (65537 slots), forwarding dsr",
         "backend 2001:db8:1::10 (the service port): weight 1, ready",
         "backend 2001:db8:1::12 (the service port): weight 1, maint",
+        "service \"web-l3\": 10.0.0.101:80 tcp, scheduler roundrobin, forwarding gue (GUE port 7000, outer source the balancer's address (fib))",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
@@ -87,7 +88,8 @@ fn check_accepts_the_example_and_says_what_it_would_run() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], true);
-    assert_eq!(v["stick_table_size"], 1_200_000);
+    assert_eq!(v["stick_table_size"], 1_400_000);
+    assert_eq!(v["services"][2]["forwarding"], "gue");
     assert_eq!(v["services"][0]["health"]["kind"], "http");
     assert_eq!(v["services"][1]["backends"][2]["state"], "maint");
 }

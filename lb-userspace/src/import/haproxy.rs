@@ -1895,6 +1895,7 @@ impl Parser<'_> {
                 scheduler,
                 forwarding: "nat",
                 stick_on,
+                encap: None,
                 stick_table,
                 health,
                 backend: backends,

@@ -14,7 +14,9 @@
 //!   `-M MASK` (`persistence_granularity`) → `stick_on = "src/N"`.
 //! - `-a … -r RIP:PORT -g|-m|-i -w W` (`real_server`, `lb_kind DR|NAT|TUN`, `weight`):
 //!   backends; `-g` → `forwarding = "dsr"`, `-m` → `"nat"`, `-i` → `"ipip"` (the tunnel
-//!   mode). stickylb forwards one way per service: the first server's decides. IPVS
+//!   mode; `--tun-type gue --tun-port P` → `"gue"` with `encap = { gue_port = P }`;
+//!   keepalived `lb_kind TUN [type gue port P]` likewise). Tunnels may carry one family in
+//!   the other, so servers of the other address family stay in such services. stickylb forwards one way per service: the first server's decides. IPVS
 //!   weights go up to 65535, stickylb's to 256: larger ones are scaled down in
 //!   proportion. Weight 0 (quiesced) stays 0: no new clients, pinned ones stay.
 //! - keepalived checkers: `TCP_CHECK` → `kind = "tcp"`, `HTTP_GET` → `"http"`,
@@ -31,8 +33,8 @@ use std::{
 
 use super::{
     backend_address, drop_shared_nat_backends, endpoint, enforce_limits, format_duration,
-    unique_names, valid_check_path, BackendOut, Diagnostics, FileOut, HealthOut, Import, Options,
-    Place, ServiceOut, StickTableOut,
+    unique_names, valid_check_path, BackendOut, Diagnostics, EncapOut, FileOut, HealthOut, Import,
+    Options, Place, ServiceOut, StickTableOut,
 };
 
 /// stickylb's stick-table size for an imported service (IPVS's templates are unbounded).
@@ -61,6 +63,8 @@ enum Fwd {
     Dsr,
     Nat,
     Ipip,
+    /// GUE to this UDP port.
+    Gue(u16),
 }
 
 impl Fwd {
@@ -69,6 +73,28 @@ impl Fwd {
             Fwd::Dsr => "dsr",
             Fwd::Nat => "nat",
             Fwd::Ipip => "ipip",
+            Fwd::Gue(_) => "gue",
+        }
+    }
+}
+
+/// The GUE port ipvsadm and keepalived use when none is given (and stickylb's default).
+const DEFAULT_GUE_PORT: u16 = 6080;
+
+/// The tunnel of `-i --tun-type T --tun-port P` / `lb_kind TUN type T port P`.
+fn tunnel(
+    d: &mut Diagnostics,
+    no: usize,
+    line: &str,
+    kind: Option<&str>,
+    port: Option<u16>,
+) -> Fwd {
+    match kind {
+        None | Some("ipip") => Fwd::Ipip,
+        Some("gue") => Fwd::Gue(port.unwrap_or(DEFAULT_GUE_PORT)),
+        Some(other) => {
+            d.warn(no, line, format!("{other} tunnels are not made by stickylb (IPIP and GUE are): forwarding = \"ipip\" is written, so the backends must decapsulate IPIP (`stickylb decap`) instead"));
+            Fwd::Ipip
         }
     }
 }
@@ -293,6 +319,8 @@ fn server_rule(d: &mut Diagnostics, no: usize, line: &str, w: &[&str], services:
     let mut rip = None;
     let mut fwd = None;
     let mut weight: u32 = 1;
+    let mut tun_type: Option<&str> = None;
+    let mut tun_port: Option<u16> = None;
     let mut i = 0;
     while i < w.len() {
         let value = w.get(i + 1).copied();
@@ -341,17 +369,24 @@ fn server_rule(d: &mut Diagnostics, no: usize, line: &str, w: &[&str], services:
                 );
                 i += 1;
             }
-            "--tun-type" | "--tun-port" => {
-                if value != Some("ipip") {
-                    d.warn(
+            "--tun-type" => {
+                tun_type = value;
+                i += 1;
+            }
+            "--tun-port" => {
+                match value
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .filter(|p| *p != 0)
+                {
+                    Some(p) => tun_port = Some(p),
+                    None => d.warn(
                         no,
                         line,
                         format!(
-                            "{} {:?}: stickylb's tunnel mode is IPIP only",
-                            w[i],
+                            "--tun-port {:?} is not a port: {DEFAULT_GUE_PORT} is used",
                             value.unwrap_or("")
                         ),
-                    );
+                    ),
                 }
                 i += 1;
             }
@@ -361,6 +396,9 @@ fn server_rule(d: &mut Diagnostics, no: usize, line: &str, w: &[&str], services:
             other => d.warn(no, line, format!("unknown option {other:?}: ignored")),
         }
         i += 1;
+    }
+    if fwd == Some(Fwd::Ipip) {
+        fwd = Some(tunnel(d, no, line, tun_type, tun_port));
     }
     let (Some(vip), Some(rip)) = (vip, rip) else {
         d.warn(
@@ -496,9 +534,10 @@ fn finish(
                 d.warn(s.line, format!("{} {}", what, s.ip), format!("stickylb forwards one way per service: this server's {} is imported as the service's {}", s.fwd.map_or("", Fwd::name), fwd.name()));
             }
         }
-        if fwd == Fwd::Ipip && !f.ipip {
-            d.error(vs.line, vs_text.clone(), format!("tunnel mode (-i): written as forwarding = \"ipip\", but this build of stickylb does not support it yet: the configuration will not load until it does (or change service {name:?} to \"dsr\" if its backends share the balancer's L2 segment)"));
+        if (fwd == Fwd::Ipip && !f.ipip) || (matches!(fwd, Fwd::Gue(_)) && !f.gue) {
+            d.error(vs.line, vs_text.clone(), format!("tunnel mode: written as forwarding = \"{}\", but this build of stickylb does not support it yet: the configuration will not load until it does (or change service {name:?} to \"dsr\" if its backends share the balancer's L2 segment)", fwd.name()));
         }
+        let encap_fwd = matches!(fwd, Fwd::Ipip | Fwd::Gue(_));
         let mut health = vs.health.clone();
         if health.kind == "https" && !f.https_health {
             d.warn(vs.line, vs_text.clone(), format!("SSL_GET: this build of stickylb has no https health check yet: service {name:?} is checked with a TCP connect (kind = \"tcp\") until it has"));
@@ -517,7 +556,8 @@ fn finish(
         let mut backends = Vec::new();
         let mut here: Vec<Place> = Vec::new();
         for s in &vs.servers {
-            if s.ip.is_ipv4() != vs.ip.is_ipv4() {
+            // Tunnels carry one family in the other (4-in-6, 6-in-4); NAT and L2 DSR cannot.
+            if s.ip.is_ipv4() != vs.ip.is_ipv4() && !encap_fwd {
                 d.warn(
                     s.line,
                     format!("{what} {}", s.ip),
@@ -571,6 +611,10 @@ fn finish(
             protocol: vs.proto.name(),
             scheduler: vs.scheduler,
             forwarding: fwd.name(),
+            encap: match fwd {
+                Fwd::Gue(port) => Some(EncapOut { gue_port: port }),
+                _ => None,
+            },
             stick_on,
             stick_table: StickTableOut {
                 size: DEFAULT_SIZE,
@@ -823,7 +867,19 @@ fn virtual_server(d: &mut Diagnostics, n: &Node) -> Option<Vs> {
                 vs.fwd = match v.to_ascii_uppercase().as_str() {
                     "NAT" => Some(Fwd::Nat),
                     "DR" => Some(Fwd::Dsr),
-                    "TUN" => Some(Fwd::Ipip),
+                    "TUN" => {
+                        // `lvs_method TUN [type ipip|gue|gre] [port N] [csum...]`
+                        let w: Vec<&str> = c.words.iter().map(String::as_str).collect();
+                        let after = |k: &str| {
+                            w.iter()
+                                .position(|x| *x == k)
+                                .and_then(|i| w.get(i + 1).copied())
+                        };
+                        let port = after("port")
+                            .and_then(|p| p.parse::<u16>().ok())
+                            .filter(|p| *p != 0);
+                        Some(tunnel(d, c.line, &c.text(), after("type"), port))
+                    }
                     _ => {
                         d.warn(c.line, c.text(), "unknown forwarding method: NAT is used");
                         Some(Fwd::Nat)
@@ -1050,6 +1106,7 @@ fn checker(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::import::Features;
 
     #[test]
     fn masks_and_addresses() {
@@ -1107,5 +1164,36 @@ mod tests {
             .iter()
             .any(|d| d.line == 5 && d.why.contains("defined before")));
         crate::config::parse(&k.to_toml("x"), "x").unwrap();
+    }
+
+    /// IPVS and keepalived tunnels: IPIP, and GUE with its port; a tunnel carries the
+    /// other family too.
+    #[test]
+    fn tunnels() {
+        let opts = Options::default();
+        let r = import(
+            "-A -t 10.0.0.1:80 -s rr -p 60\n\
+             -a -t 10.0.0.1:80 -r 10.1.0.1:80 -i -w 1 --tun-type gue --tun-port 7000\n\
+             -a -t 10.0.0.1:80 -r [2001:db8::5]:80 -i -w 1 --tun-type gue --tun-port 7000\n",
+            &opts,
+        );
+        let s = &r.file.service[0];
+        assert_eq!(s.forwarding, "gue");
+        assert_eq!(s.encap, Some(EncapOut { gue_port: 7000 }));
+        assert_eq!(s.backend.len(), 2, "the IPv6 server stays (6-in-4 is fine)");
+        if Features::of_this_build().gue {
+            let cfg = crate::config::parse(&r.to_toml("x"), "x").unwrap();
+            assert_eq!(cfg.services[0].spec.encap.gue_port, 7000);
+        }
+        let k = import_keepalived(
+            "virtual_server 10.0.0.1 80 {\n lb_kind TUN type gue port 6081\n \
+             real_server 10.1.0.1 80 {\n }\n}\n\
+             virtual_server 10.0.0.1 81 {\n lb_kind TUN\n real_server 10.1.0.1 81 {\n }\n}\n",
+            &opts,
+        );
+        assert_eq!(k.file.service[0].forwarding, "gue");
+        assert_eq!(k.file.service[0].encap, Some(EncapOut { gue_port: 6081 }));
+        assert_eq!(k.file.service[1].forwarding, "ipip");
+        assert_eq!(k.file.service[1].encap, None);
     }
 }

@@ -51,6 +51,9 @@ pub struct ServiceOut {
     /// a commented-out line (see [`ServiceOut::pending`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stick_on: Option<String>,
+    /// Only with `forwarding = "gue"`: the backends' GUE port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encap: Option<EncapOut>,
     pub stick_table: StickTableOut,
     pub health: HealthOut,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -62,6 +65,12 @@ pub struct ServiceOut {
     /// scalar keys (e.g. `stick_on = "src/24"`).
     #[serde(skip)]
     pub pending: Vec<String>,
+}
+
+/// `encap = { ... }` of an L3 DSR service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EncapOut {
+    pub gue_port: u16,
 }
 
 /// `stick_table = { ... }`.
@@ -216,6 +225,8 @@ pub struct Features {
     pub https_health: bool,
     /// `forwarding = "ipip"` (the tunnel mode).
     pub ipip: bool,
+    /// `forwarding = "gue"` with `encap.gue_port`.
+    pub gue: bool,
     /// `stick_on = "src/N"`.
     pub stick_prefix: bool,
 }
@@ -225,12 +236,14 @@ impl Features {
     pub const ALL: Features = Features {
         https_health: true,
         ipip: true,
+        gue: true,
         stick_prefix: true,
     };
     /// Only the baseline format.
     pub const NONE: Features = Features {
         https_health: false,
         ipip: false,
+        gue: false,
         stick_prefix: false,
     };
 
@@ -239,6 +252,7 @@ impl Features {
         Features {
             https_health: probe("", ", kind = \"https\", path = \"/\", verify = false"),
             ipip: probe("forwarding = \"ipip\"\n", ""),
+            gue: probe("forwarding = \"gue\"\nencap = { gue_port = 6080 }\n", ""),
             stick_prefix: probe("stick_on = \"src/24\"\n", ""),
         }
     }
@@ -549,6 +563,7 @@ mod tests {
             scheduler: "roundrobin",
             forwarding: "nat",
             stick_on: None,
+            encap: None,
             stick_table: StickTableOut {
                 size: 1,
                 expire: "30m".into(),
