@@ -1,6 +1,8 @@
 //! Fuzzing the agent's inputs with the cargo-fuzz targets in `fuzz/`: `config` (the config
 //! parser), `control` (the control protocol: request decoding and the map-free checks
-//! of every request) and `import` (the HAProxy, ipvsadm and keepalived importers). `cargo xtask test` runs each for a short time ([`agent_fuzz`]);
+//! of every request), `cluster` (the peer protocol's frame decoder and receiving side) and
+//! `import` (the HAProxy, ipvsadm and keepalived importers). `cargo xtask test` runs each
+//! for a short time ([`agent_fuzz`]);
 //! a long run is plain cargo-fuzz, from the workspace root:
 //!
 //! ```sh
@@ -24,7 +26,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::cargo::{self, workspace_root};
 
 /// The fuzz targets of `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["config", "control", "import"];
+pub const TARGETS: &[&str] = &["config", "control", "cluster", "import"];
 
 /// Seconds per target in `cargo xtask test` (`STICKYLB_FUZZ_SECONDS` overrides, 0 skips).
 pub const TEST_SECONDS: u64 = 20;
