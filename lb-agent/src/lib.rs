@@ -13,6 +13,7 @@
 //! - [`top`]: `stickylb top`.
 //! - [`persist`]: runtime changes saved across restarts.
 //! - [`neighbours`]: neighbour priming for DSR backends.
+//! - [`offline`]: `stickylb check` and `stickylb import` (no agent, no kernel).
 //! - [`exit`], [`extras`]: the CLI's exit codes, completions and manual pages.
 
 pub mod agent;
@@ -25,6 +26,7 @@ pub mod health;
 pub mod loader;
 pub mod metrics;
 pub mod neighbours;
+pub mod offline;
 pub mod persist;
 pub mod pins;
 pub mod top;

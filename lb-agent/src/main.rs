@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
     name = "stickylb",
     version,
     about = "Sticky XDP layer-4 load balancer: every client (by source IP) stays on one backend",
-    long_about = "stickylb balances TCP and UDP services in the kernel with XDP and pins every client, by source IP, to one backend (like HAProxy's `stick on src`).\n\n`stickylb run` is the agent; the other subcommands talk to a running agent over its control socket.\n\nExit codes: 0 ok, 1 refused by the agent, 2 usage, 3 agent not reachable."
+    long_about = "stickylb balances TCP and UDP services in the kernel with XDP and pins every client, by source IP, to one backend (like HAProxy's `stick on src`).\n\n`stickylb run` is the agent; the other subcommands talk to a running agent over its control socket.\n\n`stickylb check` validates a configuration file and `stickylb import` translates an HAProxy, ipvsadm or keepalived one; neither needs an agent.\n\nExit codes: 0 ok, 1 refused by the agent (or a refused file), 2 usage, 3 agent not reachable."
 )]
 struct Cli {
     /// Control socket of the agent.
@@ -76,6 +76,12 @@ enum Command {
     Completions(lb_agent::extras::CompletionsArgs),
     /// Print the manual page (roff), or write one page per command with --dir.
     Man(lb_agent::extras::ManArgs),
+    /// Validate a configuration file without an agent or the kernel (like `haproxy -c`) and
+    /// print what it would run; exit 1 if it is refused.
+    Check(lb_agent::offline::CheckArgs),
+    /// Translate an HAProxy, ipvsadm or keepalived configuration into a stickylb one
+    /// (stdout); what does not translate is listed on stderr with its line.
+    Import(lb_agent::offline::ImportArgs),
 }
 
 #[derive(Args, Clone)]
@@ -315,6 +321,8 @@ fn main() -> ExitCode {
         Command::Man(args) => {
             return lb_agent::extras::man(<Cli as clap::CommandFactory>::command(), &args)
         }
+        Command::Check(args) => return file_outcome(lb_agent::offline::check(&args, cli.json)),
+        Command::Import(args) => return file_outcome(lb_agent::offline::import(&args)),
         Command::Status => cmd("status", []),
         Command::Reload { allow_empty } => cmd(
             "reload",
@@ -482,6 +490,15 @@ fn cmd<const N: usize>(name: &str, fields: [(&str, Option<Value>); N]) -> Value 
         m.insert("cmd".into(), name.into());
     }
     v
+}
+
+/// `check` and `import`: 0, or 1 for a refused file.
+fn file_outcome(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        exit::code(exit::REFUSED)
+    }
 }
 
 /// Sends a request, prints the answer, maps the outcome to an exit code.

@@ -10,6 +10,8 @@
 //!   paths, the checks that involve several fields, and the errors.
 //! - [`control`]: the control protocol (requests, responses, usage) and the checks of a
 //!   request against the configuration, changes made on a copy.
+//! - [`import`]: HAProxy, ipvsadm and keepalived configurations translated into this
+//!   model (`stickylb import`), what does not translate reported with its line.
 //! - [`stats`]: the one stats schema of `stats` answers, the metrics endpoint and `top`.
 //! - [`duration`], [`clock`], [`sync`]: the one duration grammar, the clocks, the lock
 //!   helper.
@@ -18,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod duration;
+pub mod import;
 pub mod plan;
 pub mod spec;
 pub mod stats;
