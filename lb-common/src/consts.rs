@@ -28,6 +28,20 @@ pub const INSERT_WINDOW_NS: u64 = 1_000_000_000;
 /// How long a CPU reuses a backend's route from the FIB before asking again: a route or
 /// neighbour change reaches the data path within this time.
 pub const ROUTE_CACHE_NS: u64 = 1_000_000_000;
+/// The data path reports a next hop it could not resolve at most this often (per next
+/// hop, `NEIGH_SEEN`), so a flood of misses makes few events.
+pub const NEIGH_REPORT_NS: u64 = 100_000_000;
+/// Capacity of `NEIGH_SEEN` (next hops with a recent report; LRU).
+pub const NEIGH_SEEN_ENTRIES: u32 = 4096;
+/// Size of the `NEIGH_EVENTS` ring buffer in bytes (a power of two, multiple of the
+/// page size): about 1600 reports of 48 bytes with their headers.
+pub const NEIGH_EVENTS_BYTES: u32 = 64 * 1024;
+/// `NeighMiss::why`: a NAT packet to a backend (passed to the kernel, which resolves).
+pub const MISS_NAT_TO_BACKEND: u8 = 1;
+/// `NeighMiss::why`: a DSR packet to a backend (dropped).
+pub const MISS_DSR_TO_BACKEND: u8 = 2;
+/// `NeighMiss::why`: a NAT reply to a client (dropped).
+pub const MISS_REPLY: u8 = 3;
 /// TCP flag bits (byte 13 of the header).
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
@@ -78,6 +92,8 @@ pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_INSERT_BUDGET: &str = "INSERT_BUDGET";
+pub const MAP_NEIGH_SEEN: &str = "NEIGH_SEEN";
+pub const MAP_NEIGH_EVENTS: &str = "NEIGH_EVENTS";
 pub const PROGRAM_NAME: &str = "stickylb";
 /// The side-path programs, reached by tail call through `JUMP` at these slots.
 pub const PROGRAM_ICMP: &str = "stickylb_icmp";

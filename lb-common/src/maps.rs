@@ -127,7 +127,9 @@ pub struct ServiceStats {
     pub drop_no_backend: u64,
     /// Dropped: the FIB has no route (unreachable, blackhole, prohibit) or redirect failed.
     pub drop_no_route: u64,
-    /// Passed to the kernel: the FIB had no neighbour entry yet (the kernel resolves it).
+    /// Passed to the kernel: a NAT packet to a backend whose next hop has no neighbour
+    /// entry yet (the kernel forwards it and resolves the neighbour; the agent is told),
+    /// or one the FIB gives no fast path (larger than the route's MTU, say).
     pub fib_miss: u64,
     /// Passed to the kernel: TTL / hop limit would expire (the kernel sends the ICMP error).
     pub pass_ttl: u64,
@@ -150,6 +152,14 @@ pub struct ServiceStats {
     /// New clients served by source hash without an entry: this CPU's `insert_cap` for
     /// the current second was used up.
     pub unpinned_over_cap: u64,
+    /// Dropped: the next hop has no neighbour entry yet, and the packet is one the kernel
+    /// could not take instead (a NAT reply, whose source is the VIP, possibly a local
+    /// address; a DSR packet, which the kernel would route by the VIP). The agent is told
+    /// and resolves the next hop: only the first packets to a new next hop are lost.
+    pub drop_no_neigh: u64,
+    /// Next-hop reports lost because the report ring (`NEIGH_EVENTS`) was full; the next
+    /// miss to that next hop reports it again.
+    pub neigh_report_lost: u64,
 }
 
 /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
@@ -181,6 +191,8 @@ impl ServiceStats {
         self.frag_unmatched += o.frag_unmatched;
         self.unpinned_not_syn += o.unpinned_not_syn;
         self.unpinned_over_cap += o.unpinned_over_cap;
+        self.drop_no_neigh += o.drop_no_neigh;
+        self.neigh_report_lost += o.neigh_report_lost;
     }
 }
 
@@ -208,6 +220,8 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for InsertBudget {}
     unsafe impl aya::Pod for CachedRoute {}
+    unsafe impl aya::Pod for NeighKey {}
+    unsafe impl aya::Pod for NeighMiss {}
 }
 
 #[cfg(feature = "user")]
@@ -291,4 +305,36 @@ pub struct CachedRoute {
     /// ask the FIB again.
     pub ok_len: u16,
     pub _pad: [u8; 2],
+}
+
+/// A next hop on an interface: the key of `NEIGH_SEEN` (when the data path last reported
+/// it), and the part of a [`NeighMiss`] the agent acts on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeighKey {
+    /// The next hop's address: the route's gateway, or the destination when on-link.
+    pub addr: Addr,
+    /// Egress interface the FIB chose.
+    pub ifindex: u32,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`] of `addr` (an IPv4 route may have an
+    /// IPv6 gateway).
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One record of the `NEIGH_EVENTS` ring buffer: the FIB had a route but no resolved
+/// neighbour for `hop`. Emitted at most once per [`crate::NEIGH_REPORT_NS`] per next hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighMiss {
+    pub hop: NeighKey,
+    /// `bpf_ktime_get_coarse_ns()` of the miss (CLOCK_MONOTONIC_COARSE).
+    pub at_ns: u64,
+    /// Service of the packet.
+    pub service_id: u32,
+    /// What the packet was and what happened to it: [`crate::MISS_NAT_TO_BACKEND`]
+    /// (passed to the kernel), [`crate::MISS_DSR_TO_BACKEND`] or [`crate::MISS_REPLY`]
+    /// (dropped).
+    pub why: u8,
+    pub _pad: [u8; 3],
 }

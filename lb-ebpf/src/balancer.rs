@@ -4,8 +4,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
-    sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR, JUMP_FRAGMENT, JUMP_ICMP, PROTO_ICMP,
-    PROTO_ICMPV6,
+    sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR, JUMP_FRAGMENT, JUMP_ICMP, MISS_REPLY,
+    PROTO_ICMP, PROTO_ICMPV6,
 };
 
 use crate::{
@@ -14,6 +14,7 @@ use crate::{
     fragment, icmp,
     maps::JUMP,
     nat::{self, End},
+    neigh,
     packet::Packet,
     parse::{parse, Parsed, FRAG_FIRST, FRAG_LATER},
     service::{lookup_reply, lookup_service},
@@ -182,11 +183,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             action
         }
         other => {
-            let action = not_sent(st, &other, dsr);
+            let action = not_sent(st, svc.id, &other, dsr);
             if action == xdp_action::XDP_PASS {
                 // Already rewritten to the backend: the kernel routes it and resolves
                 // the neighbour; later packets take the fast path. (DSR drops: the
-                // agent primes backend neighbours so that stays rare.)
+                // agent keeps backend neighbours resolved, so that stays rare.)
                 st.packets += 1;
                 st.bytes += len;
             }
@@ -206,21 +207,31 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
         return xdp_action::XDP_PASS;
     }
     // Route first: a packet from a backend port to the balancer itself (a health check's
-    // answer, say) is not a reply to a client and must reach the kernel untouched.
-    let route = lookup(ctx, p, &reply.vip, &p.dst);
-    if let Lookup::NotForwarded = route {
-        return xdp_action::XDP_PASS;
-    }
+    // answer, say) is not a reply to a client and must reach the kernel untouched; so
+    // must one the FIB will not fast-path (too big for the route: the kernel tells the
+    // backend, which still is its source).
+    let route = match lookup(ctx, p, &reply.vip, &p.dst) {
+        Lookup::Route(r) => r,
+        Lookup::NotForwarded => return xdp_action::XDP_PASS,
+        Lookup::NoRoute => {
+            st.drop_no_route += 1;
+            return xdp_action::XDP_DROP;
+        }
+        Lookup::NoNeighbour(hop) => {
+            // The kernel cannot take it instead: rewritten, its source is the VIP, which
+            // it drops as a martian when the VIP is one of its own addresses; untouched,
+            // the client would get it from the backend's address. Dropped (TCP sends it
+            // again), and the agent resolves the next hop.
+            st.drop_no_neigh += 1;
+            neigh::report(st, reply.service_id, &hop, MISS_REPLY);
+            return xdp_action::XDP_DROP;
+        }
+    };
     if nat::rewrite(pkt, p, End::Source, &reply.vip, reply.vip_port).is_none() {
         return xdp_action::XDP_PASS;
     }
     let len = pkt.len() as u64;
-    let outcome = match route {
-        Lookup::Route(r) => send(ctx, pkt, p, &r, true),
-        Lookup::NoNeighbour => Forwarded::NoNeighbour,
-        Lookup::NoRoute => Forwarded::NoRoute,
-        Lookup::NotForwarded => Forwarded::Kernel,
-    };
+    let outcome = send(ctx, pkt, p, &route, true);
     match outcome {
         Forwarded::Sent(action) => {
             st.reply_packets += 1;
@@ -228,7 +239,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
             action
         }
         other => {
-            let action = not_sent(st, &other, false);
+            let action = not_sent(st, reply.service_id, &other, false);
             if action == xdp_action::XDP_PASS {
                 st.reply_packets += 1;
                 st.reply_bytes += len;

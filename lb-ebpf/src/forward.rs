@@ -3,6 +3,12 @@
 //! egress is the ingress interface, or the frame carries a VLAN tag: a tagged frame is
 //! answered on the link and VLAN it came from). Routes to backends are cached per CPU for
 //! `ROUTE_CACHE_NS` (`forward_to_backend`): the FIB lookup is half the cost of a hit.
+//!
+//! When the FIB has the route but no resolved neighbour, the next hop it names is
+//! reported to the agent (`neigh`), which resolves it; meanwhile a NAT packet to a
+//! backend (source: the client) goes to the kernel, which forwards it and queues it until
+//! the neighbour answers, and anything the kernel could not take (DSR, NAT replies: see
+//! `balancer`) is dropped and counted (`drop_no_neigh`).
 
 use aya_ebpf::{
     bindings::{
@@ -14,9 +20,9 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::{csum, Addr, FAMILY_V4, ROUTE_CACHE_NS};
+use lb_common::{csum, Addr, NeighKey, ServiceStats, FAMILY_V4, FAMILY_V6, ROUTE_CACHE_NS};
 
-use crate::{maps::ROUTE_CACHE, packet::Packet, parse::Parsed};
+use crate::{maps::ROUTE_CACHE, neigh, packet::Packet, parse::Parsed};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -25,8 +31,8 @@ const AF_INET6: u8 = 10;
 pub enum Forwarded {
     /// Sent on: `XDP_TX` or `XDP_REDIRECT`.
     Sent(u32),
-    /// The FIB knows the route but not the neighbour's MAC yet.
-    NoNeighbour,
+    /// The FIB knows the route but not the neighbour's MAC yet: this next hop.
+    NoNeighbour(NeighKey),
     /// No route (unreachable, blackhole, prohibit): drop.
     NoRoute,
     /// The FIB cannot give a fast path (local destination, MTU, forwarding disabled…):
@@ -44,8 +50,8 @@ pub struct Route {
 /// What the FIB says about `src → dst`.
 pub enum Lookup {
     Route(Route),
-    /// The FIB knows the route but not the neighbour's MAC yet.
-    NoNeighbour,
+    /// The FIB knows the route but not the neighbour's MAC yet: this next hop.
+    NoNeighbour(NeighKey),
     /// No route (unreachable, blackhole, prohibit).
     NoRoute,
     /// Not forwarded by the FIB: local destination, MTU exceeded, forwarding disabled…
@@ -92,11 +98,32 @@ pub fn lookup(ctx: &XdpContext, p: &Parsed, src: &Addr, dst: &Addr) -> Lookup {
                 smac: macs.smac,
             })
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Lookup::NoNeighbour,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Lookup::NoNeighbour(next_hop(&fib)),
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
             Lookup::NoRoute
         }
         _ => Lookup::NotForwarded,
+    }
+}
+
+/// The next hop a `NO_NEIGH` lookup names: the kernel has set the egress `ifindex` and
+/// replaced the destination by the gateway when the route has one; `family` says which
+/// member holds it (an IPv4 route may have an IPv6 gateway).
+#[inline(always)]
+fn next_hop(fib: &FibParams) -> NeighKey {
+    // SAFETY: the union members are plain integers; the family says which is meaningful.
+    let (family, addr) = unsafe {
+        if fib.family == AF_INET6 {
+            (FAMILY_V6, fib.__bindgen_anon_4.ipv6_dst)
+        } else {
+            (FAMILY_V4, [fib.__bindgen_anon_4.ipv4_dst, 0, 0, 0])
+        }
+    };
+    NeighKey {
+        addr,
+        ifindex: fib.ifindex,
+        family,
+        _pad: [0; 3],
     }
 }
 
@@ -139,7 +166,7 @@ pub fn forward(
 ) -> Forwarded {
     match lookup(ctx, p, src, dst) {
         Lookup::Route(r) => send(ctx, pkt, p, &r, routed),
-        Lookup::NoNeighbour => Forwarded::NoNeighbour,
+        Lookup::NoNeighbour(hop) => Forwarded::NoNeighbour(hop),
         Lookup::NoRoute => Forwarded::NoRoute,
         Lookup::NotForwarded => Forwarded::Kernel,
     }
@@ -194,7 +221,7 @@ pub fn forward_to_backend(
             }
             send(ctx, pkt, p, &r, routed)
         }
-        Lookup::NoNeighbour => Forwarded::NoNeighbour,
+        Lookup::NoNeighbour(hop) => Forwarded::NoNeighbour(hop),
         Lookup::NoRoute => Forwarded::NoRoute,
         Lookup::NotForwarded => Forwarded::Kernel,
     }
@@ -228,15 +255,28 @@ fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
     true
 }
 
-/// The verdict and counters for a packet that was not sent directly: no route → drop
-/// (`drop_no_route`); no neighbour or no fast path → `fib_miss`, then the kernel takes
-/// the (already rewritten) packet, except in DSR mode, where it would route by the VIP
-/// instead of to the backend, so the packet is dropped.
+/// The verdict and counters for a packet to a backend that was not sent directly: no
+/// route → drop (`drop_no_route`); no neighbour → the next hop is reported, then in NAT
+/// mode the kernel takes the (already rewritten) packet (`fib_miss`; it forwards it and
+/// resolves the neighbour), while in DSR mode, where the kernel would route by the VIP
+/// instead of to the backend, it is dropped (`drop_no_neigh`); no fast path (MTU…) →
+/// `fib_miss`, passed in NAT mode, dropped in DSR mode.
 #[inline(always)]
-pub fn not_sent(st: &mut lb_common::ServiceStats, outcome: &Forwarded, dsr: bool) -> u32 {
-    if let Forwarded::NoRoute = outcome {
-        st.drop_no_route += 1;
-        return xdp_action::XDP_DROP;
+pub fn not_sent(st: &mut ServiceStats, service_id: u32, outcome: &Forwarded, dsr: bool) -> u32 {
+    match outcome {
+        Forwarded::NoRoute => {
+            st.drop_no_route += 1;
+            return xdp_action::XDP_DROP;
+        }
+        Forwarded::NoNeighbour(hop) if dsr => {
+            st.drop_no_neigh += 1;
+            neigh::report(st, service_id, hop, lb_common::MISS_DSR_TO_BACKEND);
+            return xdp_action::XDP_DROP;
+        }
+        Forwarded::NoNeighbour(hop) => {
+            neigh::report(st, service_id, hop, lb_common::MISS_NAT_TO_BACKEND);
+        }
+        _ => {}
     }
     st.fib_miss += 1;
     if dsr {

@@ -110,6 +110,6 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
             }
             action
         }
-        other => not_sent(st, &other, dsr),
+        other => not_sent(st, svc.id, &other, dsr),
     }
 }

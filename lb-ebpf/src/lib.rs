@@ -8,7 +8,7 @@
 //! ```
 //!
 //! One module per stage: [`parse`], [`service`], [`sticky`], [`pick`], [`nat`], [`dsr`],
-//! [`forward`], [`stats`]; side paths for ICMP errors ([`icmp`]) and later IPv4 fragments
+//! [`forward`] (which reports unresolved next hops through [`neigh`]), [`stats`]; side paths for ICMP errors ([`icmp`]) and later IPv4 fragments
 //! ([`fragment`]); the maps live in [`maps`], and [`balancer`] strings the stages
 //! together. The entry point is in `main.rs`.
 #![no_std]
@@ -20,6 +20,7 @@ pub mod fragment;
 pub mod icmp;
 pub mod maps;
 pub mod nat;
+pub mod neigh;
 pub mod packet;
 pub mod parse;
 pub mod pick;

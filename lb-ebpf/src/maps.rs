@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
-    Backend, BackendStats, CachedRoute, Endpoint, FragCandidates, InsertBudget, ReverseValue,
-    ServiceInfo, ServiceStats, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS,
-    MAX_SERVICES, RING_SLOTS,
+    Backend, BackendStats, CachedRoute, Endpoint, FragCandidates, InsertBudget, NeighKey,
+    ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE,
+    MAX_BACKENDS, MAX_SERVICES, NEIGH_EVENTS_BYTES, NEIGH_SEEN_ENTRIES, RING_SLOTS,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
@@ -63,6 +63,15 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 #[map]
 pub static FRAGMENTS: HashMap<Endpoint, FragCandidates> =
     HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Next hop → when the data path last reported it unresolved (`neigh::report`).
+#[map]
+pub static NEIGH_SEEN: LruHashMap<NeighKey, u64> =
+    LruHashMap::with_max_entries(NEIGH_SEEN_ENTRIES, 0);
+
+/// Next hops the FIB could not resolve (`NeighMiss` records), read by the agent.
+#[map]
+pub static NEIGH_EVENTS: RingBuf = RingBuf::with_byte_size(NEIGH_EVENTS_BYTES, 0);
 
 /// Tail-call targets: the ICMP-error and later-fragment programs (slots `JUMP_ICMP`,
 /// `JUMP_FRAGMENT`), filled by the loader.

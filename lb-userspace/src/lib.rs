@@ -15,7 +15,7 @@ pub mod extras;
 pub mod health;
 pub mod loader;
 pub mod metrics;
-pub mod neighbours;
+pub mod neigh;
 pub mod persist;
 pub mod pins;
 pub mod plan;

@@ -31,8 +31,9 @@ use crate::loader::{self, XdpMode};
 
 /// Bumped whenever a map's key/value layout or size semantics change (2: ICMP and
 /// fragment counters in `ServiceStats`, maps `FRAGMENTS` and `JUMP`; 3: insert cap and
-/// SYN-only flag in `ServiceInfo`, unpinned counters, map `INSERT_BUDGET`).
-pub const LAYOUT_VERSION: u32 = 3;
+/// SYN-only flag in `ServiceInfo`, unpinned counters, map `INSERT_BUDGET`; 4: next-hop
+/// counters `drop_no_neigh`, `neigh_report_lost` in `ServiceStats`).
+pub const LAYOUT_VERSION: u32 = 4;
 /// Default bpffs mount point (see module docs).
 pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
 /// Every map the agent pins.

@@ -160,7 +160,12 @@ pub fn view(prev: Option<&Value>, cur: &Value, elapsed: Duration) -> View {
             new_clients_per_s: rate(svc, psvc, &["new_clients"], secs),
             pinned: svc["pinned"].as_u64(),
             repicks_per_s: rate(svc, psvc, &["repick_expired", "repick_down"], secs),
-            drops_per_s: rate(svc, psvc, &["drop_no_backend", "drop_no_route"], secs),
+            drops_per_s: rate(
+                svc,
+                psvc,
+                &["drop_no_backend", "drop_no_route", "drop_no_neigh"],
+                secs,
+            ),
             passed_per_s: rate(svc, psvc, &["fib_miss", "pass_ttl"], secs),
             check_latency_us: None,
         });

@@ -14,7 +14,7 @@ use anyhow::Result;
 use lb_userspace::{
     dataplane::Dataplane,
     loader::{self, LoadOptions, XdpMode},
-    neighbours,
+    neigh,
     plan::Ids,
     spec::{Forwarding, ServiceSpec},
 };
@@ -72,12 +72,12 @@ fn run_scenario(forwarding: Forwarding, mode: XdpMode) -> Result<()> {
         for ifname in &ifaces {
             loader::attach(&mut ebpf, ifname, mode)?;
         }
-        for (ip, e) in neighbours::prime(&backend_ips) {
-            eprintln!("priming {ip}: {e}");
+        // No agent here: resolve the backends' next hops as it would (managed entries).
+        for (ip, e) in neigh::resolve_blocking(&backend_ips, Duration::from_secs(5)) {
+            eprintln!("resolving {ip}: {e}");
         }
         Ok(())
     })?;
-    std::thread::sleep(Duration::from_millis(200)); // let neighbour discovery finish
 
     let mut pairs = Vec::new();
     for _ in 0..CONNECTIONS_PER_CLIENT {
