@@ -109,8 +109,13 @@ struct Entry {
     written: Option<Instant>,
     /// Written as managed (false: `NTF_USE` only, over [`MAX_REPORTED`]).
     managed: bool,
-    /// Last state the kernel gave (NUD bits), 0 = none/unknown.
+    /// Last state the kernel gave (NUD bits), 0 = none/unknown or deleted.
     state: u16,
+    /// Whether the kernel's entry is managed (as last heard).
+    kernel_managed: bool,
+    /// Deleted (or re-created unmanaged by the kernel) while a rewrite was too recent:
+    /// checked again after [`REWRITE_GAP`].
+    retry: bool,
 }
 
 const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
@@ -127,7 +132,8 @@ pub struct Status {
     pub reports: u64,
     /// Entries written (created, converted to managed, or re-created after a deletion).
     pub writes: u64,
-    /// Entries re-created after something deleted them (`ip neigh flush`…).
+    /// Entries written again after something deleted them (`ip neigh flush`…) or the
+    /// kernel re-created them as ordinary entries.
     pub rewritten_after_delete: u64,
     /// Reported next hops whose entries were deleted again (no longer needed).
     pub aged_out: u64,
@@ -191,12 +197,14 @@ impl Neighbours {
         tokio::spawn(mconn);
         let status = Arc::new(Mutex::new(Status::default()));
         let (tx, rx) = watch::channel(needs);
+        let (retry_tx, retry_rx) = mpsc::unbounded_channel();
         let mut keeper = Keeper {
             handle,
             status: status.clone(),
             entries: BTreeMap::new(),
             stick,
             warned: BTreeSet::new(),
+            retry: retry_tx,
         };
         let first = rx.borrow().clone();
         keeper.refresh(&first).await;
@@ -204,7 +212,7 @@ impl Neighbours {
         if let Some(ring) = ring {
             tokio::spawn(read_ring(ring, miss_tx));
         }
-        tokio::spawn(keeper.run(rx, miss_rx, notes));
+        tokio::spawn(keeper.run(rx, miss_rx, retry_rx, notes));
         Ok(Neighbours { status, needs: tx })
     }
 
@@ -272,6 +280,8 @@ struct Keeper {
     stick: Option<BpfHashMap<MapData, StickKey, StickValue>>,
     /// Warnings already logged (each is logged once, when it first appears).
     warned: BTreeSet<String>,
+    /// Deleted entries to look at again shortly (`ip neigh flush` deletes in rounds).
+    retry: mpsc::UnboundedSender<Hop>,
 }
 
 /// Index of an interface by name; 0 when there is none.
@@ -508,6 +518,7 @@ impl Keeper {
         mut self,
         mut needs: watch::Receiver<Needs>,
         mut misses: mpsc::UnboundedReceiver<NeighMiss>,
+        mut retries: mpsc::UnboundedReceiver<Hop>,
         mut notes: S,
     ) where
         S: futures_util::Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, A)> + Unpin,
@@ -529,6 +540,7 @@ impl Keeper {
                     self.refresh(&n).await;
                 }
                 Some(miss) = misses.recv() => self.on_miss(miss).await,
+                Some(hop) = retries.recv() => self.on_retry(hop).await,
                 Some((msg, _)) = futures_util::StreamExt::next(&mut notes) => self.on_note(msg).await,
             }
         }
@@ -612,38 +624,44 @@ impl Keeper {
         let now = Instant::now();
         if deleted {
             e.state = 0;
-            let needed = e.backend || e.gateway || e.managed;
-            if !needed || e.written.is_some_and(|w| now - w < REWRITE_GAP) {
-                return;
-            }
-            let managed = e.managed || e.backend || e.gateway;
-            e.written = Some(now);
-            let r = write_entry(&self.handle, &hop, managed).await;
-            log::debug!(
-                "neighbour entry {} on {} was deleted: written again ({r:?})",
-                hop.addr,
-                ifname(hop.ifindex)
-            );
-            self.with_status(|s| {
-                s.writes += 1;
-                s.rewritten_after_delete += 1;
-                if let Err(err) = r {
-                    s.errors += 1;
-                    s.last_error = Some(err);
+            e.kernel_managed = false;
+        } else {
+            e.state = state;
+            e.kernel_managed = managed;
+        }
+        // Deleted under the agent, or re-created by the kernel's own traffic as an
+        // ordinary entry (which the collector may take): written again as managed.
+        let lost = deleted || !managed;
+        if lost && (e.backend || e.gateway || e.managed) {
+            if e.written.is_some_and(|w| now - w < REWRITE_GAP) {
+                // Written moments ago (a flush deletes in rounds): look again shortly.
+                if !e.retry {
+                    e.retry = true;
+                    let tx = self.retry.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(REWRITE_GAP).await;
+                        let _ = tx.send(hop);
+                    });
                 }
-            });
+            } else {
+                self.rewrite(hop).await;
+            }
+        }
+        if deleted {
             return;
         }
-        e.state = state;
+        let Some(e) = self.entries.get_mut(&hop) else {
+            return;
+        };
         if state & NUD_VALID == 0 {
             return;
         }
-        let _ = managed;
         if let Some((at, miss_ns)) = e.pending.take() {
             let agent_ms = now.duration_since(at).as_secs_f64() * 1000.0;
-            let total_ms = coarse_now_ns().saturating_sub(miss_ns) as f64 / 1e6;
+            // The data path's clock ticks coarsely (a jiffy): never below what the agent saw.
+            let total_ms = (coarse_now_ns().saturating_sub(miss_ns) as f64 / 1e6).max(agent_ms);
             log::info!(
-                "next hop {} on {} resolved {:.1} ms after the data path's first miss ({:.1} ms after the agent heard of it)",
+                "next hop {} on {} resolved {:.2} ms after the data path's first miss ({:.2} ms after the agent heard of it)",
                 hop.addr,
                 ifname(hop.ifindex),
                 total_ms,
@@ -657,6 +675,40 @@ impl Keeper {
                     s.resolve_ms_max = total_ms;
                 }
             });
+        }
+    }
+
+    /// Writes a needed entry again after it was deleted under the agent.
+    async fn rewrite(&mut self, hop: Hop) {
+        let Some(e) = self.entries.get_mut(&hop) else {
+            return;
+        };
+        let managed = e.managed || e.backend || e.gateway;
+        e.written = Some(Instant::now());
+        let r = write_entry(&self.handle, &hop, managed).await;
+        log::debug!(
+            "neighbour entry {} on {} was deleted: written again ({r:?})",
+            hop.addr,
+            ifname(hop.ifindex)
+        );
+        self.with_status(|s| {
+            s.writes += 1;
+            s.rewritten_after_delete += 1;
+            if let Err(err) = r {
+                s.errors += 1;
+                s.last_error = Some(err);
+            }
+        });
+    }
+
+    /// A deleted entry, looked at again: written if it is still gone.
+    async fn on_retry(&mut self, hop: Hop) {
+        let Some(e) = self.entries.get_mut(&hop) else {
+            return;
+        };
+        e.retry = false;
+        if (e.state == 0 || !e.kernel_managed) && (e.managed || e.backend || e.gateway) {
+            self.rewrite(hop).await;
         }
     }
 

@@ -407,6 +407,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
         clients: n + fresh,
         vip_on_backend_lo: dsr,
         native_xdp: false,
+        ..Default::default()
     })?);
     checkpoint()?;
     let topo = lab.topo();
