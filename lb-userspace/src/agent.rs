@@ -361,6 +361,8 @@ impl Agent {
             }
             if nat {
                 needs.nat_services.extend(self.ids.service_id(&s.spec.name));
+            } else {
+                needs.dsr_vips.push((s.spec.name.clone(), s.spec.vip.ip()));
             }
         }
         needs

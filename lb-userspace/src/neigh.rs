@@ -84,6 +84,8 @@ pub struct Needs {
     pub backends: Vec<(String, IpAddr, bool)>,
     /// Ids of the NAT services (their stick tables name pinned clients).
     pub nat_services: Vec<u32>,
+    /// (service, VIP) of every DSR service.
+    pub dsr_vips: Vec<(String, IpAddr)>,
 }
 
 /// A next hop: an address on an interface.
@@ -204,6 +206,7 @@ impl Neighbours {
             entries: BTreeMap::new(),
             stick,
             warned: BTreeSet::new(),
+            noted: BTreeSet::new(),
             retry: retry_tx,
         };
         let first = rx.borrow().clone();
@@ -280,6 +283,9 @@ struct Keeper {
     stick: Option<BpfHashMap<MapData, StickKey, StickValue>>,
     /// Warnings already logged (each is logged once, when it first appears).
     warned: BTreeSet<String>,
+    /// Advice already logged (a setup that works only under a condition the agent
+    /// cannot see), once each.
+    noted: BTreeSet<String>,
     /// Deleted entries to look at again shortly (`ip neigh flush` deletes in rounds).
     retry: mpsc::UnboundedSender<Hop>,
 }
@@ -774,6 +780,32 @@ impl Keeper {
                 RouteTo::None(why) => warnings.push(format!(
                     "service {service}: backend {addr} has no route ({why}): its clients' packets are dropped; fix: add a route to {addr} through an attached interface"
                 )),
+            }
+        }
+        // DSR with an IPv4 VIP that is also an address of this host: the backends'
+        // answers (source: the VIP) are martians to this kernel if they are routed back
+        // through it, unless accept_local is on where they arrive.
+        for (service, vip) in &needs.dsr_vips {
+            if !vip.is_ipv4() || route_get(&self.handle, *vip).await != RouteTo::Local {
+                continue;
+            }
+            for (s, addr, nat) in &needs.backends {
+                if *nat || s != service || !addr.is_ipv4() {
+                    continue;
+                }
+                let Some(hop) = backend_hops.iter().find(|h| h.addr == *addr) else {
+                    continue;
+                };
+                let name = ifname(hop.ifindex);
+                let off = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/accept_local"))
+                    .map(|v| v.trim() == "0")
+                    .unwrap_or(false);
+                let note = format!(
+                    "service {service}: DSR VIP {vip} is also an address of this host; if the backends' answers come back through it (it is their gateway), the kernel drops them as martians (source: a local address); fix: sysctl -w net.ipv4.conf.{name}.accept_local=1, or route the answers around this host"
+                );
+                if off && self.noted.insert(note.clone()) {
+                    log::warn!("{note}");
+                }
             }
         }
         let gateway_hops = match gateways(&self.handle, &indexes).await {
