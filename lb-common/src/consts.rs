@@ -42,6 +42,10 @@ pub const MISS_NAT_TO_BACKEND: u8 = 1;
 pub const MISS_DSR_TO_BACKEND: u8 = 2;
 /// `NeighMiss::why`: a NAT reply to a client (dropped).
 pub const MISS_REPLY: u8 = 3;
+/// Opens the XDP metadata of a packet the data path hands to its tc program
+/// ([`PROGRAM_QUEUE`]) to be sent through the kernel's neighbour queue (a
+/// [`crate::QueueMeta`] follows).
+pub const QUEUE_MAGIC: u32 = 0x5354_4b51;
 /// TCP flag bits (byte 13 of the header).
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
@@ -98,6 +102,9 @@ pub const PROGRAM_NAME: &str = "stickylb";
 /// The side-path programs, reached by tail call through `JUMP` at these slots.
 pub const PROGRAM_ICMP: &str = "stickylb_icmp";
 pub const PROGRAM_FRAGMENT: &str = "stickylb_fragment";
+/// The tc ingress program that sends packets with an unresolved next hop through the
+/// kernel's neighbour queue (`bpf_redirect_neigh`).
+pub const PROGRAM_QUEUE: &str = "stickylb_queue";
 pub const MAP_JUMP: &str = "JUMP";
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_FRAGMENT: u32 = 1;

@@ -157,6 +157,10 @@ pub struct ServiceStats {
     /// address; a DSR packet, which the kernel would route by the VIP). The agent is told
     /// and resolves the next hop: only the first packets to a new next hop are lost.
     pub drop_no_neigh: u64,
+    /// Packets whose next hop had no neighbour entry yet (NAT replies, DSR), fully
+    /// rewritten and handed to the tc program, which has the kernel's neighbour layer
+    /// send them once the next hop answers (`bpf_redirect_neigh`): delayed, not lost.
+    pub neigh_queued: u64,
     /// Next-hop reports lost because the report ring (`NEIGH_EVENTS`) was full; the next
     /// miss to that next hop reports it again.
     pub neigh_report_lost: u64,
@@ -192,6 +196,7 @@ impl ServiceStats {
         self.unpinned_not_syn += o.unpinned_not_syn;
         self.unpinned_over_cap += o.unpinned_over_cap;
         self.drop_no_neigh += o.drop_no_neigh;
+        self.neigh_queued += o.neigh_queued;
         self.neigh_report_lost += o.neigh_report_lost;
     }
 }
@@ -222,6 +227,7 @@ mod pod {
     unsafe impl aya::Pod for CachedRoute {}
     unsafe impl aya::Pod for NeighKey {}
     unsafe impl aya::Pod for NeighMiss {}
+    unsafe impl aya::Pod for QueueMeta {}
 }
 
 #[cfg(feature = "user")]
@@ -337,4 +343,20 @@ pub struct NeighMiss {
     /// (dropped).
     pub why: u8,
     pub _pad: [u8; 3],
+}
+
+/// The XDP metadata of a packet handed to the tc program `stickylb_queue` (28 bytes, a
+/// multiple of 4 as `bpf_xdp_adjust_meta` wants): send it to `addr` on `ifindex` through
+/// the kernel's neighbour layer, which resolves the next hop and queues the packet
+/// meanwhile. The packet itself is already rewritten (addresses, TTL); its Ethernet
+/// header is replaced on the way out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueMeta {
+    /// [`crate::QUEUE_MAGIC`].
+    pub magic: u32,
+    pub ifindex: u32,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`] of `addr`.
+    pub family: u32,
+    pub addr: Addr,
 }

@@ -10,7 +10,7 @@ use lb_common::{
 
 use crate::{
     dsr,
-    forward::{forward_to_backend, lookup, not_sent, send, Forwarded, Lookup},
+    forward::{decrement_ttl, forward_to_backend, lookup, not_sent, send, Forwarded, Lookup},
     fragment, icmp,
     maps::JUMP,
     nat::{self, End},
@@ -183,7 +183,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             action
         }
         other => {
-            let action = not_sent(st, svc.id, &other, dsr);
+            let action = not_sent(ctx, st, svc.id, &other, dsr);
             if action == xdp_action::XDP_PASS {
                 // Already rewritten to the backend: the kernel routes it and resolves
                 // the neighbour; later packets take the fast path. (DSR drops: the
@@ -218,12 +218,23 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
             return xdp_action::XDP_DROP;
         }
         Lookup::NoNeighbour(hop) => {
-            // The kernel cannot take it instead: rewritten, its source is the VIP, which
-            // it drops as a martian when the VIP is one of its own addresses; untouched,
-            // the client would get it from the backend's address. Dropped (TCP sends it
-            // again), and the agent resolves the next hop.
-            st.drop_no_neigh += 1;
+            // The kernel's stack cannot take it instead: rewritten, its source is the
+            // VIP, which it drops as a martian when the VIP is one of its own addresses;
+            // untouched, the client would get it from the backend's address. So it is
+            // rewritten as if sent and goes to the neighbour queue (`neigh`), and the
+            // agent resolves the next hop for the packets after it.
             neigh::report(st, reply.service_id, &hop, MISS_REPLY);
+            if nat::rewrite(pkt, p, End::Source, &reply.vip, reply.vip_port).is_none() {
+                return xdp_action::XDP_PASS;
+            }
+            let len = pkt.len() as u64;
+            if decrement_ttl(pkt, p) && neigh::queue(ctx, &hop) {
+                st.neigh_queued += 1;
+                st.reply_packets += 1;
+                st.reply_bytes += len;
+                return xdp_action::XDP_PASS;
+            }
+            st.drop_no_neigh += 1;
             return xdp_action::XDP_DROP;
         }
     };
@@ -239,7 +250,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
             action
         }
         other => {
-            let action = not_sent(st, reply.service_id, &other, false);
+            let action = not_sent(ctx, st, reply.service_id, &other, false);
             if action == xdp_action::XDP_PASS {
                 st.reply_packets += 1;
                 st.reply_bytes += len;

@@ -230,7 +230,7 @@ pub fn forward_to_backend(
 /// Decrements the IPv4 TTL (with checksum update) or IPv6 hop limit. The caller already
 /// made sure it is above 1.
 #[inline(always)]
-fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
+pub fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
     if p.family == FAMILY_V4 {
         let (Some(ttl), Some(proto), Some(check)) = (
             pkt.ptr::<u8>(p.l3_off + 8),
@@ -259,18 +259,29 @@ fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
 /// route → drop (`drop_no_route`); no neighbour → the next hop is reported, then in NAT
 /// mode the kernel takes the (already rewritten) packet (`fib_miss`; it forwards it and
 /// resolves the neighbour), while in DSR mode, where the kernel would route by the VIP
-/// instead of to the backend, it is dropped (`drop_no_neigh`); no fast path (MTU…) →
+/// instead of to the backend, it goes to the neighbour queue (`neigh_queued`, see
+/// `neigh`), or is dropped (`drop_no_neigh`) when it cannot; no fast path (MTU…) →
 /// `fib_miss`, passed in NAT mode, dropped in DSR mode.
 #[inline(always)]
-pub fn not_sent(st: &mut ServiceStats, service_id: u32, outcome: &Forwarded, dsr: bool) -> u32 {
+pub fn not_sent(
+    ctx: &XdpContext,
+    st: &mut ServiceStats,
+    service_id: u32,
+    outcome: &Forwarded,
+    dsr: bool,
+) -> u32 {
     match outcome {
         Forwarded::NoRoute => {
             st.drop_no_route += 1;
             return xdp_action::XDP_DROP;
         }
         Forwarded::NoNeighbour(hop) if dsr => {
-            st.drop_no_neigh += 1;
             neigh::report(st, service_id, hop, lb_common::MISS_DSR_TO_BACKEND);
+            if neigh::queue(ctx, hop) {
+                st.neigh_queued += 1;
+                return xdp_action::XDP_PASS;
+            }
+            st.drop_no_neigh += 1;
             return xdp_action::XDP_DROP;
         }
         Forwarded::NoNeighbour(hop) => {

@@ -4,7 +4,10 @@
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use aya_ebpf::{macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
 
     /// Balances traffic for configured services; passes everything else untouched.
     #[xdp]
@@ -22,6 +25,13 @@ mod program {
     #[xdp]
     pub fn stickylb_fragment(ctx: XdpContext) -> u32 {
         lb_ebpf::balancer::process_fragment(&ctx)
+    }
+
+    /// tc ingress: sends packets the XDP program marked (unresolved next hop) through
+    /// the kernel's neighbour queue.
+    #[classifier]
+    pub fn stickylb_queue(ctx: TcContext) -> i32 {
+        lb_ebpf::neigh::tc_queue(&ctx)
     }
 
     #[panic_handler]

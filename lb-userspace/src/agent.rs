@@ -233,6 +233,9 @@ fn attach_one(
             }
         }
     };
+    if let Err(e) = loader::attach_queue(ebpf, iface) {
+        log::warn!("{iface}: {e:#}: packets whose next hop is not resolved yet are dropped there instead of queued");
+    }
     Ok(match how {
         Attachment::Adopted => "adopted".to_string(),
         Attachment::Attached(m) => format!("{m:?}").to_lowercase(),
@@ -784,7 +787,7 @@ impl Agent {
                 "icmp_to_backend": st.icmp_to_backend, "icmp_unmatched": st.icmp_unmatched,
                 "frag_forwarded": st.frag_forwarded, "frag_unmatched": st.frag_unmatched,
                 "unpinned_not_syn": st.unpinned_not_syn, "unpinned_over_cap": st.unpinned_over_cap,
-                "drop_no_neigh": st.drop_no_neigh, "neigh_report_lost": st.neigh_report_lost,
+                "drop_no_neigh": st.drop_no_neigh, "neigh_queued": st.neigh_queued, "neigh_report_lost": st.neigh_report_lost,
                 "backends": backends,
             }));
         }

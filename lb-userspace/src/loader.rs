@@ -3,10 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use aya::{maps::ProgramArray, programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    maps::ProgramArray,
+    programs::{SchedClassifier, TcAttachType, Xdp},
+    Ebpf, EbpfLoader,
+};
 use lb_common::{
     DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, MAP_JUMP, MAP_STICK, PROGRAM_FRAGMENT,
-    PROGRAM_ICMP, PROGRAM_NAME,
+    PROGRAM_ICMP, PROGRAM_NAME, PROGRAM_QUEUE,
 };
 
 /// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
@@ -104,7 +108,34 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         jump.set(slot, &fd, 0)
             .with_context(|| format!("installing {name} as a tail call"))?;
     }
+    // The tc side of the neighbour queue (see lb-ebpf/src/neigh.rs).
+    let queue: &mut SchedClassifier = ebpf
+        .program_mut(PROGRAM_QUEUE)
+        .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?
+        .try_into()?;
+    queue
+        .load()
+        .with_context(|| format!("verifying the {PROGRAM_QUEUE} tc program"))?;
     Ok(ebpf)
+}
+
+/// Attaches the tc ingress program that sends packets with an unresolved next hop
+/// through the kernel's neighbour queue. It lives as long as the `Ebpf` object (TCX
+/// link, kernel 6.6+; a netlink filter on older kernels): without it, such packets are
+/// lost instead of delayed (a NAT reply then reaches the kernel's stack, which drops it
+/// when the VIP is local).
+pub fn attach_queue(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+    let name =
+        std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
+    // The netlink backend (kernels before 6.6) needs the clsact qdisc; it may exist.
+    let _ = aya::programs::tc::qdisc_add_clsact(name.as_c_str());
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROGRAM_QUEUE)
+        .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?
+        .try_into()?;
+    prog.attach(name.as_c_str(), TcAttachType::Ingress)
+        .with_context(|| format!("attaching the tc program {PROGRAM_QUEUE} to {iface}"))?;
+    Ok(())
 }
 
 /// The XDP program of a loaded object.

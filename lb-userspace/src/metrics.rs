@@ -51,6 +51,11 @@ pub fn render(stats: &Value) -> String {
             "NAT packets to a backend handed to the kernel because the FIB had no neighbour yet (the kernel resolves it) or no fast path.",
         ),
         (
+            "neigh_queued",
+            "stickylb_service_neigh_queued_total",
+            "Packets whose next hop was not resolved yet, sent through the kernel's neighbour queue (delayed, not lost).",
+        ),
+        (
             "neigh_report_lost",
             "stickylb_service_neigh_report_lost_total",
             "Unresolved next hops the data path could not report (report ring full).",

@@ -797,9 +797,10 @@ impl Keeper {
                     continue;
                 };
                 let name = ifname(hop.ifindex);
-                let off = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/accept_local"))
-                    .map(|v| v.trim() == "0")
-                    .unwrap_or(false);
+                let off =
+                    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/accept_local"))
+                        .map(|v| v.trim() == "0")
+                        .unwrap_or(false);
                 let note = format!(
                     "service {service}: DSR VIP {vip} is also an address of this host; if the backends' answers come back through it (it is their gateway), the kernel drops them as martians (source: a local address); fix: sysctl -w net.ipv4.conf.{name}.accept_local=1, or route the answers around this host"
                 );

@@ -1558,7 +1558,6 @@ enum Counter {
     DropNoBackend,
     DropNoRoute,
     FibMiss,
-    DropNoNeigh,
     IcmpUnmatched,
     FragUnmatched,
 }
@@ -1569,7 +1568,6 @@ fn counter(st: &mut ServiceStats, c: Counter) -> &mut u64 {
         Counter::DropNoBackend => &mut st.drop_no_backend,
         Counter::DropNoRoute => &mut st.drop_no_route,
         Counter::FibMiss => &mut st.fib_miss,
-        Counter::DropNoNeigh => &mut st.drop_no_neigh,
         Counter::IcmpUnmatched => &mut st.icmp_unmatched,
         Counter::FragUnmatched => &mut st.frag_unmatched,
     }
@@ -1735,6 +1733,62 @@ enum Expect {
     PassRewritten { rewrite: Rewrite },
     /// `XDP_DROP`, the counter of `svc` moves.
     Drop { counter: Counter },
+    /// `XDP_PASS` with this rewrite behind a [`lb_common::QueueMeta`] for the tc program
+    /// (unresolved next hop: the kernel's neighbour queue sends it): exactly `meta`, or
+    /// any next hop with the right magic when `None`.
+    Queued {
+        rewrite: Rewrite,
+        meta: Option<Vec<u8>>,
+    },
+}
+
+/// The XDP metadata the data path puts in front of a packet for the neighbour queue.
+fn queue_meta(hop: IpAddr, ifindex: u32) -> Vec<u8> {
+    let (addr, family) = lb_common::addr_from_ip(hop);
+    let m = lb_common::QueueMeta {
+        magic: lb_common::QUEUE_MAGIC,
+        ifindex,
+        family: family as u32,
+        addr,
+    };
+    // SAFETY: a repr(C) struct of plain integers without padding.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&m as *const lb_common::QueueMeta).cast::<u8>(),
+            std::mem::size_of::<lb_common::QueueMeta>(),
+        )
+    }
+    .to_vec()
+}
+
+fn check_queued(
+    input: &[u8],
+    out: &[u8],
+    rewrite: &Rewrite,
+    meta: &Option<Vec<u8>>,
+) -> Result<(), String> {
+    let n = std::mem::size_of::<lb_common::QueueMeta>();
+    if out.len() != input.len() + n {
+        return Err(format!(
+            "queued: length {} -> {} (want {} bytes of metadata)",
+            input.len(),
+            out.len(),
+            n
+        ));
+    }
+    match meta {
+        Some(m) if out[..n] != m[..] => {
+            return Err(format!(
+                "queued: metadata {:02x?}, expected {m:02x?}",
+                &out[..n]
+            ))
+        }
+        None if out[..4] != lb_common::QUEUE_MAGIC.to_ne_bytes() => {
+            return Err("queued: no metadata magic".into())
+        }
+        _ => {}
+    }
+    rewrite.check(input, &out[n..])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1956,6 +2010,7 @@ enum Field {
     ReplyPackets,
     IcmpToBackend,
     FragForwarded,
+    NeighQueued,
 }
 
 fn field(st: &mut ServiceStats, f: Field) -> &mut u64 {
@@ -1965,6 +2020,7 @@ fn field(st: &mut ServiceStats, f: Field) -> &mut u64 {
         Field::ReplyPackets => &mut st.reply_packets,
         Field::IcmpToBackend => &mut st.icmp_to_backend,
         Field::FragForwarded => &mut st.frag_forwarded,
+        Field::NeighQueued => &mut st.neigh_queued,
     }
 }
 
@@ -2016,6 +2072,8 @@ struct Env<'a> {
     dp: &'a lb_userspace::dataplane::Dataplane,
     fx0_mac: [u8; 6],
     fx1_mac: [u8; 6],
+    fx0_ifindex: u32,
+    fx1_ifindex: u32,
 }
 
 struct Worker<'a> {
@@ -2068,6 +2126,7 @@ fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
     enter_netns(&lab)?;
     let corpus = corpus(wseed);
     let (fx0_mac, fx1_mac) = (lab.fx0_mac, lab.fx1_mac);
+    let (fx0_ifindex, fx1_ifindex) = (lab.fx0_ifindex, lab.fx1_ifindex);
     let Lab { ebpf, dp, .. } = &mut lab;
     let xdp: &aya::programs::Xdp = loader::program(ebpf)?;
     let n_svcs = svcs.len();
@@ -2077,6 +2136,8 @@ fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
             dp: &*dp,
             fx0_mac,
             fx1_mac,
+            fx0_ifindex,
+            fx1_ifindex,
         },
         oracle: Oracle::new(svcs),
         backends,
@@ -2276,11 +2337,16 @@ impl Worker<'_> {
                     rewrite.check(input, out)
                 }
                 Expect::Drop { .. } if action == XDP_DROP => Ok(()),
+                Expect::Queued { rewrite, meta } if action == XDP_PASS => {
+                    check_queued(input, out, rewrite, meta)
+                }
                 other => Err(format!(
                     "{} where {} was expected",
                     names[action as usize],
                     match other {
-                        Expect::Pass { .. } | Expect::PassRewritten { .. } => "XDP_PASS",
+                        Expect::Pass { .. }
+                        | Expect::PassRewritten { .. }
+                        | Expect::Queued { .. } => "XDP_PASS",
                         Expect::Forward { .. } => names[sent as usize],
                         Expect::Drop { .. } => "XDP_DROP",
                     }
@@ -2348,6 +2414,7 @@ impl Worker<'_> {
 
     fn alternatives(&mut self, class: &Class, b: &[u8]) -> Result<Vec<Alt>, String> {
         let (fx0, fx1) = (self.env.fx0_mac, self.env.fx1_mac);
+        let (if0, if1) = (self.env.fx0_ifindex, self.env.fx1_ifindex);
         Ok(match class {
             Class::NotOurs(_) => vec![Alt::pass()],
             Class::Service { svc, ip, client } => {
@@ -2411,7 +2478,17 @@ impl Worker<'_> {
                             (Who::One(svc), Field::Packets),
                         ],
                     }],
-                    Reach::NoNeigh => vec![Alt::drop(svc, Counter::DropNoNeigh)],
+                    Reach::NoNeigh => vec![Alt {
+                        // DSR: untouched, to the neighbour queue (tc program).
+                        expect: Expect::Queued {
+                            rewrite: Rewrite::default(),
+                            meta: Some(queue_meta(be.addr, if0)),
+                        },
+                        effects: vec![
+                            (Who::One(svc), Field::NeighQueued),
+                            (Who::One(svc), Field::Packets),
+                        ],
+                    }],
                     Reach::Unreachable => vec![Alt::drop(svc, Counter::DropNoRoute)],
                 };
                 if decline {
@@ -2457,13 +2534,30 @@ impl Worker<'_> {
                     },
                     effects: vec![(Who::One(svc), Field::ReplyPackets)],
                 };
+                let queued = |meta| {
+                    let mut rewrite = rw(None);
+                    rewrite.ttl(b, ip);
+                    Alt {
+                        expect: Expect::Queued { rewrite, meta },
+                        effects: vec![
+                            (Who::One(svc), Field::NeighQueued),
+                            (Who::One(svc), Field::ReplyPackets),
+                        ],
+                    }
+                };
                 if via_client_gateway(ip.dst(b)) {
                     vec![fwd((CLIENT_GW_MAC, fx1))]
                 } else if via_unresolved_gateway(ip.dst(b)) {
-                    // The next hop has no neighbour entry: dropped before any rewrite
-                    // (the kernel would drop a packet from the VIP), and reported. The
-                    // FIB checks the MTU first: a datagram too big passes untouched.
-                    let mut v = vec![Alt::drop(svc, Counter::DropNoNeigh)];
+                    // The next hop has no neighbour entry: rewritten (TTL too, no MACs)
+                    // and queued for the neighbour layer (the kernel's stack would drop
+                    // a packet from the VIP), and reported. The FIB checks the MTU
+                    // first: a datagram too big passes untouched.
+                    let gw = if ip.dst(b).is_ipv4() {
+                        v4(198, 18, 0, 253)
+                    } else {
+                        v6("fd00::fd")
+                    };
+                    let mut v = vec![queued(Some(queue_meta(gw, if1)))];
                     if ip.len > 1500 {
                         v.push(Alt::pass());
                     }
@@ -2475,7 +2569,7 @@ impl Worker<'_> {
                     for n in 2..=4 {
                         v.push(fwd((backend_mac(n), fx0)));
                     }
-                    v.push(Alt::drop(svc, Counter::DropNoNeigh));
+                    v.push(queued(None));
                     v.push(Alt::drop(svc, Counter::DropNoRoute));
                     v.push(Alt::pass());
                     v
@@ -2556,7 +2650,13 @@ impl Worker<'_> {
                         expect: Expect::PassRewritten { rewrite: rw(None) },
                         effects: vec![(Who::One(svc), Field::Drop(Counter::FibMiss))],
                     }),
-                    Reach::NoNeigh => v.push(Alt::drop(svc, Counter::DropNoNeigh)),
+                    Reach::NoNeigh => v.push(Alt {
+                        expect: Expect::Queued {
+                            rewrite: Rewrite::default(),
+                            meta: Some(queue_meta(be.addr, if0)),
+                        },
+                        effects: vec![(Who::One(svc), Field::NeighQueued)],
+                    }),
                     Reach::Unreachable => v.push(Alt::drop(svc, Counter::DropNoRoute)),
                 }
                 if fib_may_refuse(ip, b) {
@@ -2618,7 +2718,13 @@ impl Worker<'_> {
                         expect: Expect::PassRewritten { rewrite: rw(None) },
                         effects: vec![(Who::One(svc), Field::Drop(Counter::FibMiss))],
                     }],
-                    Reach::NoNeigh => vec![Alt::drop(svc, Counter::DropNoNeigh)],
+                    Reach::NoNeigh => vec![Alt {
+                        expect: Expect::Queued {
+                            rewrite: Rewrite::default(),
+                            meta: Some(queue_meta(be.addr, if0)),
+                        },
+                        effects: vec![(Who::One(svc), Field::NeighQueued)],
+                    }],
                     Reach::Unreachable => vec![Alt::drop(svc, Counter::DropNoRoute)],
                 };
                 if fib_may_refuse(ip, b) {
@@ -2647,5 +2753,6 @@ fn short(e: &Expect) -> String {
         Expect::Forward { rewrite } => format!("forward with {} writes", rewrite.writes.len()),
         Expect::PassRewritten { .. } => "pass rewritten + FibMiss".into(),
         Expect::Drop { counter, .. } => format!("drop + {counter:?}"),
+        Expect::Queued { .. } => "queued for the neighbour layer".into(),
     }
 }

@@ -314,7 +314,8 @@ impl UdpNameServer {
                 binds
                     .iter()
                     .map(|&a| {
-                        let s = Socket::new(Domain::for_address(a), Type::DGRAM, Some(Protocol::UDP))?;
+                        let s =
+                            Socket::new(Domain::for_address(a), Type::DGRAM, Some(Protocol::UDP))?;
                         if a.is_ipv6() {
                             s.set_only_v6(true)?;
                         }
@@ -384,7 +385,12 @@ impl Drop for UdpNameServer {
 /// Sends a datagram from `src` to `dst` and waits `wait` for the answer, up to `tries`
 /// times (a first datagram may be lost while a next hop is resolved). Returns the trimmed
 /// answer and how many datagrams it took.
-pub fn udp_query(src: IpAddr, dst: SocketAddr, wait: Duration, tries: u32) -> Result<(String, u32)> {
+pub fn udp_query(
+    src: IpAddr,
+    dst: SocketAddr,
+    wait: Duration,
+    tries: u32,
+) -> Result<(String, u32)> {
     let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0)).context("bind udp source")?;
     s.connect(dst).context("connect udp")?;
     s.set_read_timeout(Some(wait))?;
@@ -421,10 +427,18 @@ pub struct Outcome {
 /// Runs every request in `ns` at once (one thread each, at most `parallel` at a time):
 /// TCP fetches with `timeout`, UDP queries of up to `timeout / 1 s` datagrams a second
 /// apart. Returns one outcome per request, in order.
-pub fn parallel_requests(ns: &Netns, reqs: &[Request], timeout: Duration, parallel: usize) -> Result<Vec<Outcome>> {
+pub fn parallel_requests(
+    ns: &Netns,
+    reqs: &[Request],
+    timeout: Duration,
+    parallel: usize,
+) -> Result<Vec<Outcome>> {
     ns.enter(|| {
         let mut out: Vec<Option<Outcome>> = (0..reqs.len()).map(|_| None).collect();
-        for (chunk, slots) in reqs.chunks(parallel.max(1)).zip(out.chunks_mut(parallel.max(1))) {
+        for (chunk, slots) in reqs
+            .chunks(parallel.max(1))
+            .zip(out.chunks_mut(parallel.max(1)))
+        {
             std::thread::scope(|s| {
                 for (r, slot) in chunk.iter().zip(slots.iter_mut()) {
                     s.spawn(move || {
@@ -440,7 +454,12 @@ pub fn parallel_requests(ns: &Netns, reqs: &[Request], timeout: Duration, parall
                         };
                         *slot = Some(Outcome {
                             answer: answer.with_context(|| {
-                                format!("{} {} -> {}", if r.udp { "udp" } else { "tcp" }, r.src, r.dst)
+                                format!(
+                                    "{} {} -> {}",
+                                    if r.udp { "udp" } else { "tcp" },
+                                    r.src,
+                                    r.dst
+                                )
                             }),
                             elapsed: t.elapsed(),
                             tries,
@@ -449,6 +468,9 @@ pub fn parallel_requests(ns: &Netns, reqs: &[Request], timeout: Duration, parall
                 }
             });
         }
-        Ok(out.into_iter().map(|o| o.expect("every request ran")).collect())
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every request ran"))
+            .collect())
     })
 }

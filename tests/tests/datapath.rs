@@ -9,8 +9,8 @@ use std::{
 
 use etherparse::IpNumber;
 use lb_common::{
-    ip_from_addr, NeighMiss, FAMILY_V4, FAMILY_V6, MISS_DSR_TO_BACKEND, MISS_NAT_TO_BACKEND,
-    MISS_REPLY,
+    ip_from_addr, NeighMiss, QueueMeta, FAMILY_V4, FAMILY_V6, MISS_DSR_TO_BACKEND,
+    MISS_NAT_TO_BACKEND, MISS_REPLY, QUEUE_MAGIC,
 };
 use lb_userspace::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
 use stickylb_tests::{
@@ -749,6 +749,25 @@ fn hop_of(e: &NeighMiss) -> (IpAddr, u32, u8) {
     )
 }
 
+/// The XDP metadata the data path puts in front of a packet for the neighbour queue.
+fn queue_meta(hop: IpAddr, ifindex: u32) -> Vec<u8> {
+    let (addr, family) = lb_common::addr_from_ip(hop);
+    let m = QueueMeta {
+        magic: QUEUE_MAGIC,
+        ifindex,
+        family: family as u32,
+        addr,
+    };
+    // SAFETY: a repr(C) struct of plain integers without padding.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&m as *const QueueMeta).cast::<u8>(),
+            std::mem::size_of::<QueueMeta>(),
+        )
+    }
+    .to_vec()
+}
+
 fn family(ip: IpAddr) -> u8 {
     if ip.is_ipv4() {
         FAMILY_V4
@@ -792,15 +811,20 @@ fn fib_without_neighbour_passes_the_rewritten_packet_to_the_kernel() {
         }
         assert!(lab.neigh_events().is_empty(), "{flow:?}: burst reported");
         assert_eq!(lab.service_stats("web").unwrap().fib_miss, 19);
-        // DSR cannot hand the packet to the kernel (it would route by the VIP): drop,
-        // counted as a next-hop loss, and reported again once the rate limit allows.
+        // DSR cannot hand the packet to the kernel's routing (it would route by the
+        // VIP): it goes to the neighbour queue, untouched, with the next hop in the XDP
+        // metadata for the tc program; reported again once the rate limit allows.
         std::thread::sleep(Duration::from_millis(150));
         svc.forwarding = Forwarding::Dsr;
         lab.configure(&[svc]).unwrap();
-        let (action, _) = send(&mut lab, &flow.request(30));
-        assert_eq!(action, XDP_DROP, "{flow:?}");
+        let req = flow.request(30);
+        let (action, out) = send(&mut lab, &req);
+        assert_eq!(action, XDP_PASS, "{flow:?}");
+        let mut want = queue_meta(b5, lab.fx0_ifindex);
+        want.extend(req.bytes());
+        assert_eq!(out, want, "{flow:?}: metadata + the packet as it came");
         let st = lab.service_stats("web").unwrap();
-        assert_eq!((st.fib_miss, st.drop_no_neigh), (19, 1));
+        assert_eq!((st.fib_miss, st.neigh_queued, st.drop_no_neigh), (19, 1, 0));
         let events = lab.neigh_events();
         assert_eq!(events.len(), 1, "{flow:?}: {events:?}");
         assert_eq!(hop_of(&events[0]), (b5, lab.fx0_ifindex, family(b5)));
@@ -808,12 +832,13 @@ fn fib_without_neighbour_passes_the_rewritten_packet_to_the_kernel() {
     }
 }
 
-/// A NAT reply whose next hop towards the client is unresolved is dropped before any
-/// rewrite (the kernel would drop a packet from the VIP as a martian when the VIP is
-/// local) and the next hop is reported: the gateway of a routed client, the client
-/// itself when on-link.
+/// A NAT reply whose next hop towards the client is unresolved cannot go to the kernel's
+/// stack (it drops a packet from the VIP as a martian when the VIP is local): it is
+/// rewritten as if sent (VIP source, TTL − 1) and passed with the next hop in the XDP
+/// metadata, for the tc program and the kernel's neighbour queue; the next hop is
+/// reported: the gateway of a routed client, the client itself when on-link.
 #[test]
-fn reply_without_neighbour_is_dropped_and_its_next_hop_reported() {
+fn reply_without_neighbour_is_queued_and_its_next_hop_reported() {
     for flow in FLOWS {
         let mut lab = Lab::new().unwrap();
         let plan = lab.configure(&[flow.service()]).unwrap();
@@ -836,11 +861,19 @@ fn reply_without_neighbour_is_dropped_and_its_next_hop_reported() {
         {
             let mut reply = Pkt::new(flow.l4, flow.backend(2), BACKEND_PORT, client, CLIENT_PORT);
             reply.syn = false;
-            let (action, _) = send(&mut lab, &reply);
-            assert_eq!(action, XDP_DROP, "{flow:?} reply to {client}");
+            let (action, out) = send(&mut lab, &reply);
+            assert_eq!(action, XDP_PASS, "{flow:?} reply to {client}");
+            let mut rewritten = reply.clone();
+            rewritten.src = flow.vip();
+            rewritten.sport = VIP_PORT;
+            rewritten.ttl -= 1;
+            let mut want = queue_meta(hop, lab.fx1_ifindex);
+            want.extend(rewritten.bytes());
+            assert_eq!(out, want, "{flow:?}: metadata + the rewritten reply");
             let st = lab.service_stats("web").unwrap();
-            assert_eq!(st.drop_no_neigh, n as u64 + 1, "{flow:?}");
-            assert_eq!((st.reply_packets, st.fib_miss), (0, 0), "{flow:?}");
+            assert_eq!(st.neigh_queued, n as u64 + 1, "{flow:?}");
+            assert_eq!(st.reply_packets, n as u64 + 1, "{flow:?}");
+            assert_eq!((st.drop_no_neigh, st.fib_miss), (0, 0), "{flow:?}");
             let events = lab.neigh_events();
             assert_eq!(events.len(), 1, "{flow:?}: {events:?}");
             assert_eq!(
@@ -876,12 +909,13 @@ fn reply_without_neighbour_is_dropped_and_its_next_hop_reported() {
         want.dst_mac = [0x02, 0, 0, 0, 0, 0xfd];
         want.src_mac = lab.fx1_mac;
         assert_eq!(out, want.bytes(), "{flow:?}");
-        assert_eq!(lab.service_stats("web").unwrap().reply_packets, 1);
+        assert_eq!(lab.service_stats("web").unwrap().reply_packets, 3);
+        assert!(lab.neigh_events().is_empty());
     }
 }
 
 /// A flood of misses to distinct next hops fills the report ring: the overflow is
-/// counted (`neigh_report_lost`), and never blocks or changes the verdict.
+/// counted (`neigh_report_lost`), and never blocks or changes the verdict (queued).
 #[test]
 fn next_hop_reports_beyond_the_ring_are_counted_as_lost() {
     let flow = FLOWS[2]; // IPv6: room for thousands of on-link next hops
@@ -892,11 +926,11 @@ fn next_hop_reports_beyond_the_ring_are_counted_as_lost() {
         let client: IpAddr = format!("fd00::1:{:x}", i + 1).parse().unwrap();
         let mut reply = Pkt::new(flow.l4, flow.backend(2), BACKEND_PORT, client, CLIENT_PORT);
         reply.syn = false;
-        assert_eq!(send(&mut lab, &reply).0, XDP_DROP);
+        assert_eq!(send(&mut lab, &reply).0, XDP_PASS);
     }
     let st = lab.service_stats("web").unwrap();
     let events = lab.neigh_events();
-    assert_eq!(st.drop_no_neigh, n as u64);
+    assert_eq!((st.neigh_queued, st.drop_no_neigh), (n as u64, 0));
     assert!(
         st.neigh_report_lost > 0,
         "ring never full? {} events",
@@ -907,7 +941,7 @@ fn next_hop_reports_beyond_the_ring_are_counted_as_lost() {
     let client: IpAddr = format!("fd00::1:{:x}", n).parse().unwrap();
     let mut reply = Pkt::new(flow.l4, flow.backend(2), BACKEND_PORT, client, CLIENT_PORT);
     reply.syn = false;
-    assert_eq!(send(&mut lab, &reply).0, XDP_DROP);
+    assert_eq!(send(&mut lab, &reply).0, XDP_PASS);
     let events = lab.neigh_events();
     assert_eq!(events.len(), 1);
     assert_eq!(hop_of(&events[0]).0, client);

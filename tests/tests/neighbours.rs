@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
 use serde_json::Value;
 use stickylb_tests::{
     agent::Agent,
@@ -164,7 +163,11 @@ fn requests(topo: &Topology) -> Vec<Request> {
 fn kind(r: &Request) -> String {
     format!(
         "{}/{}/{}",
-        if r.dst.port() == NAT_PORT { "nat" } else { "dsr" },
+        if r.dst.port() == NAT_PORT {
+            "nat"
+        } else {
+            "dsr"
+        },
         if r.udp { "udp" } else { "tcp" },
         if r.src.is_ipv4() { "v4" } else { "v6" }
     )
@@ -232,9 +235,19 @@ fn placement_serves_everything(placement: VipPlacement) {
     let reqs = requests(topo);
     let mut seen = BTreeMap::new();
     let first = parallel_requests(topo.client(), &reqs, TIMEOUT, 64).unwrap();
-    answers(&format!("{placement:?} first round"), &reqs, &first, &mut seen);
+    answers(
+        &format!("{placement:?} first round"),
+        &reqs,
+        &first,
+        &mut seen,
+    );
     let second = parallel_requests(topo.client(), &reqs, TIMEOUT, 64).unwrap();
-    answers(&format!("{placement:?} second round"), &reqs, &second, &mut seen);
+    answers(
+        &format!("{placement:?} second round"),
+        &reqs,
+        &second,
+        &mut seen,
+    );
     // Sticky: one backend per (kind, client); both backends used by every kind.
     let split: Vec<_> = seen.iter().filter(|(_, b)| b.len() > 1).collect();
     assert!(split.is_empty(), "{placement:?}: clients moved: {split:?}");
@@ -248,12 +261,13 @@ fn placement_serves_everything(placement: VipPlacement) {
     }
     let st = stats(&lab.agent);
     let status = lab.agent.ok(&["status"]).unwrap();
-    // The data path did lose the first replies (on-link clients are unresolved next
-    // hops) and the agent resolved them.
+    // The first replies met unresolved next hops (on-link clients): they went through
+    // the kernel's neighbour queue, none was dropped, and the agent resolved them.
     assert!(
-        total(&st, "drop_no_neigh") > 0,
+        total(&st, "neigh_queued") > 0,
         "{placement:?}: no next-hop miss at all? {st}"
     );
+    assert_eq!(total(&st, "drop_no_neigh"), 0, "{placement:?}: {st}");
     assert!(
         status["neighbours"]["resolved"].as_u64().unwrap_or(0) > 0,
         "{placement:?}: {status}"
@@ -296,10 +310,11 @@ fn placement_serves_everything(placement: VipPlacement) {
         .collect();
     let udp_tries: u32 = first.iter().map(|o| o.tries).sum::<u32>() - first.len() as u32;
     eprintln!(
-        "{placement:?}: NAT TCP connection over an unresolved next hop: median {:?} max {:?}; resolved: median {:?}; UDP datagrams resent in round 1: {udp_tries}; drop_no_neigh {}; fib_miss {}; neighbours {}",
+        "{placement:?}: NAT TCP connection over an unresolved next hop: median {:?} max {:?}; resolved: median {:?}; UDP datagrams resent in round 1: {udp_tries}; neigh_queued {}; drop_no_neigh {}; fib_miss {}; neighbours {}",
         percentile(nat_tcp_first.clone(), 0.5),
         percentile(nat_tcp_first, 1.0),
         percentile(nat_tcp_second, 0.5),
+        total(&st, "neigh_queued"),
         total(&st, "drop_no_neigh"),
         total(&st, "fib_miss"),
         status["neighbours"]
@@ -353,6 +368,8 @@ fn neighbour_flushes_under_traffic_lose_no_client() {
     });
     let split: Vec<_> = seen.iter().filter(|(_, b)| b.len() > 1).collect();
     assert!(split.is_empty(), "clients moved: {split:?}");
+    let st = stats(&lab.agent);
+    assert_eq!(total(&st, "drop_no_neigh"), 0, "{st}");
     let status = lab.agent.ok(&["status"]).unwrap();
     assert!(
         status["neighbours"]["rewritten_after_delete"]
@@ -361,14 +378,14 @@ fn neighbour_flushes_under_traffic_lose_no_client() {
             > 0,
         "the flushes went unnoticed: {status}"
     );
-    let st = stats(&lab.agent);
     let slow = outs
         .iter()
         .filter(|o| o.elapsed > Duration::from_millis(500) || o.tries > 1)
         .count();
     eprintln!(
-        "flushes {flushes}: {} requests, all answered; {slow} took a retransmit (>500 ms or a resent datagram); drop_no_neigh {}; p50 {:?} p99 {:?}; neighbours {}",
+        "flushes {flushes}: {} requests, all answered; {slow} took a retransmit (>500 ms or a resent datagram); neigh_queued {}; drop_no_neigh {}; p50 {:?} p99 {:?}; neighbours {}",
         outs.len(),
+        total(&st, "neigh_queued"),
         total(&st, "drop_no_neigh"),
         percentile(outs.iter().map(|o| o.elapsed).collect(), 0.5),
         percentile(outs.iter().map(|o| o.elapsed).collect(), 0.99),
@@ -423,8 +440,16 @@ fn neighbour_garbage_collection_takes_no_next_hop_away() {
     // A canary: an ordinary entry nobody uses. The collector removes it once stale.
     topo.lb()
         .exec(&[
-            "ip", "neigh", "replace", "198.18.0.250", "lladdr", "02:00:00:00:00:99", "dev",
-            topo.lb_client_if(), "nud", "stale",
+            "ip",
+            "neigh",
+            "replace",
+            "198.18.0.250",
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            topo.lb_client_if(),
+            "nud",
+            "stale",
         ])
         .unwrap();
     let reqs = requests(topo);
@@ -454,10 +479,12 @@ fn neighbour_garbage_collection_takes_no_next_hop_away() {
         "the collector never ran: the canary entry is still there"
     );
     let st = stats(&lab.agent);
+    assert_eq!(total(&st, "drop_no_neigh"), 0, "{st}");
     eprintln!(
-        "gc: {rounds} rounds of {} requests, all answered; canary collected after {:?}; drop_no_neigh {}",
+        "gc: {rounds} rounds of {} requests, all answered; canary collected after {:?}; neigh_queued {}; drop_no_neigh {}",
         reqs.len(),
         canary_gone.unwrap(),
+        total(&st, "neigh_queued"),
         total(&st, "drop_no_neigh")
     );
 }
@@ -473,7 +500,9 @@ fn broken_setups_are_reported_at_start_with_the_fix() {
         ..Default::default()
     })
     .unwrap();
-    topo.lb().sysctl("net.ipv4.conf.all.forwarding", "0").unwrap();
+    topo.lb()
+        .sysctl("net.ipv4.conf.all.forwarding", "0")
+        .unwrap();
     let cfg = format!(
         "[[service]]\nname = \"web\"\nlisten = \"{}:80\"\nhealth = {{ kind = \"none\" }}\n[[service.backend]]\naddress = \"{}:{BPORT}\"\n[[service.backend]]\naddress = \"{}:{BPORT}\"\n",
         topo.vip_v4(),
@@ -509,7 +538,11 @@ fn broken_setups_are_reported_at_start_with_the_fix() {
                 || w.contains(&format!("backend {} ", topo.backend(1).v4))),
         "backend 1 is fine: {warnings:?}"
     );
-    assert!(agent.log_text().contains("--iface to-be2"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("--iface to-be2"),
+        "{}",
+        agent.log_text()
+    );
     // Fixed at run time: the warning goes within a refresh.
     topo.lb().sysctl("net.ipv4.ip_forward", "1").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
