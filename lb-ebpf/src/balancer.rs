@@ -183,11 +183,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             action
         }
         other => {
-            let action = not_sent(ctx, st, svc.id, &other, dsr);
+            let action = not_sent(ctx, pkt, p, st, svc.id, &other, dsr);
             if action == xdp_action::XDP_PASS {
-                // Already rewritten to the backend: the kernel routes it and resolves
-                // the neighbour; later packets take the fast path. (DSR drops: the
-                // agent keeps backend neighbours resolved, so that stays rare.)
+                // Rewritten, and on its way: through the neighbour queue (unresolved
+                // next hop, which the agent resolves for the packets after) or the
+                // kernel's forwarding (no fast path).
                 st.packets += 1;
                 st.bytes += len;
             }
@@ -250,7 +250,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
             action
         }
         other => {
-            let action = not_sent(ctx, st, reply.service_id, &other, false);
+            let action = not_sent(ctx, pkt, p, st, reply.service_id, &other, false);
             if action == xdp_action::XDP_PASS {
                 st.reply_packets += 1;
                 st.reply_bytes += len;

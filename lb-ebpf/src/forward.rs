@@ -5,10 +5,10 @@
 //! `ROUTE_CACHE_NS` (`forward_to_backend`): the FIB lookup is half the cost of a hit.
 //!
 //! When the FIB has the route but no resolved neighbour, the next hop it names is
-//! reported to the agent (`neigh`), which resolves it; meanwhile a NAT packet to a
-//! backend (source: the client) goes to the kernel, which forwards it and queues it until
-//! the neighbour answers, and anything the kernel could not take (DSR, NAT replies: see
-//! `balancer`) is dropped and counted (`drop_no_neigh`).
+//! reported to the agent (`neigh`), which resolves it for the packets after; the packet
+//! itself, rewritten as if sent, goes to the kernel's neighbour queue through the tc
+//! program (`neigh::queue`), never to the kernel's routing, which could drop it (a NAT
+//! reply from a local VIP is a martian; a DSR packet would be routed by the VIP).
 
 use aya_ebpf::{
     bindings::{
@@ -256,15 +256,18 @@ pub fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
 }
 
 /// The verdict and counters for a packet to a backend that was not sent directly: no
-/// route → drop (`drop_no_route`); no neighbour → the next hop is reported, then in NAT
-/// mode the kernel takes the (already rewritten) packet (`fib_miss`; it forwards it and
-/// resolves the neighbour), while in DSR mode, where the kernel would route by the VIP
-/// instead of to the backend, it goes to the neighbour queue (`neigh_queued`, see
-/// `neigh`), or is dropped (`drop_no_neigh`) when it cannot; no fast path (MTU…) →
+/// route → drop (`drop_no_route`); no neighbour → the next hop is reported and the packet
+/// (already rewritten; TTL decremented when routed, i.e. NAT) goes to the neighbour queue
+/// (`neigh_queued`, see `neigh`), which sends it once the next hop answers. Where the
+/// metadata cannot be set, NAT hands it to the kernel's forwarding (`fib_miss`: its
+/// source is the client, the kernel routes and resolves it) and DSR drops it
+/// (`drop_no_neigh`: the kernel would route it by the VIP). No fast path (MTU…) →
 /// `fib_miss`, passed in NAT mode, dropped in DSR mode.
 #[inline(always)]
 pub fn not_sent(
     ctx: &XdpContext,
+    pkt: &Packet,
+    p: &Parsed,
     st: &mut ServiceStats,
     service_id: u32,
     outcome: &Forwarded,
@@ -275,17 +278,21 @@ pub fn not_sent(
             st.drop_no_route += 1;
             return xdp_action::XDP_DROP;
         }
-        Forwarded::NoNeighbour(hop) if dsr => {
-            neigh::report(st, service_id, hop, lb_common::MISS_DSR_TO_BACKEND);
-            if neigh::queue(ctx, hop) {
+        Forwarded::NoNeighbour(hop) => {
+            let why = if dsr {
+                lb_common::MISS_DSR_TO_BACKEND
+            } else {
+                lb_common::MISS_NAT_TO_BACKEND
+            };
+            neigh::report(st, service_id, hop, why);
+            if (dsr || decrement_ttl(pkt, p)) && neigh::queue(ctx, hop) {
                 st.neigh_queued += 1;
                 return xdp_action::XDP_PASS;
             }
-            st.drop_no_neigh += 1;
-            return xdp_action::XDP_DROP;
-        }
-        Forwarded::NoNeighbour(hop) => {
-            neigh::report(st, service_id, hop, lb_common::MISS_NAT_TO_BACKEND);
+            if dsr {
+                st.drop_no_neigh += 1;
+                return xdp_action::XDP_DROP;
+            }
         }
         _ => {}
     }

@@ -110,6 +110,6 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
             }
             action
         }
-        other => not_sent(ctx, st, svc.id, &other, dsr),
+        other => not_sent(ctx, &pkt, p, st, svc.id, &other, dsr),
     }
 }

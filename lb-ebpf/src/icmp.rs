@@ -258,6 +258,6 @@ fn send(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo, backend: 
             st.icmp_to_backend += 1;
             action
         }
-        other => not_sent(ctx, st, svc.id, &other, dsr),
+        other => not_sent(ctx, pkt, p, st, svc.id, &other, dsr),
     }
 }

@@ -2470,11 +2470,17 @@ impl Worker<'_> {
                         }]
                     }
                     Reach::NoNeigh if nat => vec![Alt {
-                        expect: Expect::PassRewritten {
-                            rewrite: nat_rw(None),
+                        // Rewritten as if sent (TTL too, no MACs), to the neighbour queue.
+                        expect: Expect::Queued {
+                            rewrite: {
+                                let mut r = nat_rw(None);
+                                r.ttl(b, ip);
+                                r
+                            },
+                            meta: Some(queue_meta(be.addr, if0)),
                         },
                         effects: vec![
-                            (Who::One(svc), Field::Drop(Counter::FibMiss)),
+                            (Who::One(svc), Field::NeighQueued),
                             (Who::One(svc), Field::Packets),
                         ],
                     }],
@@ -2647,8 +2653,15 @@ impl Worker<'_> {
                         });
                     }
                     Reach::NoNeigh if nat => v.push(Alt {
-                        expect: Expect::PassRewritten { rewrite: rw(None) },
-                        effects: vec![(Who::One(svc), Field::Drop(Counter::FibMiss))],
+                        expect: Expect::Queued {
+                            rewrite: {
+                                let mut r = rw(None);
+                                r.ttl(b, ip);
+                                r
+                            },
+                            meta: Some(queue_meta(be.addr, if0)),
+                        },
+                        effects: vec![(Who::One(svc), Field::NeighQueued)],
                     }),
                     Reach::NoNeigh => v.push(Alt {
                         expect: Expect::Queued {
@@ -2715,8 +2728,15 @@ impl Worker<'_> {
                         ],
                     }],
                     Reach::NoNeigh if nat => vec![Alt {
-                        expect: Expect::PassRewritten { rewrite: rw(None) },
-                        effects: vec![(Who::One(svc), Field::Drop(Counter::FibMiss))],
+                        expect: Expect::Queued {
+                            rewrite: {
+                                let mut r = rw(None);
+                                r.ttl(b, ip);
+                                r
+                            },
+                            meta: Some(queue_meta(be.addr, if0)),
+                        },
+                        effects: vec![(Who::One(svc), Field::NeighQueued)],
                     }],
                     Reach::NoNeigh => vec![Alt {
                         expect: Expect::Queued {
