@@ -233,7 +233,7 @@ fn attach_one(
             }
         }
     };
-    if let Err(e) = loader::attach_queue(ebpf, iface) {
+    if let Err(e) = pins::attach_queue_pinned(ebpf, layout, iface) {
         log::warn!("{iface}: {e:#}: packets whose next hop is not resolved yet are dropped there instead of queued");
     }
     Ok(match how {

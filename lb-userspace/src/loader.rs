@@ -120,11 +120,14 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
 }
 
 /// Attaches the tc ingress program that sends packets with an unresolved next hop
-/// through the kernel's neighbour queue. It lives as long as the `Ebpf` object (TCX
-/// link, kernel 6.6+; a netlink filter on older kernels): without it, such packets are
-/// lost instead of delayed (a NAT reply then reaches the kernel's stack, which drops it
-/// when the VIP is local).
-pub fn attach_queue(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+/// through the kernel's neighbour queue (a TCX link on kernel 6.6+, which the caller may
+/// pin, see [`crate::pins::attach_queue_pinned`]; a netlink filter before). Without it,
+/// such packets are lost instead of delayed (a NAT reply then reaches the kernel's
+/// stack, which drops it when the VIP is local).
+pub fn attach_queue(
+    ebpf: &mut Ebpf,
+    iface: &str,
+) -> Result<aya::programs::tc::SchedClassifierLinkId> {
     let name =
         std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
     // The netlink backend (kernels before 6.6) needs the clsact qdisc; it may exist.
@@ -134,8 +137,15 @@ pub fn attach_queue(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
         .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?
         .try_into()?;
     prog.attach(name.as_c_str(), TcAttachType::Ingress)
-        .with_context(|| format!("attaching the tc program {PROGRAM_QUEUE} to {iface}"))?;
-    Ok(())
+        .with_context(|| format!("attaching the tc program {PROGRAM_QUEUE} to {iface}"))
+}
+
+/// The tc program of a loaded object.
+pub fn queue_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let prog = ebpf
+        .program_mut(PROGRAM_QUEUE)
+        .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?;
+    Ok(prog.try_into()?)
 }
 
 /// The XDP program of a loaded object.

@@ -557,3 +557,44 @@ fn broken_setups_are_reported_at_start_with_the_fix() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The neighbour queue outlives the agent like the XDP program (its tc link is pinned):
+/// with the agent stopped and the neighbour table flushed, clients are still served (VIP
+/// on `lo`, so a NAT reply could not take the kernel's routing); a restarted agent adopts
+/// the pinned tc link.
+#[test]
+fn unresolved_next_hops_are_served_while_the_agent_is_down() {
+    let mut lab = setup(VipPlacement::Lo, 4);
+    let queue_pins = lab.agent.bpffs.join(&lab.agent.instance);
+    let reqs = requests(&lab.topo);
+    let mut seen = BTreeMap::new();
+    let outs = parallel_requests(lab.topo.client(), &reqs, TIMEOUT, 64).unwrap();
+    answers("agent up", &reqs, &outs, &mut seen);
+    lab.agent.stop(libc::SIGTERM).unwrap();
+    flush(&lab.topo);
+    let outs = parallel_requests(lab.topo.client(), &reqs, TIMEOUT, 64).unwrap();
+    answers("agent down, neighbours flushed", &reqs, &outs, &mut seen);
+    let split: Vec<_> = seen.iter().filter(|(_, b)| b.len() > 1).collect();
+    assert!(split.is_empty(), "clients moved: {split:?}");
+    let pinned: Vec<String> = std::fs::read_dir(
+        std::fs::read_dir(&queue_pins)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("queue"),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    .collect();
+    assert!(pinned.contains(&"to-client".to_string()), "{pinned:?}");
+    lab.agent.spawn().unwrap();
+    let log = lab.agent.log_text();
+    assert!(!log.contains("cannot adopt the pinned tc program"), "{log}");
+    let outs = parallel_requests(lab.topo.client(), &reqs, TIMEOUT, 64).unwrap();
+    answers("agent back", &reqs, &outs, &mut seen);
+    let st = stats(&lab.agent);
+    assert_eq!(total(&st, "drop_no_neigh"), 0, "{st}");
+    assert!(total(&st, "neigh_queued") > 0, "{st}");
+}
