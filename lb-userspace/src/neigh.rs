@@ -20,8 +20,9 @@
 //! A reported next hop stays managed while it was reported within [`REPORTED_KEEP`], or
 //! is the address of a client pinned in a NAT service's stick table (a directly connected
 //! client keeps its entry as long as it is sticky); otherwise its entry is deleted. At
-//! most [`MAX_REPORTED`] reported next hops are managed; beyond that a report only makes
-//! the kernel resolve the next hop once (`NTF_USE`, an ordinary entry). Entries deleted
+//! most [`MAX_REPORTED`] reported next hops are managed; beyond that a new one is left to
+//! the kernel (the packet that met it waits in the kernel's neighbour queue, which
+//! resolves it as an ordinary entry). Entries deleted
 //! under the agent (`ip neigh flush`) are written again as soon as the kernel says so
 //! (the `RTNLGRP_NEIGH` notifications), so a flush costs no packet that the agent can
 //! save. The same notifications time each resolution: from the data path's first miss to
@@ -70,8 +71,12 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 /// How long a next hop the data path reported stays managed after its last report
 /// (unless it is a pinned client, see the module doc).
 pub const REPORTED_KEEP: Duration = Duration::from_secs(600);
-/// Most reported next hops kept as managed entries at once.
+/// Most reported next hops kept as managed entries at once; beyond them, a new one is
+/// left to the kernel (the queued packet makes it resolve an ordinary entry).
 pub const MAX_REPORTED: usize = 4096;
+/// The gateways of routes through attached interfaces are looked up every this many
+/// refreshes (a route dump; the table may be large), and on every configuration change.
+const GATEWAY_EVERY: u32 = 12;
 /// An entry is written again at most this often (reports and deletions can repeat).
 const REWRITE_GAP: Duration = Duration::from_millis(50);
 
@@ -118,6 +123,8 @@ struct Entry {
     /// Deleted (or re-created unmanaged by the kernel) while a rewrite was too recent:
     /// checked again after [`REWRITE_GAP`].
     retry: bool,
+    /// A FAILED state was logged (until it resolves again).
+    failed_logged: bool,
 }
 
 const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
@@ -139,6 +146,8 @@ pub struct Status {
     pub rewritten_after_delete: u64,
     /// Reported next hops whose entries were deleted again (no longer needed).
     pub aged_out: u64,
+    /// Reports of new next hops beyond [`MAX_REPORTED`], left to the kernel.
+    pub over_limit: u64,
     /// Netlink requests that failed (the last error is kept).
     pub errors: u64,
     pub last_error: Option<String>,
@@ -160,6 +169,7 @@ impl Status {
             "writes": self.writes,
             "rewritten_after_delete": self.rewritten_after_delete,
             "aged_out": self.aged_out,
+            "over_limit": self.over_limit,
             "errors": self.errors,
             "last_error": self.last_error,
             "resolved": self.resolved,
@@ -208,6 +218,8 @@ impl Neighbours {
             warned: BTreeSet::new(),
             noted: BTreeSet::new(),
             retry: retry_tx,
+            since_gateways: 0,
+            gateways: BTreeSet::new(),
         };
         let first = rx.borrow().clone();
         keeper.refresh(&first).await;
@@ -288,6 +300,9 @@ struct Keeper {
     noted: BTreeSet<String>,
     /// Deleted entries to look at again shortly (`ip neigh flush` deletes in rounds).
     retry: mpsc::UnboundedSender<Hop>,
+    /// Refreshes since the gateways were last looked up, and what was found.
+    since_gateways: u32,
+    gateways: BTreeSet<Hop>,
 }
 
 /// Index of an interface by name; 0 when there is none.
@@ -315,9 +330,9 @@ fn ifname(index: u32) -> String {
 
 fn why_name(why: u8) -> &'static str {
     match why {
-        MISS_NAT_TO_BACKEND => "a NAT packet to a backend (passed to the kernel)",
-        MISS_DSR_TO_BACKEND => "a DSR packet to a backend (dropped)",
-        MISS_REPLY => "a NAT reply to a client (dropped)",
+        MISS_NAT_TO_BACKEND => "a NAT packet to a backend",
+        MISS_DSR_TO_BACKEND => "a DSR packet to a backend",
+        MISS_REPLY => "a NAT reply to a client",
         _ => "a packet",
     }
 }
@@ -543,6 +558,7 @@ impl Keeper {
                         return; // the agent is gone
                     }
                     let n = needs.borrow_and_update().clone();
+                    self.since_gateways = 0;
                     self.refresh(&n).await;
                 }
                 Some(miss) = misses.recv() => self.on_miss(miss).await,
@@ -559,11 +575,22 @@ impl Keeper {
             addr: ip_from_addr(&miss.hop.addr, miss.hop.family),
         };
         let now = Instant::now();
-        let reported = self
-            .entries
-            .values()
-            .filter(|e| e.managed && !e.backend && !e.gateway)
-            .count();
+        if !self.entries.contains_key(&hop) {
+            let reported = self
+                .entries
+                .values()
+                .filter(|e| !e.backend && !e.gateway)
+                .count();
+            if reported >= MAX_REPORTED {
+                // Left to the kernel: the queued packet makes it resolve the next hop
+                // (an ordinary entry); later packets meet it or are queued again.
+                self.with_status(|s| {
+                    s.reports += 1;
+                    s.over_limit += 1;
+                });
+                return;
+            }
+        }
         let e = self.entries.entry(hop).or_default();
         let new = e.reported.is_none() && !e.backend && !e.gateway;
         e.reported = Some(now);
@@ -574,24 +601,18 @@ impl Keeper {
             self.with_status(|s| s.reports += 1);
             return;
         }
-        let managed = e.backend || e.gateway || e.managed || reported < MAX_REPORTED;
         if new {
-            log::info!(
-                "next hop {} on {} unresolved ({}): resolving it{}",
+            log::debug!(
+                "next hop {} on {} unresolved ({}): resolving it",
                 hop.addr,
                 ifname(hop.ifindex),
                 why_name(miss.why),
-                if managed {
-                    ""
-                } else {
-                    " once (over the limit of managed reported next hops)"
-                }
             );
         }
-        let r = write_entry(&self.handle, &hop, managed).await;
+        let r = write_entry(&self.handle, &hop, true).await;
         let e = self.entries.entry(hop).or_default();
         e.written = Some(now);
-        e.managed |= managed && r.is_ok();
+        e.managed |= r.is_ok();
         self.with_status(|s| {
             s.reports += 1;
             s.writes += 1;
@@ -635,10 +656,7 @@ impl Keeper {
             e.state = state;
             e.kernel_managed = managed;
         }
-        // Deleted under the agent, or re-created by the kernel's own traffic as an
-        // ordinary entry (which the collector may take): written again as managed.
-        let lost = deleted || !managed;
-        if lost && (e.backend || e.gateway || e.managed) {
+        if must_rewrite(deleted, managed, e.backend || e.gateway || e.managed) {
             if e.written.is_some_and(|w| now - w < REWRITE_GAP) {
                 // Written moments ago (a flush deletes in rounds): look again shortly.
                 if !e.retry {
@@ -659,14 +677,23 @@ impl Keeper {
         let Some(e) = self.entries.get_mut(&hop) else {
             return;
         };
+        if state & NUD_FAILED != 0 && !e.failed_logged {
+            e.failed_logged = true;
+            log::warn!(
+                "next hop {} on {} does not answer ARP / neighbour discovery: packets to it wait, then are lost; check the host or the route",
+                hop.addr,
+                ifname(hop.ifindex)
+            );
+        }
         if state & NUD_VALID == 0 {
             return;
         }
+        e.failed_logged = false;
         if let Some((at, miss_ns)) = e.pending.take() {
             let agent_ms = now.duration_since(at).as_secs_f64() * 1000.0;
             // The data path's clock ticks coarsely (a jiffy): never below what the agent saw.
             let total_ms = (coarse_now_ns().saturating_sub(miss_ns) as f64 / 1e6).max(agent_ms);
-            log::info!(
+            log::debug!(
                 "next hop {} on {} resolved {:.2} ms after the data path's first miss ({:.2} ms after the agent heard of it)",
                 hop.addr,
                 ifname(hop.ifindex),
@@ -755,8 +782,14 @@ impl Keeper {
         let mut warnings = forwarding_warnings(needs, &attached);
         // Backends.
         let mut backend_hops = BTreeSet::new();
+        let mut routes: BTreeMap<IpAddr, RouteTo> = BTreeMap::new();
+        for (_, addr, _) in &needs.backends {
+            if !routes.contains_key(addr) {
+                routes.insert(*addr, route_get(&self.handle, *addr).await);
+            }
+        }
         for (service, addr, nat) in &needs.backends {
-            match route_get(&self.handle, *addr).await {
+            match routes[addr].clone() {
                 RouteTo::Via { hop, gateway } => {
                     backend_hops.insert(hop);
                     if *nat && !indexes.contains(&hop.ifindex) {
@@ -809,16 +842,17 @@ impl Keeper {
                 }
             }
         }
-        let gateway_hops = match gateways(&self.handle, &indexes).await {
-            Ok(g) => g,
-            Err(e) => {
-                self.with_status(|s| {
+        if self.since_gateways == 0 {
+            match gateways(&self.handle, &indexes).await {
+                Ok(g) => self.gateways = g,
+                Err(e) => self.with_status(|s| {
                     s.errors += 1;
                     s.last_error = Some(format!("{e:#}"));
-                });
-                BTreeSet::new()
+                }),
             }
-        };
+        }
+        self.since_gateways = (self.since_gateways + 1) % GATEWAY_EVERY;
+        let gateway_hops = self.gateways.clone();
         // What the kernel has now.
         let mut kernel: BTreeMap<Hop, (u16, bool)> = BTreeMap::new();
         let mut dump = self.handle.neighbours().get().execute();
@@ -868,9 +902,11 @@ impl Keeper {
             if e.backend || e.gateway {
                 continue;
             }
-            let recent = e.reported.is_some_and(|r| now - r < REPORTED_KEEP);
             let failed = kernel.get(hop).is_some_and(|(s, _)| s & NUD_FAILED != 0);
-            if recent || (!failed && self.pinned_client(needs, hop.addr)) {
+            // (The stick-table lookups only when the report is old.)
+            let recent = keep_reported(e.reported, now, failed, false);
+            if recent || keep_reported(e.reported, now, failed, self.pinned_client(needs, hop.addr))
+            {
                 continue;
             }
             gone.push(*hop);
@@ -958,6 +994,20 @@ impl Keeper {
     }
 }
 
+/// Whether a reported next hop (not a backend's, not a gateway) stays managed: reported
+/// within [`REPORTED_KEEP`], or a client pinned in a NAT stick table whose entry is not
+/// FAILED (a client that went away does not keep a probing entry for ever).
+fn keep_reported(reported: Option<Instant>, now: Instant, failed: bool, pinned: bool) -> bool {
+    reported.is_some_and(|r| now.duration_since(r) < REPORTED_KEEP) || (!failed && pinned)
+}
+
+/// Whether a kernel notification about a next hop the agent needs calls for writing it
+/// again: it was deleted under the agent (`ip neigh flush`), or re-created by the
+/// kernel's own traffic as an ordinary entry (which the collector may take).
+fn must_rewrite(deleted: bool, kernel_managed: bool, needed: bool) -> bool {
+    needed && (deleted || !kernel_managed)
+}
+
 /// Forwarding must be on for every attached interface and family in use: the FIB
 /// lookup of the data path refuses to forward otherwise (`FWD_DISABLED`).
 fn forwarding_warnings(needs: &Needs, attached: &BTreeMap<u32, String>) -> Vec<String> {
@@ -1041,4 +1091,54 @@ pub fn resolve_blocking(addrs: &[IpAddr], wait: Duration) -> Vec<(IpAddr, String
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_next_hops_age_out_unless_recent_or_pinned() {
+        let now = Instant::now() + REPORTED_KEEP * 2;
+        let recent = Some(now - Duration::from_secs(1));
+        let old = Some(now - REPORTED_KEEP - Duration::from_secs(1));
+        assert!(keep_reported(recent, now, false, false));
+        assert!(
+            keep_reported(recent, now, true, false),
+            "recent wins even if failed"
+        );
+        assert!(!keep_reported(old, now, false, false));
+        assert!(
+            keep_reported(old, now, false, true),
+            "a pinned client keeps its entry"
+        );
+        assert!(
+            !keep_reported(old, now, true, true),
+            "unless it stopped answering"
+        );
+        assert!(!keep_reported(None, now, false, false));
+    }
+
+    #[test]
+    fn only_needed_entries_lost_or_unmanaged_are_rewritten() {
+        assert!(must_rewrite(true, false, true), "deleted");
+        assert!(must_rewrite(false, false, true), "re-created unmanaged");
+        assert!(!must_rewrite(false, true, true), "managed: fine");
+        assert!(!must_rewrite(true, false, false), "not ours to keep");
+        assert!(!must_rewrite(false, false, false));
+    }
+
+    #[test]
+    fn status_json_rounds_and_averages() {
+        let s = Status {
+            resolved: 4,
+            resolve_ms_sum: 10.0,
+            resolve_ms_max: 4.123456,
+            ..Default::default()
+        };
+        let j = s.json();
+        assert_eq!(j["resolve_ms_avg"], 2.5);
+        assert_eq!(j["resolve_ms_max"], 4.123);
+        assert_eq!(Status::default().json()["resolve_ms_avg"], 0.0);
+    }
 }
