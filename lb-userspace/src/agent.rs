@@ -1118,13 +1118,6 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     let neighbours = neigh::Neighbours::start(Some(neigh_ring), stick, agent.neigh_needs())
         .await
         .context("starting the neighbour keeper")?;
-    let warnings = neighbours.status().warnings;
-    if !warnings.is_empty() {
-        log::warn!(
-            "{} problem(s) with this setup (see above; also in `stickylb status`)",
-            warnings.len()
-        );
-    }
     agent.neigh = Some(neighbours);
     let agent: Shared = Arc::new(Mutex::new(agent));
 

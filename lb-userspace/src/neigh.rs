@@ -193,8 +193,9 @@ pub struct Neighbours {
 impl Neighbours {
     /// Starts the keeper on the current tokio runtime: `ring` is the data path's
     /// `NEIGH_EVENTS` map, `stick` the stick table (for pinned clients), `needs` the
-    /// first configuration. Returns once the first refresh (proactive entries, checks)
-    /// is done, so that the start-time warnings are known.
+    /// first configuration. The first refresh (proactive entries, checks) starts at once
+    /// in the background: a large configuration (thousands of backends, a route lookup
+    /// each) does not delay the control socket.
     pub async fn start(
         ring: Option<RingBuf<MapData>>,
         stick: Option<BpfHashMap<MapData, StickKey, StickValue>>,
@@ -210,7 +211,7 @@ impl Neighbours {
         let status = Arc::new(Mutex::new(Status::default()));
         let (tx, rx) = watch::channel(needs);
         let (retry_tx, retry_rx) = mpsc::unbounded_channel();
-        let mut keeper = Keeper {
+        let keeper = Keeper {
             handle,
             status: status.clone(),
             entries: BTreeMap::new(),
@@ -221,8 +222,6 @@ impl Neighbours {
             since_gateways: 0,
             gateways: BTreeSet::new(),
         };
-        let first = rx.borrow().clone();
-        keeper.refresh(&first).await;
         let (miss_tx, miss_rx) = mpsc::unbounded_channel();
         if let Some(ring) = ring {
             tokio::spawn(read_ring(ring, miss_tx));
@@ -546,7 +545,7 @@ impl Keeper {
     {
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await; // the first refresh ran in start()
+        // The first tick is immediate: the start-time refresh and checks.
         loop {
             tokio::select! {
                 _ = tick.tick() => {

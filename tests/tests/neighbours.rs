@@ -511,13 +511,21 @@ fn broken_setups_are_reported_at_start_with_the_fix() {
     );
     // Attached to the client side and backend 1 only.
     let agent = Agent::start(topo.lb(), &[topo.lb_client_if(), "to-be1"], &cfg, &[]).unwrap();
-    let status = agent.ok(&["status"]).unwrap();
-    let warnings: Vec<String> = status["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_str().unwrap().to_string())
-        .collect();
+    // The start-time checks run as soon as the agent is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let warnings: Vec<String> = loop {
+        let status = agent.ok(&["status"]).unwrap();
+        let w: Vec<String> = status["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .collect();
+        if w.len() >= 2 || Instant::now() > deadline {
+            break w;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let fwd = warnings
         .iter()
         .find(|w| w.contains("IPv4 forwarding is off on to-client"))
