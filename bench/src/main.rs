@@ -111,6 +111,10 @@ const VIP_NAT4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 100);
 const VIP_MAGLEV4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 101);
 const VIP_DSR4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 102);
 const VIP_NAT6: &str = "fd00:100::100";
+const VIP_IPIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 103);
+const VIP_GUE4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 104);
+const VIP_IPIP6: &str = "fd00:100::103";
+const VIP_GUE6: &str = "fd00:100::104";
 const VIP_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -356,6 +360,10 @@ fn parts_1_2(cfg: &Config) -> Result<(Vec<CaseResult>, Vec<ScaleResult>, Vec<wra
             programs.push(wrapper::prog_size(name, p)?);
         }
     }
+    programs.push(wrapper::prog_size(
+        lb_common::PROGRAM_DECAP,
+        bench.decap_program()?,
+    )?);
     programs.extend([
         wrapper::prog_size(wrapper::WRAPPER, bench.program(wrapper::WRAPPER)?)?,
         wrapper::prog_size(wrapper::PASS, bench.program(wrapper::PASS)?)?,
@@ -537,6 +545,77 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
             lb(Expect::Hit, dsr4),
         ),
         Case::new(
+            "hit_ipip4",
+            "IPv4 IPIP, sticky hit",
+            Stickylb,
+            request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_IPIP4)),
+            XDP_REDIRECT,
+            lb(Expect::Hit, main.sid("ipip4")?),
+        )
+        .head(20),
+        Case::new(
+            "hit_ipip6",
+            "IPv6 IP6IP6, sticky hit",
+            Stickylb,
+            request(CLIENT6.parse()?, VIP_IPIP6.parse()?),
+            XDP_REDIRECT,
+            lb(Expect::Hit, main.sid("ipip6")?),
+        )
+        .head(40),
+        Case::new(
+            "hit_gue4",
+            "IPv4 GUE, sticky hit",
+            Stickylb,
+            request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_GUE4)),
+            XDP_REDIRECT,
+            lb(Expect::Hit, main.sid("gue4")?),
+        )
+        .head(28),
+        Case::new(
+            "hit_gue6",
+            "IPv6 GUE (UDP checksum derived), sticky hit",
+            Stickylb,
+            request(CLIENT6.parse()?, VIP_GUE6.parse()?),
+            XDP_REDIRECT,
+            lb(Expect::Hit, main.sid("gue6")?),
+        )
+        .head(48),
+        Case::new(
+            "decap_ipip4",
+            "decap: IPIP (IPv4) stripped",
+            Stickylb,
+            decap_fixture(false, false),
+            XDP_PASS,
+            How::Wrapped {
+                target: Prog::Decap,
+                check: None,
+            },
+        )
+        .head(-20),
+        Case::new(
+            "decap_gue6",
+            "decap: GUE over IPv6 stripped",
+            Stickylb,
+            decap_fixture(true, true),
+            XDP_PASS,
+            How::Wrapped {
+                target: Prog::Decap,
+                check: None,
+            },
+        )
+        .head(-48),
+        Case::new(
+            "decap_other",
+            "decap: other traffic (untouched)",
+            Stickylb,
+            hit4.clone(),
+            XDP_PASS,
+            How::Wrapped {
+                target: Prog::Decap,
+                check: None,
+            },
+        ),
+        Case::new(
             "reply_v4",
             "IPv4 NAT reply (backend → client)",
             Stickylb,
@@ -594,6 +673,49 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
+/// What a backend receives from the balancer: a client's TCP ACK to the VIP inside IPIP
+/// (IPv4) or GUE (IPv6).
+fn decap_fixture(v6: bool, gue: bool) -> Vec<u8> {
+    use stickylb_tests::packets::{encapsulated, Outer, Tunnel};
+    let inner = if v6 {
+        request(
+            CLIENT6.parse().expect("client"),
+            VIP_GUE6.parse().expect("VIP"),
+        )
+    } else {
+        request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_IPIP4))
+    };
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        (
+            "fd00:1::1".parse().expect("addr"),
+            "fd00:1::2".parse().expect("addr"),
+        )
+    } else {
+        (
+            IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2)),
+        )
+    };
+    let o = Outer {
+        src_mac: [0x02, 0, 0, 0, 0, 0x11],
+        dst_mac: [0x02, 0, 0, 0, 0, 0x22],
+        src,
+        dst,
+        tos: 0,
+        flow_label: 0x12345,
+    };
+    let t = if gue {
+        Tunnel::Gue {
+            sport: 0xC123,
+            dport: lb_common::DEFAULT_GUE_PORT,
+            zero_check: false,
+        }
+    } else {
+        Tunnel::Ipip
+    };
+    encapsulated(&o, t, &inner[14..])
+}
+
 /// A TCP ACK (an established flow's packet) from `client:40000` to `vip:80`.
 fn request(client: IpAddr, vip: IpAddr) -> Vec<u8> {
     tcp_ack(client, CLIENT_PORT, vip, VIP_PORT)
@@ -613,6 +735,23 @@ fn services() -> Vec<ServiceSpec> {
     mag4.scheduler = Scheduler::Maglev;
     let mut dsr4 = ServiceSpec::new("dsr4", SocketAddr::new(IpAddr::V4(VIP_DSR4), VIP_PORT));
     dsr4.forwarding = Forwarding::Dsr;
+    let l3dsr = |name: &str, vip: IpAddr, forwarding| {
+        let mut s = ServiceSpec::new(name, SocketAddr::new(vip, VIP_PORT));
+        s.forwarding = forwarding;
+        for n in 2..=4 {
+            let b: IpAddr = if vip.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::new(198, 18, 1, n))
+            } else {
+                format!("fd00:1::{n}").parse().expect("backend")
+            };
+            s = s.backend(SocketAddr::new(b, VIP_PORT));
+        }
+        s
+    };
+    let ipip4 = l3dsr("ipip4", IpAddr::V4(VIP_IPIP4), Forwarding::Ipip);
+    let gue4 = l3dsr("gue4", IpAddr::V4(VIP_GUE4), Forwarding::Gue);
+    let ipip6 = l3dsr("ipip6", VIP_IPIP6.parse().expect("VIP"), Forwarding::Ipip);
+    let gue6 = l3dsr("gue6", VIP_GUE6.parse().expect("VIP"), Forwarding::Gue);
     let vip6: IpAddr = VIP_NAT6.parse().expect("VIP");
     let mut nat6 = ServiceSpec::new("nat6", SocketAddr::new(vip6, VIP_PORT));
     for n in 2..=4 {
@@ -624,7 +763,7 @@ fn services() -> Vec<ServiceSpec> {
     }
     // The insert cap (125k new entries per CPU per second by default) would turn most of
     // a million new clients into the unpinned path: measure the insert itself.
-    let mut all = vec![nat4, mag4, nat6, dsr4];
+    let mut all = vec![nat4, mag4, nat6, dsr4, ipip4, gue4, ipip6, gue6];
     for s in &mut all {
         s.insert_cap = 0;
     }
@@ -731,12 +870,15 @@ impl Table {
 enum Prog {
     Bench(&'static str),
     Stickylb(usize),
+    /// The backends' decapsulation program.
+    Decap,
 }
 
 fn xdp<'a>(prog: Prog, bench: &'a Bench, insts: &'a [Instance]) -> Result<&'a Xdp> {
     match prog {
         Prog::Bench(name) => bench.program(name),
         Prog::Stickylb(i) => insts.get(i).context("instance")?.program(),
+        Prog::Decap => bench.decap_program(),
     }
 }
 
@@ -810,6 +952,9 @@ struct Case {
     table_entries: Option<u32>,
     /// Packets of the warm-up run, if not the default.
     warmup: Option<u32>,
+    /// Bytes the program moves the packet's start by (+ encapsulation, − decapsulation):
+    /// the wrapper moves it back.
+    head: i32,
     samples: Vec<Sample>,
 }
 
@@ -825,8 +970,13 @@ impl Case {
             how,
             table_entries: None,
             warmup: None,
+            head: 0,
             samples: Vec::new(),
         }
+    }
+
+    fn head(self, head: i32) -> Case {
+        Case { head, ..self }
     }
 
     fn varying(self, vary: Vary) -> Case {
@@ -874,7 +1024,7 @@ impl Runner<'_> {
             How::Wrapped { target, check } => {
                 let fd = xdp(target, bench, insts)?.fd()?.try_clone()?;
                 bench.set_target(&fd)?;
-                bench.set_fixture(&case.pkt, case.vary)?;
+                bench.set_fixture(&case.pkt, case.vary, case.head)?;
                 let wrapper = bench.program(wrapper::WRAPPER)?;
                 let check = match check.filter(|_| checked) {
                     Some(c) => Some((c.expect, &insts.get(c.inst).context("instance")?.dp, c.sid)),
@@ -888,7 +1038,7 @@ impl Runner<'_> {
                 let sid = inst.sid(service)?;
                 let fd = inst.program()?.fd()?.try_clone()?;
                 bench.set_target(&fd)?;
-                bench.set_fixture(&case.pkt, case.vary)?;
+                bench.set_fixture(&case.pkt, case.vary, case.head)?;
                 let wrapper = bench.program(wrapper::WRAPPER)?;
                 self.run(wrapper, &case.pkt, self.cfg.warmup, case.action)?;
                 let check = checked.then_some((Expect::New, &inst.dp, sid));

@@ -36,11 +36,13 @@ struct Fixture {
     vary_offset: u32,
     vary_base: u32,
     vary_mask: u32,
+    /// Bytes the program under test prepends (negative: strips); see the eBPF side.
+    head: i32,
     /// The packet, then slack the wrapper's last 8-byte copy may read.
     data: [u8; FIXTURE_MAX + 8],
 }
 
-// SAFETY: `#[repr(C)]`, only integers, no padding (4 × u32 then a byte array).
+// SAFETY: `#[repr(C)]`, only integers, no padding (5 × 32-bit then a byte array).
 unsafe impl aya::Pod for Fixture {}
 
 /// A 32-bit big-endian field the wrapper rewrites on every run to
@@ -79,9 +81,11 @@ pub struct ProgSize {
     pub jited_bytes: u32,
 }
 
-/// The loaded benchmark object with its two maps taken out.
+/// The loaded benchmark object with its two maps taken out, and the backends'
+/// decapsulation object (its program is measured behind the same wrapper).
 pub struct Bench {
     ebpf: Ebpf,
+    decap: Ebpf,
     fixture: Array<MapData, Fixture>,
     target: ProgramArray<MapData>,
 }
@@ -98,10 +102,21 @@ impl Bench {
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
+        let mut decap = lb_userspace::decap::load(
+            &lb_common::DecapConfig {
+                flags: 0,
+                gue_port: lb_common::DEFAULT_GUE_PORT.to_be(),
+                _pad: 0,
+            },
+            &[],
+            None,
+        )?;
+        lb_userspace::decap::xdp_program(&mut decap)?;
         let fixture = Array::try_from(ebpf.take_map("FIXTURE").context("map FIXTURE")?)?;
         let target = ProgramArray::try_from(ebpf.take_map("TARGET").context("map TARGET")?)?;
         Ok(Bench {
             ebpf,
+            decap,
             fixture,
             target,
         })
@@ -129,6 +144,15 @@ impl Bench {
             .try_into()?)
     }
 
+    /// The decapsulation program (`stickylb decap`'s XDP program).
+    pub fn decap_program(&self) -> Result<&Xdp> {
+        Ok(self
+            .decap
+            .program(lb_common::PROGRAM_DECAP)
+            .context("program stickylb_decap missing")?
+            .try_into()?)
+    }
+
     /// Puts `prog` in the wrapper's tail-call slot.
     pub fn set_target(&mut self, prog: &ProgramFd) -> Result<()> {
         self.target
@@ -137,7 +161,8 @@ impl Bench {
     }
 
     /// Sets the packet the wrapper restores on every run.
-    pub fn set_fixture(&mut self, pkt: &[u8], vary: Option<Vary>) -> Result<()> {
+    /// `head`: bytes the program under test moves the packet's start by (+ prepends).
+    pub fn set_fixture(&mut self, pkt: &[u8], vary: Option<Vary>, head: i32) -> Result<()> {
         if pkt.len() < 14 || pkt.len() > FIXTURE_MAX {
             bail!("fixture of {} bytes (14..={FIXTURE_MAX})", pkt.len());
         }
@@ -146,6 +171,7 @@ impl Bench {
             vary_offset: 0,
             vary_base: 0,
             vary_mask: 0,
+            head,
             data: [0; FIXTURE_MAX + 8],
         };
         fx.data[..pkt.len()].copy_from_slice(pkt);

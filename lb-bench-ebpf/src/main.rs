@@ -4,7 +4,8 @@
 //! - `bench_wrapper` makes `BPF_PROG_TEST_RUN` with `repeat` measure the same packet
 //!   every time: the kernel runs the program `repeat` times on one buffer and never
 //!   restores it, so a NAT rewrite would change every later run. On each run the wrapper
-//!   sets the packet back to the fixture (length with `bpf_xdp_adjust_tail`, bytes copied
+//!   sets the packet back to the fixture (start with `bpf_xdp_adjust_head` when the program
+//!   under test moves it, length with `bpf_xdp_adjust_tail`, bytes copied
 //!   from the `FIXTURE` array in a bounded loop), optionally writes a varying 32-bit
 //!   value (a client address) into it, then tail-calls the program under test in slot 0
 //!   of `TARGET`. A failed tail call returns `XDP_ABORTED`, which the bench rejects.
@@ -23,7 +24,8 @@ mod program {
     use aya_ebpf::{
         bindings::{bpf_fib_lookup, xdp_action},
         helpers::{
-            self, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_xdp_adjust_tail,
+            self, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+            generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
         },
         macros::{map, xdp},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
@@ -44,6 +46,10 @@ mod program {
         /// The field is `vary_base + (run counter & vary_mask)`, written big-endian.
         vary_base: u32,
         vary_mask: u32,
+        /// Bytes the program under test moves the start of the packet by (positive:
+        /// it prepends headers, as encapsulation does; negative: it strips them, as
+        /// decapsulation does); 0 = it does not. The wrapper moves it back.
+        head: i32,
         /// The packet, then slack for the last word's masked offset.
         data: [u8; FIXTURE_MAX + 8],
     }
@@ -78,6 +84,15 @@ mod program {
         let len = fx.len as usize;
         if !(14..=FIXTURE_MAX).contains(&len) {
             return None;
+        }
+        // Undo the previous run's head move first (the kernel keeps the packet as the
+        // last run left it).
+        let head = fx.head;
+        if head != 0 && (ctx.data_end() - ctx.data()) as i64 == len as i64 + head as i64 {
+            // SAFETY: helper on the program's own context.
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, head) } != 0 {
+                return None;
+            }
         }
         if ctx.data_end() - ctx.data() != len {
             let delta = len as i32 - (ctx.data_end() - ctx.data()) as i32;

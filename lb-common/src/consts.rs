@@ -13,6 +13,28 @@ pub const PROTO_ICMPV6: u8 = 58;
 /// Forwarding modes ([`crate::ServiceInfo::forwarding`]).
 pub const FWD_NAT: u8 = 1;
 pub const FWD_DSR: u8 = 2;
+/// L3 DSR: the client's packet inside an outer IPv4/IPv6 header to the backend (IPIP,
+/// IP6IP6, and 4-in-6 / 6-in-4 when the backend's family differs from the VIP's).
+pub const FWD_IPIP: u8 = 3;
+/// L3 DSR: the client's packet inside outer IP + UDP to the backend's GUE port (GUE
+/// variant 1: the UDP payload is the IP packet itself).
+pub const FWD_GUE: u8 = 4;
+/// Default GUE destination port (Katran's; the kernel's `ip fou add port 6080 gue`).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// Outer TTL / hop limit of encapsulated packets.
+pub const ENCAP_TTL: u8 = 64;
+/// IP protocol numbers of the tunnels.
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6: u8 = 41;
+/// Bytes an outer header adds: IPv4 / IPv6, plus UDP for GUE (variant 1 has no GUE
+/// header of its own).
+pub const ENCAP_IPV4_LEN: u16 = 20;
+pub const ENCAP_IPV6_LEN: u16 = 40;
+pub const ENCAP_UDP_LEN: u16 = 8;
+/// GUE source ports (entropy for the backends' RSS and ECMP on the path) are taken from
+/// the dynamic range 49152–65535 (RFC 6335; RFC 8086 §3.2.1 asks the same for GRE-in-UDP).
+pub const GUE_SPORT_BASE: u16 = 0xC000;
+pub const GUE_SPORT_MASK: u16 = 0x3FFF;
 
 /// Schedulers ([`crate::ServiceInfo::scheduler`]).
 pub const SCHED_ROUNDROBIN: u8 = 1;
@@ -21,6 +43,10 @@ pub const SCHED_MAGLEV: u8 = 2;
 /// `ServiceInfo::flags`: a TCP client without an entry gets one only on a SYN (without
 /// ACK); other TCP packets of unknown clients are served by source hash, no entry.
 pub const SVC_SYN_ONLY: u8 = 1;
+/// `ServiceInfo::flags`: encapsulating services take the outer source from the client's
+/// hash inside a configured prefix (`ENCAP_SOURCE`, RSS-friendly, as Katran and Cilium)
+/// instead of the balancer's egress address from the FIB.
+pub const SVC_SRC_HASH: u8 = 2;
 /// Default `ServiceInfo::insert_cap`: new entries per second per CPU (Katran's figure).
 pub const DEFAULT_INSERT_CAP: u32 = 125_000;
 /// Length of the insert-cap window.
@@ -36,12 +62,15 @@ pub const NEIGH_SEEN_ENTRIES: u32 = 4096;
 /// Size of the `NEIGH_EVENTS` ring buffer in bytes (a power of two, multiple of the
 /// page size): about 1600 reports of 48 bytes with their headers.
 pub const NEIGH_EVENTS_BYTES: u32 = 64 * 1024;
-/// `NeighMiss::why`: a NAT packet to a backend (passed to the kernel, which resolves).
+/// `NeighMiss::why`: a NAT packet to a backend.
 pub const MISS_NAT_TO_BACKEND: u8 = 1;
-/// `NeighMiss::why`: a DSR packet to a backend (dropped).
+/// `NeighMiss::why`: a DSR packet to a backend.
 pub const MISS_DSR_TO_BACKEND: u8 = 2;
-/// `NeighMiss::why`: a NAT reply to a client (dropped).
+/// `NeighMiss::why`: a NAT reply to a client.
 pub const MISS_REPLY: u8 = 3;
+/// `NeighMiss::why`: an encapsulating service's packet to a backend (dropped: the outer
+/// next hop is unresolved).
+pub const MISS_ENCAP_TO_BACKEND: u8 = 4;
 /// Opens the XDP metadata of a packet the data path hands to its tc program
 /// ([`PROGRAM_QUEUE`]) to be sent through the kernel's neighbour queue (a
 /// [`crate::QueueMeta`] follows).
@@ -98,6 +127,7 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_INSERT_BUDGET: &str = "INSERT_BUDGET";
 pub const MAP_NEIGH_SEEN: &str = "NEIGH_SEEN";
 pub const MAP_NEIGH_EVENTS: &str = "NEIGH_EVENTS";
+pub const MAP_ENCAP_SOURCE: &str = "ENCAP_SOURCE";
 pub const PROGRAM_NAME: &str = "stickylb";
 /// The side-path programs, reached by tail call through `JUMP` at these slots.
 pub const PROGRAM_ICMP: &str = "stickylb_icmp";
@@ -108,3 +138,18 @@ pub const PROGRAM_QUEUE: &str = "stickylb_queue";
 pub const MAP_JUMP: &str = "JUMP";
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_FRAGMENT: u32 = 1;
+/// The unresolved-next-hop programs (report the next hop, queue the packet): for packets
+/// to backends, and for NAT replies.
+pub const PROGRAM_NEIGH: &str = "stickylb_neigh";
+pub const JUMP_NEIGH: u32 = 2;
+pub const PROGRAM_NEIGH_REPLY: &str = "stickylb_neigh_reply";
+pub const JUMP_NEIGH_REPLY: u32 = 3;
+/// The backend side's decapsulation programs (object `lb-decap`, `stickylb decap`).
+pub const PROGRAM_DECAP: &str = "stickylb_decap";
+pub const PROGRAM_DECAP_TC: &str = "stickylb_decap_tc";
+pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
+pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
+pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+/// `DecapConfig::flags`: decapsulate only packets whose outer destination is in
+/// `DECAP_ADDRS` (this host's addresses).
+pub const DECAP_STRICT: u32 = 1;

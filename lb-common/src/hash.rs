@@ -29,6 +29,23 @@ pub fn client_hash(addr: &Addr) -> u32 {
     h
 }
 
+/// Entropy of an encapsulated flow: the GUE source port, the client-hash outer source
+/// and the IPv6 outer flow label are taken from it, so that backends spread flows over
+/// their receive queues and routers over their ECMP paths. One mixing round over the
+/// client address and source port (network order, as in the packet): cheaper than
+/// [`client_hash`], and it need not agree with anything but itself.
+#[inline(always)]
+pub fn encap_hash(addr: &Addr, port: u16) -> u32 {
+    fmix32(
+        CLIENT_HASH_SEED
+            ^ addr[0]
+            ^ addr[1].rotate_left(8)
+            ^ addr[2].rotate_left(16)
+            ^ addr[3].rotate_left(24)
+            ^ port as u32,
+    )
+}
+
 #[cfg(all(test, feature = "user"))]
 mod tests {
     use super::*;

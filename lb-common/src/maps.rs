@@ -26,11 +26,11 @@ pub struct Endpoint {
 pub struct ServiceInfo {
     /// Index into the per-service arrays and part of every stick-table key.
     pub id: u32,
-    /// [`crate::FWD_NAT`] or [`crate::FWD_DSR`].
+    /// [`crate::FWD_NAT`], [`crate::FWD_DSR`], [`crate::FWD_IPIP`] or [`crate::FWD_GUE`].
     pub forwarding: u8,
     /// [`crate::SCHED_ROUNDROBIN`] or [`crate::SCHED_MAGLEV`].
     pub scheduler: u8,
-    /// [`crate::SVC_SYN_ONLY`], …
+    /// [`crate::SVC_SYN_ONLY`], [`crate::SVC_SRC_HASH`].
     pub flags: u8,
     pub _pad: u8,
     /// Length of the active selection table; 0 = no backend takes new clients.
@@ -44,7 +44,23 @@ pub struct ServiceInfo {
     /// New stick-table entries one CPU may add for this service per second; 0 = no cap.
     /// Clients beyond it are served by source hash without an entry.
     pub insert_cap: u32,
-    pub _pad2: u32,
+    /// GUE destination port (network order); 0 for the other modes.
+    pub gue_port: u16,
+    pub _pad2: u16,
+}
+
+/// Value of `ENCAP_SOURCE` (indexed by service id), read when the service has
+/// [`crate::SVC_SRC_HASH`]: the outer source is `prefix | (client hash & !mask)`, per
+/// outer family (an IPv4 outer header uses word 0 of each). A family whose mask is all
+/// zero has no prefix: that family's backends take the FIB's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapSource {
+    pub v4_prefix: u32,
+    /// Network-order mask of the prefix bits.
+    pub v4_mask: u32,
+    pub v6_prefix: Addr,
+    pub v6_mask: Addr,
 }
 
 /// Value of `BACKENDS` (an array indexed by backend id).
@@ -152,10 +168,19 @@ pub struct ServiceStats {
     /// New clients served by source hash without an entry: this CPU's `insert_cap` for
     /// the current second was used up.
     pub unpinned_over_cap: u64,
-    /// Dropped: the next hop has no neighbour entry yet, and the packet is one the kernel
-    /// could not take instead (a NAT reply, whose source is the VIP, possibly a local
-    /// address; a DSR packet, which the kernel would route by the VIP). The agent is told
-    /// and resolves the next hop: only the first packets to a new next hop are lost.
+    /// Encapsulating services: client packets that would exceed the egress MTU once
+    /// encapsulated, answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
+    /// (MTU minus the overhead), sent back to the client.
+    pub too_big_answered: u64,
+    /// Encapsulating services: client packets over the MTU that cannot be answered
+    /// (IPv4 without DF, an IPv6 inner packet whose answer would go below 1280, a packet
+    /// too short to quote), dropped.
+    pub drop_too_big: u64,
+    /// Dropped: the next hop has no neighbour entry yet, and the packet could not be
+    /// queued for it (no XDP metadata; an encapsulating service's packet, not yet
+    /// encapsulated) nor handed to the kernel's routing (a NAT reply, whose source is the
+    /// VIP, possibly a local address; a DSR packet, which the kernel would route by the
+    /// VIP). The agent is told and resolves the next hop: only first packets are lost.
     pub drop_no_neigh: u64,
     /// Packets whose next hop had no neighbour entry yet (NAT replies, DSR), fully
     /// rewritten and handed to the tc program, which has the kernel's neighbour layer
@@ -195,6 +220,8 @@ impl ServiceStats {
         self.frag_unmatched += o.frag_unmatched;
         self.unpinned_not_syn += o.unpinned_not_syn;
         self.unpinned_over_cap += o.unpinned_over_cap;
+        self.too_big_answered += o.too_big_answered;
+        self.drop_too_big += o.drop_too_big;
         self.drop_no_neigh += o.drop_no_neigh;
         self.neigh_queued += o.neigh_queued;
         self.neigh_report_lost += o.neigh_report_lost;
@@ -225,6 +252,10 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for InsertBudget {}
     unsafe impl aya::Pod for CachedRoute {}
+    unsafe impl aya::Pod for EncapSource {}
+    unsafe impl aya::Pod for DecapConfig {}
+    unsafe impl aya::Pod for DecapKey {}
+    unsafe impl aya::Pod for DecapStats {}
     unsafe impl aya::Pod for NeighKey {}
     unsafe impl aya::Pod for NeighMiss {}
     unsafe impl aya::Pod for QueueMeta {}
@@ -308,9 +339,49 @@ pub struct CachedRoute {
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
     /// Largest IP length the FIB accepted on this route (its MTU check); longer packets
-    /// ask the FIB again.
+    /// ask the FIB again. For encapsulating services, the outer length.
     pub ok_len: u16,
-    pub _pad: [u8; 2],
+    /// The service's forwarding mode when the route was cached (the encapsulating modes
+    /// also cache the outer source).
+    pub forwarding: u8,
+    pub _pad: u8,
+    /// Encapsulating services: the outer source (the FIB's egress address, or the
+    /// client-hash source).
+    pub src: Addr,
+}
+
+/// Value of `DECAP_CONFIG` (one slot) of the backend-side decapsulation program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapConfig {
+    /// [`crate::DECAP_STRICT`].
+    pub flags: u32,
+    /// GUE port (network order); 0 = do not decapsulate GUE.
+    pub gue_port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `DECAP_ADDRS`: a local address the strict mode accepts as outer destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-CPU counters of the decapsulation program (`DECAP_STATS`, one slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapStats {
+    /// Outer headers stripped, inner packet passed up.
+    pub decapsulated: u64,
+    /// Encapsulated packets left untouched: outer destination not local (strict), outer
+    /// IPv4 options or fragments, inner not IP of the claimed family.
+    pub passed: u64,
+    /// Encapsulated packets dropped: lengths that lie (outer length beyond the frame,
+    /// inner length beyond the outer payload), nested tunnels.
+    pub dropped: u64,
 }
 
 /// A next hop on an interface: the key of `NEIGH_SEEN` (when the data path last reported
@@ -338,9 +409,9 @@ pub struct NeighMiss {
     pub at_ns: u64,
     /// Service of the packet.
     pub service_id: u32,
-    /// What the packet was and what happened to it: [`crate::MISS_NAT_TO_BACKEND`]
-    /// (passed to the kernel), [`crate::MISS_DSR_TO_BACKEND`] or [`crate::MISS_REPLY`]
-    /// (dropped).
+    /// What the packet was: [`crate::MISS_NAT_TO_BACKEND`],
+    /// [`crate::MISS_DSR_TO_BACKEND`], [`crate::MISS_REPLY`] (queued) or
+    /// [`crate::MISS_ENCAP_TO_BACKEND`] (dropped).
     pub why: u8,
     pub _pad: [u8; 3],
 }

@@ -4,23 +4,25 @@
 
 use crate::{Backend, StickValue, BACKEND_DRAIN, BACKEND_UP, MAX_REFRESH_NS};
 
-/// What to do with a client.
+/// What to do with a client. The discriminant is the reason code the data path's debug
+/// log prints (`stickylb run --debug`; the message spells out the codes).
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// The entry is live and its backend still takes its clients: go there.
-    Hit,
+    Hit = 0,
     /// No entry: first pick.
-    New,
+    New = 1,
     /// The entry expired: fresh pick, entry overwritten.
-    RepickExpired,
+    RepickExpired = 2,
     /// The entry's backend is down, removed or now belongs to another service.
-    RepickDown,
+    RepickDown = 3,
     /// No entry, and none was added: a TCP packet other than a SYN under
     /// `insert_on = "syn"`. Served by source hash.
-    UnpinnedNotSyn,
+    UnpinnedNotSyn = 4,
     /// No entry, and none was added: this CPU's insert cap for the second is used up.
     /// Served by source hash.
-    UnpinnedOverCap,
+    UnpinnedOverCap = 5,
 }
 
 /// Whether a TCP packet with these flags opens a connection (SYN without ACK).
@@ -169,6 +171,22 @@ mod tests {
             Verdict::Hit,
             "0 = never expires"
         );
+    }
+
+    #[test]
+    fn reason_codes_are_the_ones_the_debug_log_prints() {
+        // balancer.rs: "1=new 2=expired 3=backend down 4=unpinned non-SYN 5=unpinned over cap"
+        let codes = [
+            (Verdict::Hit, 0),
+            (Verdict::New, 1),
+            (Verdict::RepickExpired, 2),
+            (Verdict::RepickDown, 3),
+            (Verdict::UnpinnedNotSyn, 4),
+            (Verdict::UnpinnedOverCap, 5),
+        ];
+        for (v, code) in codes {
+            assert_eq!(v as u8, code, "{v:?}");
+        }
     }
 
     #[test]

@@ -4,13 +4,13 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
 use lb_common::{
-    sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR, JUMP_FRAGMENT, JUMP_ICMP, MISS_REPLY,
-    PROTO_ICMP, PROTO_ICMPV6,
+    sticky::Verdict, ReverseValue, ServiceInfo, FWD_DSR, FWD_GUE, FWD_IPIP, JUMP_FRAGMENT,
+    JUMP_ICMP, PROTO_ICMP, PROTO_ICMPV6,
 };
 
 use crate::{
-    dsr,
-    forward::{decrement_ttl, forward_to_backend, lookup, not_sent, send, Forwarded, Lookup},
+    dsr, encap,
+    forward::{forward_to_backend, lookup, not_sent, send, Forwarded, Lookup},
     fragment, icmp,
     maps::JUMP,
     nat::{self, End},
@@ -93,7 +93,10 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
     let Some(st) = stats::service(svc.id) else {
         return xdp_action::XDP_PASS;
     };
-    let dsr = svc.forwarding == FWD_DSR;
+    // L2 DSR and the encapsulating modes (L3 DSR) leave the client's packet as it is: no
+    // hop is taken off it, and the kernel must not route it (it would route by the VIP).
+    let encap = is_encap(svc);
+    let dsr = svc.forwarding == FWD_DSR || encap;
     if !dsr && p.ttl <= 1 {
         // Routed hop would expire: the kernel sends the ICMP time-exceeded.
         st.pass_ttl += 1;
@@ -111,17 +114,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         return xdp_action::XDP_DROP;
     };
     if debug() && verdict != Verdict::Hit {
-        let why: u8 = match verdict {
-            Verdict::New => 0,
-            Verdict::RepickExpired => 1,
-            Verdict::RepickDown => 2,
-            Verdict::UnpinnedNotSyn => 3,
-            _ => 4,
-        };
+        let why = verdict as u8;
         if p.family == lb_common::FAMILY_V4 {
             debug!(
                 ctx,
-                "service {}: client {:i} -> backend {} (0=new 1=expired 2=backend down 3=unpinned non-SYN 4=unpinned over cap: {})",
+                "service {}: client {:i} -> backend {} (1=new 2=expired 3=backend down 4=unpinned non-SYN 5=unpinned over cap: {})",
                 svc.id,
                 u32::from_be(p.src[0]),
                 backend_id,
@@ -130,15 +127,16 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         } else {
             debug!(
                 ctx,
-                "service {}: IPv6 client -> backend {} (0=new 1=expired 2=backend down 3=unpinned non-SYN 4=unpinned over cap: {})",
+                "service {}: IPv6 client -> backend {} (1=new 2=expired 3=backend down 4=unpinned non-SYN 5=unpinned over cap: {})",
                 svc.id,
                 backend_id,
                 why
             );
         }
     }
-    if backend.family != p.family {
-        // The agent never configures this; refuse rather than mis-forward.
+    if backend.family != p.family && !encap {
+        // Only encapsulation carries a packet to a backend of the other family (4-in-6,
+        // 6-in-4); the agent never configures it otherwise: refuse rather than mis-forward.
         st.drop_no_backend += 1;
         return xdp_action::XDP_DROP;
     }
@@ -161,7 +159,9 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
     }
     let len = pkt.len() as u64;
 
-    let outcome = if dsr {
+    let outcome = if encap {
+        encapsulate(ctx, p, svc, backend_id, &backend, now, true)
+    } else if dsr {
         dsr::to_backend(ctx, pkt, p, backend_id, &backend, now)
     } else {
         if nat::rewrite(pkt, p, End::Destination, &backend.addr, backend.port).is_none() {
@@ -182,8 +182,17 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             }
             action
         }
+        Forwarded::Answered(action) => {
+            st.too_big_answered += 1;
+            action
+        }
+        Forwarded::TooBig => {
+            st.drop_too_big += 1;
+            xdp_action::XDP_DROP
+        }
+        Forwarded::NoNeighbour => neigh::to_backend_miss(ctx, st, dsr),
         other => {
-            let action = not_sent(ctx, pkt, p, st, svc.id, &other, dsr);
+            let action = not_sent(st, &other, dsr);
             if action == xdp_action::XDP_PASS {
                 // Rewritten, and on its way: through the neighbour queue (unresolved
                 // next hop, which the agent resolves for the packets after) or the
@@ -193,6 +202,40 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             }
             action
         }
+    }
+}
+
+/// Whether the service encapsulates (IPIP or GUE).
+#[inline(always)]
+pub fn is_encap(svc: &ServiceInfo) -> bool {
+    svc.forwarding == FWD_IPIP || svc.forwarding == FWD_GUE
+}
+
+/// Encapsulates the packet for `backend` and sends it (see [`encap`]). Over the egress
+/// MTU, the client gets an ICMP answer when `answer_too_big` (not for ICMP errors and
+/// fragments: `Forwarded::TooBig`).
+#[inline(always)]
+pub fn encapsulate(
+    ctx: &XdpContext,
+    p: &Parsed,
+    svc: &ServiceInfo,
+    backend_id: u32,
+    backend: &lb_common::Backend,
+    now: u64,
+    answer_too_big: bool,
+) -> Forwarded {
+    let Some(o) = encap::plan(p, svc, backend) else {
+        return Forwarded::TooBig;
+    };
+    match encap::route(ctx, svc, backend_id, backend, &o, now) {
+        encap::OuterRoute::Route(r, src) => {
+            encap::push_and_send(ctx, p, &o, &src, &backend.addr, &r)
+        }
+        encap::OuterRoute::TooBig(mtu) if answer_too_big && mtu > o.overhead => {
+            crate::toobig::answer(ctx, p, mtu - o.overhead)
+        }
+        encap::OuterRoute::TooBig(_) => Forwarded::TooBig,
+        encap::OuterRoute::Other(f) => f,
     }
 }
 
@@ -217,25 +260,15 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
             st.drop_no_route += 1;
             return xdp_action::XDP_DROP;
         }
-        Lookup::NoNeighbour(hop) => {
-            // The kernel's stack cannot take it instead: rewritten, its source is the
-            // VIP, which it drops as a martian when the VIP is one of its own addresses;
-            // untouched, the client would get it from the backend's address. So it is
-            // rewritten as if sent and goes to the neighbour queue (`neigh`), and the
-            // agent resolves the next hop for the packets after it.
-            neigh::report(st, reply.service_id, &hop, MISS_REPLY);
+        // No neighbour: the kernel's stack cannot take it instead (rewritten, its
+        // source is the VIP, a martian when the VIP is one of its own addresses;
+        // untouched, the client would get it from the backend's address). Rewritten
+        // here, it is queued for the next hop by the neighbour program (`neigh`).
+        Lookup::NoNeighbour => {
             if nat::rewrite(pkt, p, End::Source, &reply.vip, reply.vip_port).is_none() {
                 return xdp_action::XDP_PASS;
             }
-            let len = pkt.len() as u64;
-            if decrement_ttl(pkt, p) && neigh::queue(ctx, &hop) {
-                st.neigh_queued += 1;
-                st.reply_packets += 1;
-                st.reply_bytes += len;
-                return xdp_action::XDP_PASS;
-            }
-            st.drop_no_neigh += 1;
-            return xdp_action::XDP_DROP;
+            return neigh::reply_miss(ctx, st);
         }
     };
     if nat::rewrite(pkt, p, End::Source, &reply.vip, reply.vip_port).is_none() {
@@ -250,7 +283,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
             action
         }
         other => {
-            let action = not_sent(ctx, pkt, p, st, reply.service_id, &other, false);
+            let action = not_sent(st, &other, false);
             if action == xdp_action::XDP_PASS {
                 st.reply_packets += 1;
                 st.reply_bytes += len;

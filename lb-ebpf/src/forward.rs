@@ -20,9 +20,15 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use lb_common::{csum, Addr, NeighKey, ServiceStats, FAMILY_V4, FAMILY_V6, ROUTE_CACHE_NS};
+use lb_common::{csum, Addr, FAMILY_V4, ROUTE_CACHE_NS};
 
-use crate::{maps::ROUTE_CACHE, neigh, packet::Packet, parse::Parsed};
+use crate::{
+    hdr::*,
+    maps::{FIB_SCRATCH, ROUTE_CACHE},
+    neigh,
+    packet::Packet,
+    parse::Parsed,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -31,38 +37,74 @@ const AF_INET6: u8 = 10;
 pub enum Forwarded {
     /// Sent on: `XDP_TX` or `XDP_REDIRECT`.
     Sent(u32),
-    /// The FIB knows the route but not the neighbour's MAC yet: this next hop.
-    NoNeighbour(NeighKey),
+    /// The FIB knows the route but not the neighbour's MAC yet (the next hop it named is
+    /// in `neigh`'s scratch slot).
+    NoNeighbour,
     /// No route (unreachable, blackhole, prohibit): drop.
     NoRoute,
     /// The FIB cannot give a fast path (local destination, MTU, forwarding disabled…):
     /// let the kernel handle it.
     Kernel,
+    /// Encapsulating modes: the packet would exceed the egress MTU once encapsulated and
+    /// the client was answered (ICMP "fragmentation needed" / "packet too big"): this
+    /// action (`XDP_TX`) sends the answer.
+    Answered(u32),
+    /// Encapsulating modes: over the MTU and not answerable (IPv4 without DF, …): drop.
+    TooBig,
 }
 
 /// A successful FIB lookup: where to send and with which MAC addresses.
 pub struct Route {
-    ifindex: u32,
-    dmac: [u8; 6],
-    smac: [u8; 6],
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
 }
 
 /// What the FIB says about `src → dst`.
 pub enum Lookup {
     Route(Route),
-    /// The FIB knows the route but not the neighbour's MAC yet: this next hop.
-    NoNeighbour(NeighKey),
+    /// The FIB knows the route but not the neighbour's MAC yet (the next hop it named is
+    /// in `neigh`'s scratch slot).
+    NoNeighbour,
     /// No route (unreachable, blackhole, prohibit).
     NoRoute,
     /// Not forwarded by the FIB: local destination, MTU exceeded, forwarding disabled…
     NotForwarded,
 }
 
+impl From<Lookup> for Forwarded {
+    /// The outcome of a lookup that found no route to send on. (A `Route` is the caller's
+    /// to send, with [`send`]; converting one means "not sent", so it maps to `Kernel`.)
+    #[inline(always)]
+    fn from(l: Lookup) -> Forwarded {
+        match l {
+            Lookup::NoNeighbour => Forwarded::NoNeighbour,
+            Lookup::NoRoute => Forwarded::NoRoute,
+            Lookup::Route(_) | Lookup::NotForwarded => Forwarded::Kernel,
+        }
+    }
+}
+
+/// The `bpf_fib_lookup` parameters, zeroed, in a per-CPU scratch slot (`FIB_SCRATCH`)
+/// rather than on the stack: 64 bytes the main program, with every forwarding mode
+/// inlined, has no room for.
+#[inline(always)]
+pub fn fib_params() -> Option<&'static mut FibParams> {
+    let fib = FIB_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, only this CPU touches it while the program runs; all-zero is
+    // a valid value of the plain C struct.
+    unsafe {
+        core::ptr::write_bytes(fib, 0, 1);
+        Some(&mut *fib)
+    }
+}
+
 /// Asks the kernel's FIB for the path of `src → dst` (addresses as they will be sent).
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, p: &Parsed, src: &Addr, dst: &Addr) -> Lookup {
-    // SAFETY: plain C struct, all-zero is a valid initial value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let Some(fib) = fib_params() else {
+        return Lookup::NotForwarded;
+    };
     fib.l4_protocol = p.proto;
     fib.sport = p.sport;
     fib.dport = p.dport;
@@ -83,7 +125,7 @@ pub fn lookup(ctx: &XdpContext, p: &Parsed, src: &Addr, dst: &Addr) -> Lookup {
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
+            fib as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -98,32 +140,14 @@ pub fn lookup(ctx: &XdpContext, p: &Parsed, src: &Addr, dst: &Addr) -> Lookup {
                 smac: macs.smac,
             })
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Lookup::NoNeighbour(next_hop(&fib)),
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            neigh::remember(fib);
+            Lookup::NoNeighbour
+        }
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
             Lookup::NoRoute
         }
         _ => Lookup::NotForwarded,
-    }
-}
-
-/// The next hop a `NO_NEIGH` lookup names: the kernel has set the egress `ifindex` and
-/// replaced the destination by the gateway when the route has one; `family` says which
-/// member holds it (an IPv4 route may have an IPv6 gateway).
-#[inline(always)]
-fn next_hop(fib: &FibParams) -> NeighKey {
-    // SAFETY: the union members are plain integers; the family says which is meaningful.
-    let (family, addr) = unsafe {
-        if fib.family == AF_INET6 {
-            (FAMILY_V6, fib.__bindgen_anon_4.ipv6_dst)
-        } else {
-            (FAMILY_V4, [fib.__bindgen_anon_4.ipv4_dst, 0, 0, 0])
-        }
-    };
-    NeighKey {
-        addr,
-        ifindex: fib.ifindex,
-        family,
-        _pad: [0; 3],
     }
 }
 
@@ -134,7 +158,8 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, p: &Parsed, route: &Route, routed: b
     if routed && !decrement_ttl(pkt, p) {
         return Forwarded::Kernel;
     }
-    let (Some(dmac), Some(smac)) = (pkt.ptr::<[u8; 6]>(0), pkt.ptr::<[u8; 6]>(6)) else {
+    let (Some(dmac), Some(smac)) = (pkt.ptr::<[u8; 6]>(ETH_DST), pkt.ptr::<[u8; 6]>(ETH_SRC))
+    else {
         return Forwarded::Kernel;
     };
     // SAFETY: bounds-checked above.
@@ -166,9 +191,7 @@ pub fn forward(
 ) -> Forwarded {
     match lookup(ctx, p, src, dst) {
         Lookup::Route(r) => send(ctx, pkt, p, &r, routed),
-        Lookup::NoNeighbour(hop) => Forwarded::NoNeighbour(hop),
-        Lookup::NoRoute => Forwarded::NoRoute,
-        Lookup::NotForwarded => Forwarded::Kernel,
+        other => other.into(),
     }
 }
 
@@ -221,21 +244,19 @@ pub fn forward_to_backend(
             }
             send(ctx, pkt, p, &r, routed)
         }
-        Lookup::NoNeighbour(hop) => Forwarded::NoNeighbour(hop),
-        Lookup::NoRoute => Forwarded::NoRoute,
-        Lookup::NotForwarded => Forwarded::Kernel,
+        other => other.into(),
     }
 }
 
 /// Decrements the IPv4 TTL (with checksum update) or IPv6 hop limit. The caller already
 /// made sure it is above 1.
 #[inline(always)]
-pub fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
+fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
     if p.family == FAMILY_V4 {
         let (Some(ttl), Some(proto), Some(check)) = (
-            pkt.ptr::<u8>(p.l3_off + 8),
-            pkt.ptr::<u8>(p.l3_off + 9),
-            pkt.ptr::<u16>(p.l3_off + 10),
+            pkt.ptr::<u8>(p.l3_off + IP4_TTL),
+            pkt.ptr::<u8>(p.l3_off + IP4_PROTO),
+            pkt.ptr::<u16>(p.l3_off + IP4_CHECK),
         ) else {
             return false;
         };
@@ -247,7 +268,7 @@ pub fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
             *ttl -= 1;
         }
     } else {
-        let Some(hop) = pkt.ptr::<u8>(p.l3_off + 7) else {
+        let Some(hop) = pkt.ptr::<u8>(p.l3_off + IP6_HOP) else {
             return false;
         };
         unsafe { *hop -= 1 };
@@ -255,46 +276,16 @@ pub fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
     true
 }
 
-/// The verdict and counters for a packet to a backend that was not sent directly: no
-/// route → drop (`drop_no_route`); no neighbour → the next hop is reported and the packet
-/// (already rewritten; TTL decremented when routed, i.e. NAT) goes to the neighbour queue
-/// (`neigh_queued`, see `neigh`), which sends it once the next hop answers. Where the
-/// metadata cannot be set, NAT hands it to the kernel's forwarding (`fib_miss`: its
-/// source is the client, the kernel routes and resolves it) and DSR drops it
-/// (`drop_no_neigh`: the kernel would route it by the VIP). No fast path (MTU…) →
-/// `fib_miss`, passed in NAT mode, dropped in DSR mode.
+/// The verdict and counters for a packet that was not sent directly: no route → drop
+/// (`drop_no_route`); no fast path → `fib_miss`, then the kernel takes the (already
+/// rewritten) packet, except in DSR mode, where it would route by the VIP instead of to
+/// the backend, so the packet is dropped. (No neighbour is the callers' to hand to
+/// `neigh::backend_miss` first.)
 #[inline(always)]
-pub fn not_sent(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    p: &Parsed,
-    st: &mut ServiceStats,
-    service_id: u32,
-    outcome: &Forwarded,
-    dsr: bool,
-) -> u32 {
-    match outcome {
-        Forwarded::NoRoute => {
-            st.drop_no_route += 1;
-            return xdp_action::XDP_DROP;
-        }
-        Forwarded::NoNeighbour(hop) => {
-            let why = if dsr {
-                lb_common::MISS_DSR_TO_BACKEND
-            } else {
-                lb_common::MISS_NAT_TO_BACKEND
-            };
-            neigh::report(st, service_id, hop, why);
-            if (dsr || decrement_ttl(pkt, p)) && neigh::queue(ctx, hop) {
-                st.neigh_queued += 1;
-                return xdp_action::XDP_PASS;
-            }
-            if dsr {
-                st.drop_no_neigh += 1;
-                return xdp_action::XDP_DROP;
-            }
-        }
-        _ => {}
+pub fn not_sent(st: &mut lb_common::ServiceStats, outcome: &Forwarded, dsr: bool) -> u32 {
+    if let Forwarded::NoRoute = outcome {
+        st.drop_no_route += 1;
+        return xdp_action::XDP_DROP;
     }
     st.fib_miss += 1;
     if dsr {

@@ -3,7 +3,8 @@
 //! and protocol (`FRAGMENTS`, kept by userspace), the one where the client has a live
 //! entry decides the backend. No entry, or live entries in more than one service (the
 //! fragment could belong to either), and the fragment passes to the kernel, counted:
-//! never mis-forwarded. First fragments carry the ports and take the normal path.
+//! never mis-forwarded. First fragments carry the ports and take the normal path. In the
+//! encapsulating modes the fragment is encapsulated to the backend as it is.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
@@ -13,7 +14,9 @@ use lb_common::{
 };
 
 use crate::{
+    balancer::{encapsulate, is_encap},
     forward::{forward, not_sent, Forwarded},
+    hdr::*,
     maps::{BACKENDS, FRAGMENTS, SERVICES, STICK},
     packet::{get, set, Packet},
     parse::Parsed,
@@ -76,7 +79,8 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
     let Some(st) = stats::service(svc.id) else {
         return xdp_action::XDP_PASS;
     };
-    let dsr = svc.forwarding == FWD_DSR;
+    let encap = is_encap(&svc);
+    let dsr = svc.forwarding == FWD_DSR || encap;
     if !dsr && p.ttl <= 1 {
         // Routed hop would expire: the kernel answers.
         st.pass_ttl += 1;
@@ -87,19 +91,28 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
     if !dsr {
         // NAT: only the IP destination (the ports and the L4 checksum are in the first
         // fragment, rewritten there).
-        let Some(ip) = pkt.ptr::<[u8; 20]>(p.l3_off) else {
+        let Some(ip) = pkt.region::<Ipv4Hdr>(p.l3_off) else {
             return xdp_action::XDP_PASS;
         };
-        let ip = ip as *mut u8;
         let addr = backend.addr[0];
         // SAFETY: constant offsets inside the bounds-checked header.
         unsafe {
-            set(ip, 10, csum::replace32(get(ip, 10), get(ip, 16), addr));
-            set(ip, 16, addr);
+            set(
+                ip,
+                IP4_CHECK,
+                csum::replace32(get(ip, IP4_CHECK), get(ip, IP4_DST), addr),
+            );
+            set(ip, IP4_DST, addr);
         }
     }
     let len = pkt.len() as u64;
-    match forward(ctx, &pkt, p, &p.src, &backend.addr, !dsr) {
+    let outcome = if encap {
+        // Fragments carry no DF: one over the MTU once encapsulated is dropped, counted.
+        encapsulate(ctx, p, &svc, backend_id, &backend, now, false)
+    } else {
+        forward(ctx, &pkt, p, &p.src, &backend.addr, !dsr)
+    };
+    match outcome {
         Forwarded::Sent(action) => {
             st.frag_forwarded += 1;
             st.packets += 1;
@@ -110,6 +123,10 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
             }
             action
         }
-        other => not_sent(ctx, &pkt, p, st, svc.id, &other, dsr),
+        Forwarded::TooBig | Forwarded::Answered(_) => {
+            st.drop_too_big += 1;
+            xdp_action::XDP_DROP
+        }
+        other => not_sent(st, &other, dsr),
     }
 }

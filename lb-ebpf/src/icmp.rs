@@ -5,8 +5,9 @@
 //! service and the quoted destination the client. The client's live entry decides the
 //! backend; no entry means the error passes to the kernel (counted). In NAT mode the
 //! outer destination and the quoted source are rewritten to the backend so its stack
-//! recognises its own packet; in DSR mode only the MAC changes. Echo requests and other
-//! ICMP pass untouched.
+//! recognises its own packet; in DSR mode only the MAC changes; in the encapsulating
+//! modes (IPIP, GUE) the error is encapsulated to the backend as it is. Echo requests and
+//! other ICMP pass untouched.
 //!
 //! Verifier-friendly access: each family reads and writes through one or two pointers to
 //! fixed-size regions, at constant offsets inside them (no per-field bounds checks that
@@ -22,44 +23,47 @@ use lb_common::{
 };
 
 use crate::{
+    balancer::{encapsulate, is_encap},
     forward::{forward, not_sent, Forwarded},
+    hdr::*,
     maps::{BACKENDS, SERVICES, STICK},
     packet::{get, set, Packet},
     parse::Parsed,
     stats,
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// The two ports at the start of a quoted TCP or UDP header.
+const PORTS: usize = TCP_DPORT + 2;
 
-/// IPv4 region at the ICMP header: ICMP header (8), quoted IPv4 header without options
-/// (20), quoted ports (4).
-const V4_REGION: usize = 32;
+/// IPv4 region at the ICMP header: ICMP header, quoted IPv4 header without options,
+/// quoted ports.
+const V4_REGION: usize = V4_Q + IP4_LEN + PORTS;
 /// Offsets inside it.
-const V4_ICMP_CHECK: usize = 2;
-const V4_Q_VIHL: usize = 8;
-const V4_Q_PROTO: usize = 8 + 9;
-const V4_Q_CHECK: usize = 8 + 10;
-const V4_Q_SRC: usize = 8 + 12;
-const V4_Q_DST: usize = 8 + 16;
-const V4_Q_SPORT: usize = 28;
+const V4_ICMP_CHECK: usize = ICMP_CHECK;
+const V4_Q: usize = ICMP_LEN;
+const V4_Q_VIHL: usize = V4_Q + IP4_VIHL;
+const V4_Q_PROTO: usize = V4_Q + IP4_PROTO;
+const V4_Q_CHECK: usize = V4_Q + IP4_CHECK;
+const V4_Q_SRC: usize = V4_Q + IP4_SRC;
+const V4_Q_DST: usize = V4_Q + IP4_DST;
+const V4_Q_SPORT: usize = V4_Q + IP4_LEN + TCP_SPORT;
 /// Outer IPv4 header (fixed part), at the IP header.
-const V4_OUTER: usize = 20;
-const V4_OUTER_CHECK: usize = 10;
-const V4_OUTER_DST: usize = 16;
+const V4_OUTER: usize = IP4_LEN;
+const V4_OUTER_CHECK: usize = IP4_CHECK;
+const V4_OUTER_DST: usize = IP4_DST;
 
-/// IPv6 region at the IP header: outer IPv6 header (40), ICMPv6 header (8), quoted IPv6
-/// header (40), quoted ports (4).
-const V6_REGION: usize = 92;
-const V6_OUTER_DST: usize = 24;
-const V6_ICMP_TYPE: usize = 40;
-const V6_ICMP_CHECK: usize = 42;
-const V6_Q_VERSION: usize = 48;
-const V6_Q_NEXT: usize = 48 + 6;
-const V6_Q_SRC: usize = 48 + 8;
-const V6_Q_DST: usize = 48 + 24;
-const V6_Q_SPORT: usize = 88;
+/// IPv6 region at the IP header: outer IPv6 header, ICMPv6 header, quoted IPv6 header,
+/// quoted ports.
+const V6_REGION: usize = V6_Q + IP6_LEN + PORTS;
+const V6_OUTER_DST: usize = IP6_DST;
+const V6_ICMP_TYPE: usize = IP6_LEN + ICMP6_TYPE;
+const V6_ICMP_CHECK: usize = IP6_LEN + ICMP6_CHECK;
+const V6_Q: usize = IP6_LEN + ICMP6_LEN;
+const V6_Q_VERSION: usize = V6_Q + IP6_VCF;
+const V6_Q_NEXT: usize = V6_Q + IP6_NEXT;
+const V6_Q_SRC: usize = V6_Q + IP6_SRC;
+const V6_Q_DST: usize = V6_Q + IP6_DST;
+const V6_Q_SPORT: usize = V6_Q + IP6_LEN + TCP_SPORT;
 
 /// Runs as its own XDP program, reached by tail call from the main program.
 #[inline(always)]
@@ -83,7 +87,7 @@ fn process_v4(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     // SAFETY: constant offsets inside the bounds-checked region.
     let (ty, vihl, proto, src, dst, sport) = unsafe {
         (
-            get::<u8>(r, 0),
+            get::<u8>(r, ICMP_TYPE),
             get::<u8>(r, V4_Q_VIHL),
             get::<u8>(r, V4_Q_PROTO),
             get::<u32>(r, V4_Q_SRC),
@@ -94,10 +98,11 @@ fn process_v4(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     if ty != ICMP_DEST_UNREACH || vihl != 0x45 {
         return xdp_action::XDP_PASS;
     }
-    let Some((svc, backend)) = owner(p, [src, 0, 0, 0], sport, proto, [dst, 0, 0, 0]) else {
+    let Some((svc, backend_id, backend)) = owner(p, [src, 0, 0, 0], sport, proto, [dst, 0, 0, 0])
+    else {
         return xdp_action::XDP_PASS;
     };
-    let dsr = svc.forwarding == FWD_DSR;
+    let dsr = keeps_packet(&svc);
     // Pointers for the writes are taken afresh after the helper calls.
     let pkt = Packet::reload(ctx);
     if !dsr {
@@ -135,7 +140,7 @@ fn process_v4(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
             set(outer, V4_OUTER_DST, addr);
         }
     }
-    send(ctx, &pkt, p, &svc, &backend)
+    send(ctx, &pkt, p, &svc, backend_id, &backend)
 }
 
 #[inline(always)]
@@ -161,10 +166,10 @@ fn process_v6(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
     if (ty != ICMPV6_DEST_UNREACH && ty != ICMPV6_PKT_TOOBIG) || qversion != 6 {
         return xdp_action::XDP_PASS;
     }
-    let Some((svc, backend)) = owner(p, src, sport, next, dst) else {
+    let Some((svc, backend_id, backend)) = owner(p, src, sport, next, dst) else {
         return xdp_action::XDP_PASS;
     };
-    let dsr = svc.forwarding == FWD_DSR;
+    let dsr = keeps_packet(&svc);
     let pkt = Packet::reload(ctx);
     if !dsr {
         let Some(r) = pkt.ptr::<[u8; V6_REGION]>(p.l3_off) else {
@@ -191,7 +196,7 @@ fn process_v6(ctx: &XdpContext, pkt: &Packet, p: &Parsed) -> u32 {
             set(r, V6_ICMP_CHECK, csum::finish(sum));
         }
     }
-    send(ctx, &pkt, p, &svc, &backend)
+    send(ctx, &pkt, p, &svc, backend_id, &backend)
 }
 
 /// The service the quoted reply came from and the backend owning the quoted client, if
@@ -203,7 +208,7 @@ fn owner(
     sport: u16,
     proto: u8,
     client: Addr,
-) -> Option<(ServiceInfo, Backend)> {
+) -> Option<(ServiceInfo, u32, Backend)> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
@@ -231,33 +236,60 @@ fn owner(
     }
     .and_then(|e| {
         let b = BACKENDS.get(e.backend_id)?;
-        (judge(e, Some(b), svc.id, now, svc.expiry_ns) == Verdict::Hit && b.family == p.family)
-            .then_some(*b)
+        // Only encapsulation reaches a backend of the other family.
+        (judge(e, Some(b), svc.id, now, svc.expiry_ns) == Verdict::Hit
+            && (b.family == p.family || is_encap(&svc)))
+        .then_some((e.backend_id, *b))
     });
-    let Some(backend) = found else {
+    let Some((backend_id, backend)) = found else {
         st.icmp_unmatched += 1;
         return None;
     };
-    if svc.forwarding != FWD_DSR && p.ttl <= 1 {
+    if !keeps_packet(&svc) && p.ttl <= 1 {
         // Routed hop would expire: the kernel answers.
         st.pass_ttl += 1;
         return None;
     }
-    Some((svc, backend))
+    Some((svc, backend_id, backend))
 }
 
-/// Forwards the (rewritten, in NAT mode) error to the backend and counts it.
+/// L2 DSR and the encapsulating modes forward the error as it is (no NAT rewrite, no
+/// hop taken off).
 #[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo, backend: &Backend) -> u32 {
-    let dsr = svc.forwarding == FWD_DSR;
+fn keeps_packet(svc: &ServiceInfo) -> bool {
+    svc.forwarding == FWD_DSR || is_encap(svc)
+}
+
+/// Forwards the (rewritten, in NAT mode; encapsulated in the IPIP and GUE modes) error
+/// to the backend and counts it. An encapsulated error over the MTU is dropped, counted:
+/// an ICMP error is never answered with another.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    p: &Parsed,
+    svc: &ServiceInfo,
+    backend_id: u32,
+    backend: &Backend,
+) -> u32 {
+    let dsr = keeps_packet(svc);
     let Some(st) = stats::service(svc.id) else {
         return xdp_action::XDP_PASS;
     };
-    match forward(ctx, pkt, p, &p.src, &backend.addr, !dsr) {
+    let outcome = if is_encap(svc) {
+        encapsulate(ctx, p, svc, backend_id, backend, stats::now_ns(), false)
+    } else {
+        forward(ctx, pkt, p, &p.src, &backend.addr, !dsr)
+    };
+    match outcome {
         Forwarded::Sent(action) => {
             st.icmp_to_backend += 1;
             action
         }
-        other => not_sent(ctx, pkt, p, st, svc.id, &other, dsr),
+        Forwarded::TooBig | Forwarded::Answered(_) => {
+            st.drop_too_big += 1;
+            xdp_action::XDP_DROP
+        }
+        other => not_sent(st, &other, dsr),
     }
 }

@@ -27,6 +27,19 @@ mod program {
         lb_ebpf::balancer::process_fragment(&ctx)
     }
 
+    /// A packet to a backend whose next hop is unresolved (tail call): report the next
+    /// hop, hand the packet to the neighbour queue.
+    #[xdp]
+    pub fn stickylb_neigh(ctx: XdpContext) -> u32 {
+        lb_ebpf::neigh::process_to_backend(&ctx)
+    }
+
+    /// The same for a NAT reply (tail call): rewritten to the VIP here.
+    #[xdp]
+    pub fn stickylb_neigh_reply(ctx: XdpContext) -> u32 {
+        lb_ebpf::neigh::process_reply(&ctx)
+    }
+
     /// tc ingress: sends packets the XDP program marked (unresolved next hop) through
     /// the kernel's neighbour queue.
     #[classifier]

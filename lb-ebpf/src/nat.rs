@@ -5,7 +5,7 @@
 
 use lb_common::{csum, Addr, FAMILY_V4, PROTO_UDP};
 
-use crate::{packet::Packet, parse::Parsed};
+use crate::{hdr::*, packet::Packet, parse::Parsed};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -19,20 +19,21 @@ pub enum End {
 #[inline(always)]
 pub fn rewrite(pkt: &Packet, p: &Parsed, end: End, addr: &Addr, port: u16) -> Option<()> {
     let (old_addr, old_port, port_off) = match end {
-        End::Source => (p.src, p.sport, p.l4_off),
-        End::Destination => (p.dst, p.dport, p.l4_off + 2),
+        End::Source => (p.src, p.sport, p.l4_off + TCP_SPORT),
+        End::Destination => (p.dst, p.dport, p.l4_off + TCP_DPORT),
     };
     let new_port = if port == 0 { old_port } else { port };
     let l4_check = pkt.ptr::<u16>(p.l4_check_off())?;
     let port_ptr = pkt.ptr::<u16>(port_off)?;
     let v4 = p.family == FAMILY_V4;
-    // The IPv4 header checksum; the address field (one word for IPv4, four for IPv6).
-    let ip_check = pkt.ptr::<u16>(p.l3_off + 10)?;
+    // The IPv4 header checksum (for IPv6 the same bytes are only bounds-checked, never
+    // written); the address field (one word for IPv4, four for IPv6).
+    let ip_check = pkt.ptr::<u16>(p.l3_off + IP4_CHECK)?;
     let addr_off = match (v4, end) {
-        (true, End::Source) => 12,
-        (true, End::Destination) => 16,
-        (false, End::Source) => 8,
-        (false, End::Destination) => 24,
+        (true, End::Source) => IP4_SRC,
+        (true, End::Destination) => IP4_DST,
+        (false, End::Source) => IP6_SRC,
+        (false, End::Destination) => IP6_DST,
     };
     let (addr4, addr6) = if v4 {
         (pkt.ptr::<u32>(p.l3_off + addr_off)?, core::ptr::null_mut())

@@ -6,17 +6,17 @@
 
 use lb_common::{Addr, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
-use crate::packet::Packet;
+use crate::{
+    hdr::*,
+    packet::{get, Packet},
+};
 
-pub const ETH_HLEN: usize = 14;
-pub const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
-const ETH_P_8021Q: u16 = 0x8100u16.to_be();
 /// More-fragments flag and fragment offset bits of the IPv4 `frag_off` field.
 const IPV4_MF_OFFSET: u16 = 0x3FFFu16.to_be();
 /// Fragment offset bits of the IPv4 `frag_off` field.
 const IPV4_OFFSET: u16 = 0x1FFFu16.to_be();
+/// Don't-fragment flag of the IPv4 `frag_off` field.
+const IPV4_DF: u16 = 0x4000u16.to_be();
 
 /// Not a fragment.
 pub const FRAG_NONE: u8 = 0;
@@ -25,20 +25,18 @@ pub const FRAG_FIRST: u8 = 1;
 /// Later IPv4 fragment: no L4 header, no ports.
 pub const FRAG_LATER: u8 = 2;
 
-/// Offset of the checksum field in a TCP / UDP header.
-pub const TCP_CHECK_OFF: usize = 16;
-pub const UDP_CHECK_OFF: usize = 6;
-
 /// What the rest of the pipeline needs to know about a packet.
 #[derive(Clone, Copy)]
 pub struct Parsed {
-    /// Offset of the IP header (14, or 18 with a VLAN tag).
+    /// Offset of the IP header (`ETH_HLEN`, plus `VLAN_HLEN` with a VLAN tag).
     pub l3_off: usize,
     /// Offset of the TCP/UDP header.
     pub l4_off: usize,
     pub vlan: bool,
     /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`] (IPv4 only).
     pub frag: u8,
+    /// IPv4 don't-fragment flag (false for IPv6).
+    pub df: bool,
     pub family: u8,
     pub proto: u8,
     pub src: Addr,
@@ -52,7 +50,8 @@ pub struct Parsed {
     pub ttl: u8,
     /// IPv4 total length / IPv6 payload length + 40, host order (for the FIB MTU check).
     pub ip_len: u16,
-    /// IPv4 TOS or IPv6 flow info word (network order), for the FIB lookup.
+    /// IPv4 TOS, or the IPv6 flow info word (traffic class and flow label, network order,
+    /// version bits cleared), for the FIB lookup and the outer header.
     pub tos_or_flow: u32,
 }
 
@@ -68,20 +67,23 @@ impl Parsed {
     #[inline(always)]
     pub fn l4_check_off(&self) -> usize {
         if self.proto == PROTO_TCP {
-            self.l4_off + TCP_CHECK_OFF
+            self.l4_off + TCP_CHECK
         } else {
-            self.l4_off + UDP_CHECK_OFF
+            self.l4_off + UDP_CHECK
         }
     }
 }
 
 #[inline(always)]
 pub fn parse(pkt: &Packet) -> Option<Parsed> {
+    let eth = pkt.region::<EthHdr>(0)?;
     let mut l3_off = ETH_HLEN;
-    let mut ethertype: u16 = pkt.read(12)?;
+    // SAFETY (every `get` below): constant offsets inside a region the packet holds.
+    let mut ethertype: u16 = unsafe { get(eth, ETH_TYPE) };
     let mut vlan = false;
     if ethertype == ETH_P_8021Q {
-        ethertype = pkt.read(16)?;
+        let tag = pkt.region::<VlanHdr>(ETH_HLEN)?;
+        ethertype = unsafe { get(tag, VLAN_TYPE) };
         l3_off += VLAN_HLEN;
         vlan = true;
     }
@@ -104,44 +106,50 @@ pub fn parse(pkt: &Packet) -> Option<Parsed> {
     }
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
         // Type, code, checksum and 4 more bytes; the quoted packet is parsed by `icmp`.
-        pkt.ptr::<[u8; 8]>(p.l4_off)?;
-        if !p.in_datagram(p.l4_off, 8) {
+        pkt.region::<Icmpv4Hdr>(p.l4_off)?;
+        if !p.in_datagram(p.l4_off, ICMP_LEN) {
             return None;
         }
         return Some(p);
     }
-    // Both TCP and UDP start with the two ports; check the whole fixed header is there.
+    // Check the whole fixed header is there, then read the ports (and TCP flags) from it.
     if p.proto == PROTO_TCP {
-        let tcp = pkt.ptr::<[u8; 20]>(p.l4_off)?;
-        // SAFETY: the 20-byte header was bounds-checked just above.
-        p.tcp_flags = unsafe { (*tcp)[13] };
-        if !p.in_datagram(p.l4_off, 20) {
+        let tcp = pkt.region::<TcpHdr>(p.l4_off)?;
+        if !p.in_datagram(p.l4_off, TCP_LEN) {
             return None;
+        }
+        unsafe {
+            p.tcp_flags = get(tcp, TCP_FLAGS);
+            p.sport = get(tcp, TCP_SPORT);
+            p.dport = get(tcp, TCP_DPORT);
         }
     } else {
-        pkt.ptr::<[u8; 8]>(p.l4_off)?;
-        if !p.in_datagram(p.l4_off, 8) {
+        let udp = pkt.region::<UdpHdr>(p.l4_off)?;
+        if !p.in_datagram(p.l4_off, UDP_LEN) {
             return None;
         }
+        unsafe {
+            p.sport = get(udp, UDP_SPORT);
+            p.dport = get(udp, UDP_DPORT);
+        }
     }
-    p.sport = pkt.read(p.l4_off)?;
-    p.dport = pkt.read(p.l4_off + 2)?;
     Some(p)
 }
 
 #[inline(always)]
 fn parse_ipv4(pkt: &Packet, l3: usize) -> Option<Parsed> {
-    // Fixed 20-byte header first.
-    pkt.ptr::<[u8; 20]>(l3)?;
-    let vihl: u8 = pkt.read(l3)?;
+    // Fixed 20-byte header; options are skipped by the IHL.
+    let ip = pkt.region::<Ipv4Hdr>(l3)?;
+    // SAFETY (every `get` below): constant offsets inside the checked header.
+    let vihl: u8 = unsafe { get(ip, IP4_VIHL) };
     if vihl >> 4 != 4 {
         return None;
     }
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    if ihl < 20 {
+    if ihl < IP4_LEN {
         return None;
     }
-    let frag_off: u16 = pkt.read(l3 + 6)?;
+    let frag_off: u16 = unsafe { get(ip, IP4_FRAG) };
     let frag = if frag_off & IPV4_MF_OFFSET == 0 {
         FRAG_NONE
     } else if frag_off & IPV4_OFFSET == 0 {
@@ -149,23 +157,28 @@ fn parse_ipv4(pkt: &Packet, l3: usize) -> Option<Parsed> {
     } else {
         FRAG_LATER
     };
-    let proto: u8 = pkt.read(l3 + 9)?;
+    let proto: u8 = unsafe { get(ip, IP4_PROTO) };
     if proto != PROTO_TCP && proto != PROTO_UDP && !(proto == PROTO_ICMP && frag == FRAG_NONE) {
         return None;
     }
-    let tos: u8 = pkt.read(l3 + 1)?;
-    let tot_len: u16 = pkt.read(l3 + 2)?;
+    let tot_len: u16 = unsafe { get(ip, IP4_TOT_LEN) };
     if (u16::from_be(tot_len) as usize) < ihl {
         return None;
     }
-    let ttl: u8 = pkt.read(l3 + 8)?;
-    let src: u32 = pkt.read(l3 + 12)?;
-    let dst: u32 = pkt.read(l3 + 16)?;
+    let (tos, ttl, src, dst): (u8, u8, u32, u32) = unsafe {
+        (
+            get(ip, IP4_TOS),
+            get(ip, IP4_TTL),
+            get(ip, IP4_SRC),
+            get(ip, IP4_DST),
+        )
+    };
     Some(Parsed {
         l3_off: l3,
         l4_off: l3 + ihl,
         vlan: false,
         frag,
+        df: frag_off & IPV4_DF != 0,
         family: FAMILY_V4,
         proto,
         src: [src, 0, 0, 0],
@@ -181,29 +194,30 @@ fn parse_ipv4(pkt: &Packet, l3: usize) -> Option<Parsed> {
 
 #[inline(always)]
 fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
-    pkt.ptr::<[u8; 40]>(l3)?;
-    let vcf: u32 = pkt.read(l3)?;
+    let ip = pkt.region::<Ipv6Hdr>(l3)?;
+    // SAFETY (every `get` below): constant offsets inside the checked header.
+    let vcf: u32 = unsafe { get(ip, IP6_VCF) };
     if (u32::from_be(vcf) >> 28) != 6 {
         return None;
     }
-    let proto: u8 = pkt.read(l3 + 6)?;
+    let proto: u8 = unsafe { get(ip, IP6_NEXT) };
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMPV6 {
         return None;
     }
-    let payload_len: u16 = pkt.read(l3 + 4)?;
+    let payload_len: u16 = unsafe { get(ip, IP6_PAYLOAD_LEN) };
     // A payload length the 16-bit datagram length cannot hold with the header (no frame
     // here is that long anyway): not ours.
-    if u16::from_be(payload_len) > u16::MAX - 40 {
+    if u16::from_be(payload_len) > u16::MAX - IP6_LEN as u16 {
         return None;
     }
-    let ttl: u8 = pkt.read(l3 + 7)?;
-    let src: Addr = pkt.read(l3 + 8)?;
-    let dst: Addr = pkt.read(l3 + 24)?;
+    let (ttl, src, dst): (u8, Addr, Addr) =
+        unsafe { (get(ip, IP6_HOP), get(ip, IP6_SRC), get(ip, IP6_DST)) };
     Some(Parsed {
         l3_off: l3,
-        l4_off: l3 + 40,
+        l4_off: l3 + IP6_LEN,
         vlan: false,
         frag: FRAG_NONE,
+        df: false,
         family: FAMILY_V6,
         proto,
         src,
@@ -212,7 +226,7 @@ fn parse_ipv6(pkt: &Packet, l3: usize) -> Option<Parsed> {
         sport: 0,
         dport: 0,
         ttl,
-        ip_len: u16::from_be(payload_len).wrapping_add(40),
-        tos_or_flow: vcf & 0xFFFF_FF0Fu32.to_be(),
+        ip_len: u16::from_be(payload_len).wrapping_add(IP6_LEN as u16),
+        tos_or_flow: vcf & 0x0FFF_FFFFu32.to_be(),
     })
 }

@@ -358,14 +358,23 @@ impl Agent {
             ..Default::default()
         };
         for s in &self.config.services {
-            let nat = s.spec.forwarding == crate::spec::Forwarding::Nat;
-            for b in &s.backends {
-                needs.backends.push((s.spec.name.clone(), b.addr.ip(), nat));
-            }
-            if nat {
-                needs.nat_services.extend(self.ids.service_id(&s.spec.name));
+            let f = s.spec.forwarding;
+            let mode = if f == crate::spec::Forwarding::Nat {
+                neigh::Mode::Nat
+            } else if f.is_encap() {
+                neigh::Mode::Encap
             } else {
-                needs.dsr_vips.push((s.spec.name.clone(), s.spec.vip.ip()));
+                neigh::Mode::L2Dsr
+            };
+            for b in &s.backends {
+                needs
+                    .backends
+                    .push((s.spec.name.clone(), b.addr.ip(), mode));
+            }
+            match mode {
+                neigh::Mode::Nat => needs.nat_services.extend(self.ids.service_id(&s.spec.name)),
+                neigh::Mode::L2Dsr => needs.dsr_vips.push((s.spec.name.clone(), s.spec.vip.ip())),
+                neigh::Mode::Encap => {}
             }
         }
         needs
@@ -788,6 +797,7 @@ impl Agent {
                 "frag_forwarded": st.frag_forwarded, "frag_unmatched": st.frag_unmatched,
                 "unpinned_not_syn": st.unpinned_not_syn, "unpinned_over_cap": st.unpinned_over_cap,
                 "drop_no_neigh": st.drop_no_neigh, "neigh_queued": st.neigh_queued, "neigh_report_lost": st.neigh_report_lost,
+                "too_big_answered": st.too_big_answered, "drop_too_big": st.drop_too_big,
                 "backends": backends,
             }));
         }

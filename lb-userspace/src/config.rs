@@ -22,8 +22,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use crate::{
     plan::{self, PlanError, MAX_WEIGHT},
     spec::{
-        AdminState, BackendSpec, Forwarding, HealthConfig, HealthKind, InsertOn, Protocol,
-        Scheduler, ServiceSpec,
+        AdminState, BackendSpec, EncapSpec, Forwarding, HealthConfig, HealthKind, InsertOn,
+        OuterSource, Prefix, Protocol, Scheduler, ServiceSpec,
     },
 };
 
@@ -166,6 +166,27 @@ impl Config {
             );
             if let (Scheduler::Maglev, Some(size)) = (spec.scheduler, spec.maglev_size) {
                 let _ = writeln!(out, "maglev_size = {size}");
+            }
+            if spec.forwarding.is_encap() {
+                let _ = write!(out, "encap = {{ ");
+                if spec.forwarding == Forwarding::Gue {
+                    let _ = write!(out, "gue_port = {}, ", spec.encap.gue_port);
+                }
+                match spec.encap.source {
+                    OuterSource::Fib => {
+                        let _ = writeln!(out, "source = \"fib\" }}");
+                    }
+                    OuterSource::ClientHash { v4, v6 } => {
+                        let _ = write!(out, "source = \"client-hash\"");
+                        if let Some(p) = v4 {
+                            let _ = write!(out, ", source_prefix_v4 = {}", quote(&p.to_string()));
+                        }
+                        if let Some(p) = v6 {
+                            let _ = write!(out, ", source_prefix_v6 = {}", quote(&p.to_string()));
+                        }
+                        let _ = writeln!(out, " }}");
+                    }
+                }
             }
             let expire = spec
                 .expire
@@ -357,10 +378,12 @@ const SERVICE_KEYS: &[&str] = &[
     "scheduler",
     "forwarding",
     "maglev_size",
+    "encap",
     "stick_table",
     "health",
     "backend",
 ];
+const ENCAP_KEYS: &[&str] = &["gue_port", "source", "source_prefix_v4", "source_prefix_v6"];
 const STICK_KEYS: &[&str] = &["size", "expire", "insert_on", "insert_cap"];
 const HEALTH_KEYS: &[&str] = &[
     "kind",
@@ -480,7 +503,9 @@ impl Ctx<'_> {
                 let i = by_name(service);
                 (i, backend_of(i, *backend, 0))
             }
-            PlanError::BadMaglevSize { service, .. } => (by_name(service), None),
+            PlanError::BadMaglevSize { service, .. }
+            | PlanError::BadGuePort { service }
+            | PlanError::BadSourcePrefix { service, .. } => (by_name(service), None),
             PlanError::AmbiguousReply {
                 backend, second, ..
             } => {
@@ -770,6 +795,82 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// `encap = { gue_port = 6080, source = "fib" | "client-hash", source_prefix_v4 = …,
+/// source_prefix_v6 = … }` of an `ipip` / `gue` service.
+fn parse_encap(cx: &Ctx, n: &Node, forwarding: Forwarding) -> Result<EncapSpec, ConfigError> {
+    if !forwarding.is_encap() {
+        return Err(n.error(
+            cx,
+            format!(
+                "encap is only used with forwarding = \"ipip\" or \"gue\" (forwarding is {:?}): \
+                 remove it or change forwarding",
+                forwarding_name(forwarding)
+            ),
+        ));
+    }
+    let t = n.table(
+        cx,
+        "a table, e.g. encap = { gue_port = 6080, source = \"fib\" }",
+    )?;
+    t.check_keys(cx, ENCAP_KEYS)?;
+    let mut e = EncapSpec::default();
+    if let Some(p) = t.get("gue_port") {
+        if forwarding != Forwarding::Gue {
+            return Err(p.error(
+                cx,
+                format!(
+                    "gue_port = {} is only used with forwarding = \"gue\": remove it",
+                    p.shown()
+                ),
+            ));
+        }
+        e.gue_port = p.int_in(cx, 1..=65535, "a UDP port from 1 to 65535 (default 6080)")? as u16;
+    }
+    let client_hash = match t.get("source") {
+        Some(s) => s.choice(cx, &[("fib", false), ("client-hash", true)])?,
+        None => false,
+    };
+    let prefix = |key: &str, v4: bool| -> Result<Option<Prefix>, ConfigError> {
+        let Some(p) = t.get(key) else {
+            return Ok(None);
+        };
+        let family = if v4 { "IPv4" } else { "IPv6" };
+        let example = if v4 { "172.16.0.0/16" } else { "fd00:5::/64" };
+        if !client_hash {
+            return Err(p.error(
+                cx,
+                format!(
+                    "{key} = {} is only used with source = \"client-hash\": remove it or set source",
+                    p.shown()
+                ),
+            ));
+        }
+        let accepted = format!("an {family} prefix such as {example:?}");
+        let text = p.str(cx, &accepted)?;
+        let parsed: Prefix = text
+            .parse()
+            .map_err(|m: String| p.error(cx, format!("{m}; use {accepted}")))?;
+        if parsed.addr.is_ipv4() != v4 || parsed.len == 0 {
+            return Err(p.reject(cx, &format!("{accepted}, at least /1")));
+        }
+        Ok(Some(parsed))
+    };
+    let v4 = prefix("source_prefix_v4", true)?;
+    let v6 = prefix("source_prefix_v6", false)?;
+    if client_hash {
+        if v4.is_none() && v6.is_none() {
+            return Err(n.error(
+                cx,
+                "source = \"client-hash\" needs the prefix to hash into: add source_prefix_v4 \
+                 (e.g. \"172.16.0.0/16\") and/or source_prefix_v6 (e.g. \"fd00:5::/64\")"
+                    .to_string(),
+            ));
+        }
+        e.source = OuterSource::ClientHash { v4, v6 };
+    }
+    Ok(e)
+}
+
 fn parse_service(cx: &Ctx, t: &Tbl) -> Result<(ServiceConfig, Place), ConfigError> {
     t.check_keys(cx, SERVICE_KEYS)?;
 
@@ -801,7 +902,18 @@ fn parse_service(cx: &Ctx, t: &Tbl) -> Result<(ServiceConfig, Place), ConfigErro
         )?;
     }
     if let Some(n) = t.get("forwarding") {
-        spec.forwarding = n.choice(cx, &[("nat", Forwarding::Nat), ("dsr", Forwarding::Dsr)])?;
+        spec.forwarding = n.choice(
+            cx,
+            &[
+                ("nat", Forwarding::Nat),
+                ("dsr", Forwarding::Dsr),
+                ("ipip", Forwarding::Ipip),
+                ("gue", Forwarding::Gue),
+            ],
+        )?;
+    }
+    if let Some(n) = t.get("encap") {
+        spec.encap = parse_encap(cx, &n, spec.forwarding)?;
     }
     let mut place = Place {
         at: t.at,
@@ -888,13 +1000,14 @@ fn parse_service(cx: &Ctx, t: &Tbl) -> Result<(ServiceConfig, Place), ConfigErro
                 0 => vip.port(),
                 p => p,
             };
-            if spec.forwarding == Forwarding::Dsr && vip.port() != 0 && port != vip.port() {
+            if spec.forwarding.is_dsr() && vip.port() != 0 && port != vip.port() {
                 return Err(address.error(
                     cx,
                     format!(
-                        "{} has port {port}, but with forwarding = \"dsr\" packets reach the backend \
+                        "{} has port {port}, but with forwarding = {:?} packets reach the backend \
                          unchanged, on the service port {}: omit the port or use {}",
                         address.shown(),
+                        forwarding_name(spec.forwarding),
                         vip.port(),
                         vip.port()
                     ),
@@ -1198,6 +1311,8 @@ fn forwarding_name(f: Forwarding) -> &'static str {
     match f {
         Forwarding::Nat => "nat",
         Forwarding::Dsr => "dsr",
+        Forwarding::Ipip => "ipip",
+        Forwarding::Gue => "gue",
     }
 }
 
@@ -1561,7 +1676,7 @@ state = "maint"
             &format!("{svc}forwarding = \"tunnel\"\n"),
             4,
             Some("service[0].forwarding"),
-            &["use \"nat\" or \"dsr\""],
+            &["use \"nat\", \"dsr\", \"ipip\" or \"gue\""],
         );
         check(
             &format!("{svc}protocol = 6\n"),
@@ -1932,6 +2047,20 @@ state = "maint"
 [[service]]
 name = "empty"
 listen = "10.0.0.101:443"
+
+[[service]]
+name = "l3dsr"
+listen = "10.0.0.102:443"
+forwarding = "gue"
+encap = { gue_port = 7000, source = "client-hash", source_prefix_v4 = "172.16.0.0/16", source_prefix_v6 = "fd00:5::/64" }
+
+[[service.backend]]
+address = "2001:db8:2::2"
+
+[[service]]
+name = "ipip"
+listen = "10.0.0.103:443"
+forwarding = "ipip"
 "#;
         for text in [ISSUE, text] {
             let c = parse(text, "lb.toml").unwrap();
@@ -1939,6 +2068,21 @@ listen = "10.0.0.101:443"
             assert_eq!(parse(&out, "out.toml").unwrap(), c, "{out}");
             assert_eq!(parse(&out, "out.toml").unwrap().to_toml(), out);
         }
+        let c = parse(text, "lb.toml").unwrap();
+        let l3 = &c.services[3].spec;
+        assert_eq!((l3.forwarding, l3.encap.gue_port), (Forwarding::Gue, 7000));
+        assert_eq!(
+            l3.encap.source,
+            OuterSource::ClientHash {
+                v4: Some("172.16.0.0/16".parse().unwrap()),
+                v6: Some("fd00:5::/64".parse().unwrap()),
+            }
+        );
+        let ipip = &c.services[4].spec;
+        assert_eq!(
+            (ipip.forwarding, ipip.encap),
+            (Forwarding::Ipip, EncapSpec::default())
+        );
         // Names with characters TOML must escape survive (through the API, not the file).
         let mut c = parse(ISSUE, "lb.toml").unwrap();
         c.services[0].spec.name = "we\"b".into();
@@ -1949,7 +2093,7 @@ listen = "10.0.0.101:443"
     fn the_shipped_example_and_docs_parse() {
         let example = include_str!("../../examples/stickylb.toml");
         let c = parse(example, "examples/stickylb.toml").unwrap();
-        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services.len(), 3);
         let docs = include_str!("../../docs/CONFIG.md");
         let mut blocks = 0;
         for block in docs.split("```toml").skip(1) {

@@ -15,9 +15,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    Backend, BackendStats, Endpoint, ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue,
-    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
+    Backend, BackendStats, EncapSource, Endpoint, ReverseValue, ServiceInfo, ServiceStats,
+    StickKey, StickValue, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
 };
 
 use crate::plan::{BackendEntry, Plan, ServiceEntry};
@@ -34,6 +34,8 @@ pub struct Dataplane {
     pub fragments: HashMap<MapData, Endpoint, lb_common::FragCandidates>,
     pub service_stats: PerCpuArray<MapData, ServiceStats>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
+    /// Client-hash outer-source prefixes per service id (encapsulating modes).
+    pub encap_source: Array<MapData, EncapSource>,
     /// What was written last, to compute removals and skip unchanged tables.
     applied: Plan,
 }
@@ -66,6 +68,7 @@ impl Dataplane {
             fragments: take(ebpf, lb_common::MAP_FRAGMENTS)?,
             service_stats: take(ebpf, MAP_SERVICE_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
+            encap_source: take(ebpf, lb_common::MAP_ENCAP_SOURCE)?,
             applied: Plan::default(),
         })
     }
@@ -77,10 +80,15 @@ impl Dataplane {
         let mut plan = Plan::default();
         for item in self.services.iter() {
             let (key, info) = item.context("reading SERVICES")?;
+            let encap_source = self
+                .encap_source
+                .get(&info.id, 0)
+                .context("reading ENCAP_SOURCE")?;
             plan.services.push(ServiceEntry {
                 name: String::new(),
                 key,
                 info,
+                encap_source,
                 ring: Vec::new(),
             });
         }
@@ -166,6 +174,17 @@ impl Dataplane {
                 None => self.write_ring(s.info.id, 0, &s.ring)?,
             };
             s.info.ring_offset = offset;
+            // The outer-source prefixes before the entry that may start using them.
+            let old_source = old
+                .services
+                .iter()
+                .find(|o| o.info.id == s.info.id)
+                .map(|o| o.encap_source);
+            if old_source != Some(s.encap_source) {
+                self.encap_source
+                    .set(s.info.id, &s.encap_source, 0)
+                    .with_context(|| format!("writing the encap source of {}", s.name))?;
+            }
             if previous.map(|(info, _)| **info) != Some(s.info) {
                 self.services
                     .insert(&s.key, &s.info, 0)

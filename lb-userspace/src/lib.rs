@@ -11,6 +11,7 @@ pub mod agent;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod decap;
 pub mod extras;
 pub mod health;
 pub mod loader;

@@ -9,8 +9,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, MAP_JUMP, MAP_STICK, PROGRAM_FRAGMENT,
-    PROGRAM_ICMP, PROGRAM_NAME, PROGRAM_QUEUE,
+    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, JUMP_NEIGH, JUMP_NEIGH_REPLY, MAP_JUMP,
+    MAP_STICK, PROGRAM_FRAGMENT, PROGRAM_ICMP, PROGRAM_NAME, PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY,
+    PROGRAM_QUEUE,
 };
 
 /// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
@@ -93,7 +94,12 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .context("verifying the stickylb XDP program")?;
     // The side paths (ICMP errors, later fragments) are programs of their own, reached
     // by tail call through JUMP.
-    for (name, slot) in [(PROGRAM_ICMP, JUMP_ICMP), (PROGRAM_FRAGMENT, JUMP_FRAGMENT)] {
+    for (name, slot) in [
+        (PROGRAM_ICMP, JUMP_ICMP),
+        (PROGRAM_FRAGMENT, JUMP_FRAGMENT),
+        (PROGRAM_NEIGH, JUMP_NEIGH),
+        (PROGRAM_NEIGH_REPLY, JUMP_NEIGH_REPLY),
+    ] {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?

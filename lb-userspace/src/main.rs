@@ -71,6 +71,9 @@ enum Command {
     Table(TableCmd),
     /// Live view of services and backends: health, state, rates, pinned clients, stick-table fill.
     Top(lb_userspace::top::TopArgs),
+    /// On a backend of an `ipip` / `gue` service: attach (or with --detach remove) the
+    /// program that strips the tunnel header and passes the client's packet up.
+    Decap(lb_userspace::decap::DecapArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(lb_userspace::extras::CompletionsArgs),
     /// Print the manual page (roff), or write one page per command with --dir.
@@ -132,7 +135,7 @@ enum ServiceCmd {
         /// roundrobin | maglev
         #[arg(long)]
         scheduler: Option<String>,
-        /// nat | dsr
+        /// nat | dsr | ipip | gue (encap options: config file only)
         #[arg(long)]
         forwarding: Option<String>,
         /// Stick-table expiry, e.g. 30m, or "never".
@@ -303,6 +306,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Top(args) => return lb_userspace::top::run(&cli.socket, cli.json, &args),
+        Command::Decap(args) => return lb_userspace::decap::run(&args, cli.json),
         Command::Completions(args) => {
             return lb_userspace::extras::completions(
                 <Cli as clap::CommandFactory>::command(),

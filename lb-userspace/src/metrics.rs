@@ -90,6 +90,16 @@ pub fn render(stats: &Value) -> String {
             "stickylb_service_unpinned_over_cap_total",
             "New clients served by source hash without an entry: the per-CPU insert_cap for the second was used up.",
         ),
+        (
+            "too_big_answered",
+            "stickylb_service_too_big_answered_total",
+            "Encapsulating services: client packets over the egress MTU once encapsulated, answered with ICMP fragmentation needed / packet too big.",
+        ),
+        (
+            "drop_too_big",
+            "stickylb_service_drop_too_big_total",
+            "Encapsulating services: packets over the egress MTU once encapsulated that could not be answered (IPv4 without DF, fragments, ICMP errors), dropped.",
+        ),
     ];
     let services = stats
         .get("services")

@@ -85,12 +85,23 @@ const REWRITE_GAP: Duration = Duration::from_millis(50);
 pub struct Needs {
     /// Interfaces the program is attached to.
     pub ifaces: Vec<String>,
-    /// Every backend: (service, address, NAT?).
-    pub backends: Vec<(String, IpAddr, bool)>,
+    /// Every backend: (service, address, how its service forwards).
+    pub backends: Vec<(String, IpAddr, Mode)>,
     /// Ids of the NAT services (their stick tables name pinned clients).
     pub nat_services: Vec<u32>,
     /// (service, VIP) of every DSR service.
     pub dsr_vips: Vec<(String, IpAddr)>,
+}
+
+/// How a backend's service forwards, as far as its next hop is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// NAT: replies come back through the balancer.
+    Nat,
+    /// L2 DSR: only the MAC changes, the backend must be on-link.
+    L2Dsr,
+    /// L3 DSR (IPIP, GUE): anywhere the balancer routes to.
+    Encap,
 }
 
 /// A next hop: an address on an interface.
@@ -787,20 +798,20 @@ impl Keeper {
                 routes.insert(*addr, route_get(&self.handle, *addr).await);
             }
         }
-        for (service, addr, nat) in &needs.backends {
+        for (service, addr, mode) in &needs.backends {
             match routes[addr].clone() {
                 RouteTo::Via { hop, gateway } => {
                     backend_hops.insert(hop);
-                    if *nat && !indexes.contains(&hop.ifindex) {
+                    if *mode == Mode::Nat && !indexes.contains(&hop.ifindex) {
                         warnings.push(format!(
                             "service {service}: NAT backend {addr} is reached through {}, which stickylb is not attached to: its replies would not be rewritten to the VIP, so its clients get no answers; fix: add `--iface {}` (or route {addr} through an attached interface)",
                             ifname(hop.ifindex),
                             ifname(hop.ifindex)
                         ));
                     }
-                    if !*nat && gateway {
+                    if *mode == Mode::L2Dsr && gateway {
                         warnings.push(format!(
-                            "service {service}: DSR backend {addr} is behind gateway {} on {}: direct server return rewrites only the MAC address, so the packets would reach the gateway, not the backend; fix: put the backend on a network the balancer is attached to, or use forwarding = \"nat\"",
+                            "service {service}: DSR backend {addr} is behind gateway {} on {}: L2 direct server return rewrites only the MAC address, so the packets would reach the gateway, not the backend; fix: put the backend on a network the balancer is attached to, or use forwarding = \"ipip\" / \"gue\" (L3 DSR) or \"nat\"",
                             hop.addr,
                             ifname(hop.ifindex)
                         ));
@@ -821,8 +832,8 @@ impl Keeper {
             if !vip.is_ipv4() || route_get(&self.handle, *vip).await != RouteTo::Local {
                 continue;
             }
-            for (s, addr, nat) in &needs.backends {
-                if *nat || s != service || !addr.is_ipv4() {
+            for (s, addr, mode) in &needs.backends {
+                if *mode != Mode::L2Dsr || s != service || !addr.is_ipv4() {
                     continue;
                 }
                 let Some(hop) = backend_hops.iter().find(|h| h.addr == *addr) else {

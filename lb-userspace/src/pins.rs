@@ -33,14 +33,16 @@ use crate::loader::{self, XdpMode};
 
 /// Bumped whenever a map's key/value layout or size semantics change (2: ICMP and
 /// fragment counters in `ServiceStats`, maps `FRAGMENTS` and `JUMP`; 3: insert cap and
-/// SYN-only flag in `ServiceInfo`, unpinned counters, map `INSERT_BUDGET`; 4: next-hop
-/// counters `drop_no_neigh`, `neigh_report_lost` in `ServiceStats`).
-pub const LAYOUT_VERSION: u32 = 4;
+/// SYN-only flag in `ServiceInfo`, unpinned counters, map `INSERT_BUDGET`; 4: GUE port
+/// in `ServiceInfo`, too-big counters, map `ENCAP_SOURCE`; 5: next-hop counters
+/// `drop_no_neigh`, `neigh_queued`, `neigh_report_lost` in `ServiceStats`).
+pub const LAYOUT_VERSION: u32 = 5;
 /// Default bpffs mount point (see module docs).
 pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
 /// Every map the agent pins.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     lb_common::MAP_JUMP,
+    lb_common::MAP_ENCAP_SOURCE,
     lb_common::MAP_INSERT_BUDGET,
     lb_common::MAP_FRAGMENTS,
     MAP_SERVICES,

@@ -11,12 +11,15 @@ use lb_common::{
     addr_from_ip,
     maglev::{self, MaglevBackend},
     sticky::refresh_interval,
-    wrr, Backend, Endpoint, ReverseValue, ServiceInfo, BACKEND_DOWN, BACKEND_DRAIN, BACKEND_UP,
-    DEFAULT_MAGLEV_SIZE, FWD_DSR, FWD_NAT, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
-    RING_REGION, SCHED_MAGLEV, SCHED_ROUNDROBIN, SVC_SYN_ONLY,
+    wrr, Backend, EncapSource, Endpoint, ReverseValue, ServiceInfo, BACKEND_DOWN, BACKEND_DRAIN,
+    BACKEND_UP, DEFAULT_MAGLEV_SIZE, FWD_DSR, FWD_GUE, FWD_IPIP, FWD_NAT, MAX_BACKENDS,
+    MAX_SERVICES, PROTO_TCP, PROTO_UDP, RING_REGION, SCHED_MAGLEV, SCHED_ROUNDROBIN, SVC_SRC_HASH,
+    SVC_SYN_ONLY,
 };
 
-use crate::spec::{BackendState, Forwarding, InsertOn, Protocol, Scheduler, ServiceSpec};
+use crate::spec::{
+    BackendState, Forwarding, InsertOn, OuterSource, Prefix, Protocol, Scheduler, ServiceSpec,
+};
 
 /// Highest accepted backend weight (as HAProxy).
 pub const MAX_WEIGHT: u32 = 256;
@@ -44,7 +47,7 @@ pub enum PlanError {
         service: String,
         backend: SocketAddr,
     },
-    #[error("service {service:?}: backend {backend} is {backend_family} but the VIP {vip} is {vip_family}: a service's backends must use the VIP's address family")]
+    #[error("service {service:?}: backend {backend} is {backend_family} but the VIP {vip} is {vip_family}: a service's backends must use the VIP's address family (or forwarding \"ipip\" / \"gue\", which carry either family in either)")]
     FamilyMismatch {
         service: String,
         backend: SocketAddr,
@@ -69,6 +72,10 @@ pub enum PlanError {
         size: u32,
         min: u32,
     },
+    #[error("service {service:?}: gue_port 0 is not accepted: give the backends' GUE port (1..=65535, default 6080)")]
+    BadGuePort { service: String },
+    #[error("service {service:?}: encap source prefix {prefix} has length 0: give at least one prefix bit")]
+    BadSourcePrefix { service: String, prefix: Prefix },
     #[error("backend {backend} ({proto}) serves both {first:?} and {second:?} in nat mode: replies from it could not be told apart; use distinct backend ports or dsr")]
     AmbiguousReply {
         backend: SocketAddr,
@@ -85,6 +92,9 @@ pub struct ServiceEntry {
     pub key: Endpoint,
     /// `ring_offset` is filled in by the data plane (double buffering).
     pub info: ServiceInfo,
+    /// The client-hash outer-source prefixes (`ENCAP_SOURCE`; all zero unless the
+    /// service has `SVC_SRC_HASH`).
+    pub encap_source: EncapSource,
     /// Selection table: backend ids.
     pub ring: Vec<u32>,
 }
@@ -400,11 +410,17 @@ impl Ids {
                 .expire
                 .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
                 .unwrap_or(0);
+            let encap_source = match (s.forwarding.is_encap(), s.encap.source) {
+                (true, OuterSource::ClientHash { v4, v6 }) => encap_source(v4, v6),
+                _ => EncapSource::default(),
+            };
             let info = ServiceInfo {
                 id: sid,
                 forwarding: match s.forwarding {
                     Forwarding::Nat => FWD_NAT,
                     Forwarding::Dsr => FWD_DSR,
+                    Forwarding::Ipip => FWD_IPIP,
+                    Forwarding::Gue => FWD_GUE,
                 },
                 scheduler: match s.scheduler {
                     Scheduler::RoundRobin => SCHED_ROUNDROBIN,
@@ -413,6 +429,10 @@ impl Ids {
                 flags: match s.insert_on {
                     InsertOn::Any => 0,
                     InsertOn::Syn => SVC_SYN_ONLY,
+                } | if encap_source == EncapSource::default() {
+                    0
+                } else {
+                    SVC_SRC_HASH
                 },
                 _pad: 0,
                 ring_len: ring.len() as u32,
@@ -420,12 +440,18 @@ impl Ids {
                 expiry_ns,
                 refresh_ns: refresh_interval(expiry_ns),
                 insert_cap: s.insert_cap,
+                gue_port: if s.forwarding == Forwarding::Gue {
+                    s.encap.gue_port.to_be()
+                } else {
+                    0
+                },
                 _pad2: 0,
             };
             plan.services.push(ServiceEntry {
                 name: s.name.clone(),
                 key,
                 info,
+                encap_source,
                 ring,
             });
         }
@@ -433,6 +459,32 @@ impl Ids {
         *self = next;
         Ok(plan)
     }
+}
+
+/// The `ENCAP_SOURCE` value of client-hash prefixes (network-order words and masks).
+fn encap_source(v4: Option<Prefix>, v6: Option<Prefix>) -> EncapSource {
+    let mut e = EncapSource::default();
+    if let Some(Prefix {
+        addr: std::net::IpAddr::V4(a),
+        len,
+    }) = v4
+    {
+        e.v4_prefix = u32::from_ne_bytes(a.octets());
+        let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+        e.v4_mask = u32::from_ne_bytes(mask.to_be_bytes());
+    }
+    if let Some(Prefix {
+        addr: std::net::IpAddr::V6(a),
+        len,
+    }) = v6
+    {
+        let (addr, _) = addr_from_ip(a.into());
+        e.v6_prefix = addr;
+        let mask = u128::MAX.checked_shl(128 - len as u32).unwrap_or(0);
+        let (m, _) = addr_from_ip(std::net::Ipv6Addr::from(mask).into());
+        e.v6_mask = m;
+    }
+    e
 }
 
 /// Groups IPv4 services by (VIP, protocol) for later fragments (the all-ports service
@@ -515,6 +567,21 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), PlanError> {
                 });
             }
         }
+        if s.forwarding == Forwarding::Gue && s.encap.gue_port == 0 {
+            return Err(PlanError::BadGuePort {
+                service: s.name.clone(),
+            });
+        }
+        if let OuterSource::ClientHash { v4, v6 } = s.encap.source {
+            for prefix in [v4, v6].into_iter().flatten() {
+                if prefix.len == 0 {
+                    return Err(PlanError::BadSourcePrefix {
+                        service: s.name.clone(),
+                        prefix,
+                    });
+                }
+            }
+        }
         let mut seen = BTreeSet::new();
         for b in &s.backends {
             if !seen.insert(b.addr) {
@@ -523,7 +590,7 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), PlanError> {
                     backend: b.addr,
                 });
             }
-            if b.addr.is_ipv4() != s.vip.is_ipv4() {
+            if b.addr.is_ipv4() != s.vip.is_ipv4() && !s.forwarding.is_encap() {
                 return Err(PlanError::FamilyMismatch {
                     service: s.name.clone(),
                     backend: b.addr,

@@ -1,6 +1,9 @@
 //! Services and backends as an operator describes them; input to [`crate::plan`].
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 /// Transport protocol of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,6 +28,113 @@ pub enum Forwarding {
     Nat,
     /// L2 direct server return: backends hold the VIP on loopback.
     Dsr,
+    /// L3 direct server return by IP-in-IP (IPIP, IP6IP6, 4-in-6, 6-in-4): the client's
+    /// packet inside an outer header to the backend, which decapsulates it and holds the
+    /// VIP on loopback. Backends anywhere the balancer routes to.
+    Ipip,
+    /// L3 direct server return by GUE (variant 1: IP directly in UDP) to
+    /// [`EncapSpec::gue_port`].
+    Gue,
+}
+
+impl Forwarding {
+    /// Whether the mode encapsulates (L3 DSR).
+    pub fn is_encap(self) -> bool {
+        matches!(self, Forwarding::Ipip | Forwarding::Gue)
+    }
+
+    /// Whether the client's packet reaches the backend unchanged (L2 or L3 DSR): the
+    /// backend answers from the VIP, so its port must be the VIP's.
+    pub fn is_dsr(self) -> bool {
+        self != Forwarding::Nat
+    }
+}
+
+/// An address prefix (`10.0.0.0/8`, `fd00::/64`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+    /// `ADDR/LEN`, host bits zero.
+    fn from_str(s: &str) -> Result<Prefix, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a prefix: expected ADDRESS/LENGTH"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} in {s:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 =
+            l.parse().ok().filter(|n| *n <= max).ok_or_else(|| {
+                format!("{l:?} in {s:?} is not a prefix length: accepted 0..={max}")
+            })?;
+        let p = Prefix { addr, len };
+        if p.host_bits_set() {
+            return Err(format!(
+                "{s:?} has host bits set: write the network address (the prefix's first address)"
+            ));
+        }
+        Ok(p)
+    }
+}
+
+impl Prefix {
+    fn host_bits_set(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let v = u32::from(a);
+                self.len < 32 && v & (u32::MAX >> self.len) != 0
+            }
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                self.len < 128 && v & (u128::MAX >> self.len) != 0
+            }
+        }
+    }
+}
+
+/// Where the outer source address of encapsulated packets comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OuterSource {
+    /// The balancer's egress address towards the backend, as the FIB gives it: ICMP
+    /// errors from the path come back to the balancer.
+    #[default]
+    Fib,
+    /// The client's hash inside a prefix (per outer family; a family without one uses
+    /// the FIB's address): distinct sources spread flows over the backends' receive
+    /// queues (RSS), as Katran and Cilium do. ICMP errors from the path go to those
+    /// addresses (route the prefix back to the balancer to receive them).
+    ClientHash {
+        v4: Option<Prefix>,
+        v6: Option<Prefix>,
+    },
+}
+
+/// Encapsulation settings of a service (modes `ipip` and `gue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncapSpec {
+    /// GUE destination port (the backends' `ip fou add port … gue` / `stickylb decap`).
+    pub gue_port: u16,
+    pub source: OuterSource,
+}
+
+impl Default for EncapSpec {
+    fn default() -> Self {
+        Self {
+            gue_port: lb_common::DEFAULT_GUE_PORT,
+            source: OuterSource::Fib,
+        }
+    }
 }
 
 /// Administrative / health state of a backend, as the data path will see it.
@@ -55,6 +165,8 @@ pub struct ServiceSpec {
     pub protocol: Protocol,
     pub scheduler: Scheduler,
     pub forwarding: Forwarding,
+    /// Outer header settings of the encapsulating modes (ignored by the others).
+    pub encap: EncapSpec,
     /// Stick-table entry lifetime after the client was last seen; `None` = never.
     pub expire: Option<Duration>,
     /// Maglev table size (prime); `None` = default.
@@ -87,6 +199,7 @@ impl ServiceSpec {
             protocol: Protocol::Tcp,
             scheduler: Scheduler::RoundRobin,
             forwarding: Forwarding::Nat,
+            encap: EncapSpec::default(),
             expire: Some(Duration::from_secs(30 * 60)),
             maglev_size: None,
             insert_on: InsertOn::Any,

@@ -16,7 +16,16 @@
 //! * **ICMP error** quoting a service flow → to the backend owning the quoted client
 //!   (never a new pick), or passed untouched with `icmp_unmatched` when there is none;
 //! * **later IPv4 fragment** to a VIP → to the backend of the client's only live entry on
-//!   that VIP and protocol, else passed untouched with `frag_unmatched`.
+//!   that VIP and protocol, else passed untouched with `frag_unmatched`;
+//! * **L3 DSR** (`ipip`, `gue`): the packet comes out whole behind an outer header that
+//!   the oracle checks field by field from RFC 2003 / RFC 2473 / the GUE draft (variant
+//!   1): version, length, DF, protocol, TTL, TOS copied, addresses (the FIB's source on
+//!   the lab link, the backend), a valid IPv4 header checksum; GUE ports and length, UDP
+//!   checksum 0 over IPv4 and, over IPv6, valid by full recompute whenever the inner
+//!   checksums are; too big for the 1500-byte lab link once encapsulated, a packet with
+//!   DF (or IPv6) is answered with an ICMP "fragmentation needed" / "packet too big"
+//!   carrying 1500 minus the overhead, checked field by field (RFC 792/1191, RFC 4443),
+//!   one without DF, an ICMP error or a fragment is dropped with `drop_too_big`.
 //!
 //! `XDP_ABORTED` always fails. Checksums are checked by recomputation: the
 //! one's-complement residual of every checksummed range (IPv4 header, TCP/UDP with
@@ -132,13 +141,37 @@ struct Svc {
     /// 0 = all ports.
     port: u16,
     proto: u8,
+    /// L2 DSR.
     dsr: bool,
+    /// L3 DSR: `Some(false)` IPIP, `Some(true)` GUE (port [`GUE_PORT`]).
+    encap: Option<bool>,
     /// (address, port as configured; 0 = the service port / keep the port).
     backends: Vec<(IpAddr, u16)>,
     /// Every backend down: every new client is dropped (`drop_no_backend`).
     all_down: bool,
     /// Filled once the lab is configured.
     id: u32,
+}
+
+impl Svc {
+    /// Destination NAT (neither DSR).
+    fn nat(&self) -> bool {
+        !self.dsr && self.encap.is_none()
+    }
+}
+
+/// The GUE port of the fuzzed GUE services.
+const GUE_PORT: u16 = 6086;
+/// MTU of the lab links.
+const LAB_MTU: usize = 1500;
+
+/// The lab's own address on the backends' link: the outer source the FIB gives.
+fn lab_source(v6f: bool) -> IpAddr {
+    if v6f {
+        v6("fd00:1::1")
+    } else {
+        v4(198, 18, 1, 1)
+    }
 }
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
@@ -256,6 +289,7 @@ fn services() -> Vec<Svc> {
             port,
             proto,
             dsr,
+            encap: None,
             backends,
             all_down: false,
             id: 0,
@@ -321,6 +355,32 @@ fn services() -> Vec<Svc> {
         ));
         out.push(mk("noneigh", a, 83, PROTO_TCP, false, vec![(h(5), 83)]));
         out.push(mk("noneigh-dsr", a, 84, PROTO_TCP, true, vec![(h(5), 84)]));
+        let mut ipip = mk(
+            "tcp-ipip",
+            a,
+            85,
+            PROTO_TCP,
+            false,
+            vec![(h(2), 85), (h(3), 85)],
+        );
+        ipip.encap = Some(false);
+        out.push(ipip);
+        let mut gue = mk(
+            "udp-gue",
+            a,
+            86,
+            PROTO_UDP,
+            false,
+            vec![(h(3), 86), (h(4), 86)],
+        );
+        gue.encap = Some(true);
+        out.push(gue);
+        let mut gue_tcp = mk("tcp-gue", b, 87, PROTO_TCP, false, vec![(h(3), 87)]);
+        gue_tcp.encap = Some(true);
+        out.push(gue_tcp);
+        let mut noneigh = mk("noneigh-ipip", a, 88, PROTO_UDP, false, vec![(h(5), 88)]);
+        noneigh.encap = Some(false);
+        out.push(noneigh);
     }
     out
 }
@@ -334,6 +394,14 @@ fn spec(s: &Svc) -> ServiceSpec {
     };
     if s.dsr {
         spec.forwarding = Forwarding::Dsr;
+    }
+    match s.encap {
+        Some(false) => spec.forwarding = Forwarding::Ipip,
+        Some(true) => {
+            spec.forwarding = Forwarding::Gue;
+            spec.encap.gue_port = GUE_PORT;
+        }
+        None => {}
     }
     if s.name.starts_with("udp-nat") || s.name.starts_with("tcp-any-dsr") {
         spec.scheduler = Scheduler::Maglev;
@@ -646,6 +714,13 @@ fn request(rng: &mut Rng, s: &Svc, c: u16) -> (String, Pkt) {
     };
     let mut p = Pkt::new(l4_of(s.proto), client(v6f, c), CLIENT_PORT, s.vip, dport);
     p.payload = payload(rng);
+    if s.encap.is_some() && rng.chance(1, 3) {
+        // Around the lab MTU once encapsulated: some fit, some must be answered.
+        p.payload = vec![0x3c; rng.range(1390, 1470)];
+    }
+    if !v6f && rng.chance(1, 8) {
+        p.df = false;
+    }
     p.syn = rng.chance(1, 2);
     let mut name = format!("request {} client {c} port {dport}", s.name);
     if rng.chance(1, 5) {
@@ -704,7 +779,7 @@ pub fn corpus(seed: u64) -> Vec<Fixture> {
             });
         }
         // NAT replies from each backend endpoint.
-        if !s.dsr {
+        if s.nat() {
             for &(addr, port) in &s.backends {
                 for _ in 0..4 {
                     let sport = match (port, s.port) {
@@ -1370,6 +1445,17 @@ enum Class {
     },
 }
 
+/// The IP header of a packet the oracle expects something of.
+fn class_ip(c: &Class) -> &Ip {
+    match c {
+        Class::Service { ip, .. }
+        | Class::Reply { ip, .. }
+        | Class::IcmpError { ip, .. }
+        | Class::LaterFragment { ip, .. } => ip,
+        Class::NotOurs(_) => unreachable!("nothing but a pass is expected of these"),
+    }
+}
+
 impl Class {
     fn label(&self) -> &'static str {
         match self {
@@ -1396,7 +1482,7 @@ impl Oracle {
         let mut by_backend = HashMap::new();
         for (i, s) in svcs.iter().enumerate() {
             by_vip.insert((s.vip, s.port, s.proto), i);
-            if !s.dsr {
+            if s.nat() {
                 for &(addr, port) in &s.backends {
                     let port = if port == 0 { s.port } else { port };
                     by_backend.insert((addr, port, s.proto), i);
@@ -1558,8 +1644,10 @@ enum Counter {
     DropNoBackend,
     DropNoRoute,
     FibMiss,
+    DropNoNeigh,
     IcmpUnmatched,
     FragUnmatched,
+    DropTooBig,
 }
 
 fn counter(st: &mut ServiceStats, c: Counter) -> &mut u64 {
@@ -1568,8 +1656,10 @@ fn counter(st: &mut ServiceStats, c: Counter) -> &mut u64 {
         Counter::DropNoBackend => &mut st.drop_no_backend,
         Counter::DropNoRoute => &mut st.drop_no_route,
         Counter::FibMiss => &mut st.fib_miss,
+        Counter::DropNoNeigh => &mut st.drop_no_neigh,
         Counter::IcmpUnmatched => &mut st.icmp_unmatched,
         Counter::FragUnmatched => &mut st.frag_unmatched,
+        Counter::DropTooBig => &mut st.drop_too_big,
     }
 }
 
@@ -1719,9 +1809,238 @@ impl Rewrite {
     }
 }
 
+/// An L3 DSR output: the input whole behind an outer header to `backend`.
+#[derive(Debug, Clone, Copy)]
+struct Tunnel {
+    backend: IpAddr,
+    mac: [u8; 6],
+    gue: bool,
+}
+
+/// Whether the inner packet's own checksums are valid (IPv4 header, and the transport
+/// checksum with its pseudo-header, or ICMP's): only then must the GUE/IPv6 checksum,
+/// derived from them, verify. `None`: no checksum covers the packet (IPv4 fragments,
+/// UDP/IPv4 without checksum), so the GUE/IPv6 checksum must be 0.
+fn inner_checksums_ok(b: &[u8], ip: &Ip) -> Option<bool> {
+    if !ip.is_v6 && (ip.mf || ip.frag_off != 0) {
+        return None;
+    }
+    let l4 = ip.l4();
+    if !ip.is_v6 && ip.proto == PROTO_UDP && ip.l4_len() >= 8 && be16(b, l4 + 6) == 0 {
+        return None;
+    }
+    let hdr_ok = ip.is_v6 || residual(sum16(&b[ip.l3..ip.l3 + ip.hlen], 0)) == 0;
+    let seg = &b[l4..ip.l3 + ip.len];
+    let l4_ok = match ip.proto {
+        PROTO_ICMP => residual(sum16(seg, 0)) == 0,
+        p => residual(sum16(seg, pseudo(b, ip.l3, ip.is_v6, p, seg.len()))) == 0,
+    };
+    Some(hdr_ok && l4_ok)
+}
+
+impl Tunnel {
+    fn overhead(&self) -> usize {
+        (if self.backend.is_ipv6() { 40 } else { 20 }) + if self.gue { 8 } else { 0 }
+    }
+    /// Whether the encapsulated packet fits the lab link.
+    fn fits(&self, ip: &Ip) -> bool {
+        ip.len + self.overhead() <= LAB_MTU
+    }
+
+    /// Checks `out` as the encapsulation of `input`.
+    fn check(&self, input: &[u8], out: &[u8], ip: &Ip, fx0: [u8; 6]) -> Result<(), String> {
+        let oh = self.overhead();
+        if out.len() != input.len() + oh {
+            return Err(format!(
+                "length {} -> {}, expected + {oh}",
+                input.len(),
+                out.len()
+            ));
+        }
+        if out[..6] != self.mac || out[6..12] != fx0 {
+            return Err("Ethernet addresses are not lab → backend".into());
+        }
+        let o = ip.l3;
+        let et = if ip.vlan {
+            if out[12..16] != input[12..16] {
+                return Err("VLAN tag changed".into());
+            }
+            16
+        } else {
+            12
+        };
+        let outer_v6 = self.backend.is_ipv6();
+        if be16(out, et) != if outer_v6 { 0x86dd } else { 0x0800 } {
+            return Err(format!("ethertype {:#06x}", be16(out, et)));
+        }
+        if out[o + oh..] != input[o..] {
+            return Err("the inner packet (or the padding after it) changed".into());
+        }
+        let inner_tos = if ip.is_v6 {
+            ((input[o] & 0x0f) << 4) | (input[o + 1] >> 4)
+        } else {
+            input[o + 1]
+        };
+        let inner_proto = if ip.is_v6 { 41 } else { 4 };
+        let proto = if self.gue { PROTO_UDP } else { inner_proto };
+        let lab = lab_source(outer_v6);
+        let addr = |at: usize, n: usize| -> IpAddr {
+            if n == 4 {
+                IpAddr::from(<[u8; 4]>::try_from(&out[at..at + 4]).unwrap())
+            } else {
+                IpAddr::from(<[u8; 16]>::try_from(&out[at..at + 16]).unwrap())
+            }
+        };
+        let hdr = if outer_v6 {
+            let tc = ((out[o] & 0x0f) << 4) | (out[o + 1] >> 4);
+            let fields = [
+                (out[o] >> 4 == 6, "version"),
+                (tc == inner_tos, "traffic class not copied"),
+                (
+                    be16(out, o + 4) as usize == ip.len + oh - 40,
+                    "payload length",
+                ),
+                (out[o + 6] == proto, "next header"),
+                (out[o + 7] > 0, "hop limit"),
+                (addr(o + 8, 16) == lab, "source is not the FIB's"),
+                (
+                    addr(o + 24, 16) == self.backend,
+                    "destination is not the backend",
+                ),
+            ];
+            if let Some((_, what)) = fields.iter().find(|(ok, _)| !ok) {
+                return Err(format!("outer IPv6 header: {what}"));
+            }
+            40
+        } else {
+            let fields = [
+                (out[o] == 0x45, "version / IHL"),
+                (out[o + 1] == inner_tos, "TOS not copied"),
+                (be16(out, o + 2) as usize == ip.len + oh, "total length"),
+                (be16(out, o + 6) == 0x4000, "flags: DF only, offset 0"),
+                (out[o + 8] > 0, "TTL"),
+                (out[o + 9] == proto, "protocol"),
+                (residual(sum16(&out[o..o + 20], 0)) == 0, "header checksum"),
+                (addr(o + 12, 4) == lab, "source is not the FIB's"),
+                (
+                    addr(o + 16, 4) == self.backend,
+                    "destination is not the backend",
+                ),
+            ];
+            if let Some((_, what)) = fields.iter().find(|(ok, _)| !ok) {
+                return Err(format!("outer IPv4 header: {what}"));
+            }
+            20
+        };
+        if self.gue {
+            let u = o + hdr;
+            let udp_len = ip.len + 8;
+            if be16(out, u) < 49152 || be16(out, u + 2) != GUE_PORT {
+                return Err(format!(
+                    "GUE ports {} -> {}: source from the dynamic range, destination {GUE_PORT}",
+                    be16(out, u),
+                    be16(out, u + 2)
+                ));
+            }
+            if be16(out, u + 4) as usize != udp_len {
+                return Err("GUE UDP length".into());
+            }
+            let check = be16(out, u + 6);
+            match (outer_v6, inner_checksums_ok(input, ip)) {
+                (false, _) | (true, None) if check != 0 => {
+                    return Err(format!("UDP checksum {check:#06x}, expected 0"));
+                }
+                (true, Some(true)) => {
+                    let sum = sum16(
+                        &out[u..u + udp_len],
+                        pseudo(out, o, true, PROTO_UDP, udp_len),
+                    );
+                    if check == 0 || residual(sum) != 0 {
+                        return Err("GUE UDP/IPv6 checksum does not verify".into());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks `out` as the balancer's answer to `input` (a client packet too big once
+/// encapsulated): ICMP "fragmentation needed" / ICMPv6 "packet too big" from the VIP to
+/// the client, sent back where it came from, carrying `mtu`, quoting the start of the
+/// packet (RFC 1812 §4.3.2.3: up to 576 bytes in all; RFC 4443 §2.4: up to 1280).
+fn check_too_big(input: &[u8], out: &[u8], ip: &Ip, mtu: usize) -> Result<(), String> {
+    let o = ip.l3;
+    let (hdr, quote) = if ip.is_v6 { (40, 1232) } else { (20, 548) };
+    if out.len() != o + hdr + 8 + quote {
+        return Err(format!("answer of {} bytes", out.len()));
+    }
+    if out[..6] != input[6..12] || out[6..12] != input[..6] || out[12..o] != input[12..o] {
+        return Err("answer not sent back to the sender's MAC (and tag)".into());
+    }
+    if out[o + hdr + 8..] != input[o..o + quote] {
+        return Err("the quote is not the start of the packet".into());
+    }
+    let (src, dst) = (ip.src(input), ip.dst(input));
+    let m = o + hdr;
+    if ip.is_v6 {
+        let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&out[at..at + 16]).unwrap());
+        let msg = &out[m..m + 8 + quote];
+        let fields = [
+            (out[o] >> 4 == 6, "version"),
+            (be16(out, o + 4) as usize == 8 + quote, "payload length"),
+            (out[o + 6] == PROTO_ICMPV6, "next header"),
+            (
+                a(o + 8) == dst && a(o + 24) == src,
+                "not from the VIP to the client",
+            ),
+            (out[m] == 2 && out[m + 1] == 0, "not packet too big"),
+            (
+                u32::from_be_bytes(out[m + 4..m + 8].try_into().unwrap()) as usize == mtu,
+                "MTU",
+            ),
+            (
+                residual(sum16(msg, pseudo(out, o, true, PROTO_ICMPV6, msg.len()))) == 0,
+                "ICMPv6 checksum",
+            ),
+        ];
+        if let Some((_, what)) = fields.iter().find(|(ok, _)| !ok) {
+            return Err(format!("packet too big: {what}"));
+        }
+    } else {
+        let a = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&out[at..at + 4]).unwrap());
+        let fields = [
+            (out[o] == 0x45, "version / IHL"),
+            (be16(out, o + 2) as usize == 28 + quote, "total length"),
+            (be16(out, o + 6) & 0x3fff == 0, "fragment bits"),
+            (out[o + 8] > 0 && out[o + 9] == PROTO_ICMP, "TTL / protocol"),
+            (residual(sum16(&out[o..o + 20], 0)) == 0, "header checksum"),
+            (
+                a(o + 12) == dst && a(o + 16) == src,
+                "not from the VIP to the client",
+            ),
+            (out[m] == 3 && out[m + 1] == 4, "not fragmentation needed"),
+            (
+                be16(out, m + 4) == 0 && be16(out, m + 6) as usize == mtu,
+                "unused / MTU",
+            ),
+            (residual(sum16(&out[m..], 0)) == 0, "ICMP checksum"),
+        ];
+        if let Some((_, what)) = fields.iter().find(|(ok, _)| !ok) {
+            return Err(format!("fragmentation needed: {what}"));
+        }
+    }
+    Ok(())
+}
+
 /// The acceptable outcomes for one packet.
 #[derive(Debug)]
 enum Expect {
+    /// Sent on (`XDP_TX` when tagged, else `XDP_REDIRECT`) inside this tunnel.
+    Encap { tunnel: Tunnel },
+    /// `XDP_TX`: the client is told to use `mtu`.
+    TooBig { mtu: usize },
     /// `XDP_PASS`, identical; `counter` moves (in one of `svcs`) when set.
     Pass {
         counter: Option<(Vec<usize>, Counter)>,
@@ -1808,6 +2127,10 @@ pub struct Report {
     pub not_ours: HashMap<&'static str, u64>,
     /// Service traffic (incl. replies, ICMP errors, fragments) forwarded.
     pub forwarded: u64,
+    /// L3 DSR outcomes: encapsulated, answered with the MTU, dropped as too big.
+    pub encapsulated: u64,
+    pub too_big_answered: u64,
+    pub too_big_dropped: u64,
     pub clients: u64,
     pub mutations: HashMap<&'static str, u64>,
 }
@@ -1815,6 +2138,9 @@ pub struct Report {
 impl Report {
     fn merge(&mut self, o: &Report) {
         self.packets += o.packets;
+        self.encapsulated += o.encapsulated;
+        self.too_big_answered += o.too_big_answered;
+        self.too_big_dropped += o.too_big_dropped;
         self.elapsed = self.elapsed.max(o.elapsed);
         for i in 0..5 {
             self.actions[i] += o.actions[i];
@@ -1851,6 +2177,10 @@ impl Report {
             .map(|(n, c)| format!("{n} {c}"))
             .collect();
         println!("fuzz: actions: {}", hist.join(", "));
+        println!(
+            "fuzz: L3 DSR: {} encapsulated, {} answered too big, {} dropped too big",
+            self.encapsulated, self.too_big_answered, self.too_big_dropped
+        );
         let mut classes: Vec<_> = self.classes.iter().collect();
         classes.sort();
         println!(
@@ -2011,6 +2341,7 @@ enum Field {
     IcmpToBackend,
     FragForwarded,
     NeighQueued,
+    TooBigAnswered,
 }
 
 fn field(st: &mut ServiceStats, f: Field) -> &mut u64 {
@@ -2021,6 +2352,7 @@ fn field(st: &mut ServiceStats, f: Field) -> &mut u64 {
         Field::IcmpToBackend => &mut st.icmp_to_backend,
         Field::FragForwarded => &mut st.frag_forwarded,
         Field::NeighQueued => &mut st.neigh_queued,
+        Field::TooBigAnswered => &mut st.too_big_answered,
     }
 }
 
@@ -2340,6 +2672,12 @@ impl Worker<'_> {
                 Expect::Queued { rewrite, meta } if action == XDP_PASS => {
                     check_queued(input, out, rewrite, meta)
                 }
+                Expect::Encap { tunnel } if action == sent => {
+                    tunnel.check(input, out, class_ip(class), self.env.fx0_mac)
+                }
+                Expect::TooBig { mtu } if action == XDP_TX => {
+                    check_too_big(input, out, class_ip(class), *mtu)
+                }
                 other => Err(format!(
                     "{} where {} was expected",
                     names[action as usize],
@@ -2347,7 +2685,8 @@ impl Worker<'_> {
                         Expect::Pass { .. }
                         | Expect::PassRewritten { .. }
                         | Expect::Queued { .. } => "XDP_PASS",
-                        Expect::Forward { .. } => names[sent as usize],
+                        Expect::Forward { .. } | Expect::Encap { .. } => names[sent as usize],
+                        Expect::TooBig { .. } => "XDP_TX",
                         Expect::Drop { .. } => "XDP_DROP",
                     }
                 )),
@@ -2375,7 +2714,17 @@ impl Worker<'_> {
         let r = self.book(alt, check_now);
         if r.is_err() {
             self.tally = saved;
-        } else if matches!(alt.expect, Expect::Forward { .. })
+            return r;
+        }
+        match alt.expect {
+            Expect::Encap { .. } => self.report.encapsulated += 1,
+            Expect::TooBig { .. } => self.report.too_big_answered += 1,
+            Expect::Drop {
+                counter: Counter::DropTooBig,
+            } => self.report.too_big_dropped += 1,
+            _ => {}
+        }
+        if matches!(alt.expect, Expect::Forward { .. } | Expect::Encap { .. })
             && !matches!(class, Class::NotOurs(_))
         {
             self.report.forwarded += 1;
@@ -2420,7 +2769,7 @@ impl Worker<'_> {
             Class::Service { svc, ip, client } => {
                 let svc = *svc;
                 let s = self.svc(svc).clone();
-                let nat = !s.dsr;
+                let nat = s.nat();
                 if nat && ip.ttl <= 1 {
                     return Ok(vec![Alt::pass_counted(Who::One(svc), Counter::PassTtl)]);
                 }
@@ -2437,6 +2786,13 @@ impl Worker<'_> {
                     ));
                 };
                 let first = !ip.is_v6 && ip.mf && ip.frag_off == 0;
+                if let Some(gue) = s.encap {
+                    let mut effects = vec![(Who::One(svc), Field::Packets)];
+                    if first {
+                        effects.push((Who::One(svc), Field::FragForwarded));
+                    }
+                    return Ok(encap_alts(svc, ip, b, be, gue, effects, true));
+                }
                 let decline = fib_may_refuse(ip, b);
                 let nat_rw = |macs: Option<[u8; 6]>| {
                     let mut rw = Rewrite::default();
@@ -2589,7 +2945,7 @@ impl Worker<'_> {
             } => {
                 let svc = *svc;
                 let s = self.svc(svc).clone();
-                let nat = !s.dsr;
+                let nat = s.nat();
                 let mut v = Vec::new();
                 // A quote that is not a plausible packet: passing it uncounted is fine.
                 let lenient = |mut v: Vec<Alt>| {
@@ -2605,6 +2961,11 @@ impl Worker<'_> {
                 if nat && ip.ttl <= 1 {
                     v.push(Alt::pass_counted(Who::One(svc), Counter::PassTtl));
                     return Ok(lenient(v));
+                }
+                if let Some(gue) = s.encap {
+                    let effects = vec![(Who::One(svc), Field::IcmpToBackend)];
+                    // An ICMP error is never answered with another: too big, it drops.
+                    return Ok(lenient(encap_alts(svc, ip, b, be, gue, effects, false)));
                 }
                 let l4 = ip.l4();
                 let q = l4 + 8;
@@ -2652,24 +3013,13 @@ impl Worker<'_> {
                             effects: vec![(Who::One(svc), Field::IcmpToBackend)],
                         });
                     }
+                    // ICMP errors keep the plain fallback (the kernel's forwarding for
+                    // NAT, a drop for DSR): the agent resolves backends ahead.
                     Reach::NoNeigh if nat => v.push(Alt {
-                        expect: Expect::Queued {
-                            rewrite: {
-                                let mut r = rw(None);
-                                r.ttl(b, ip);
-                                r
-                            },
-                            meta: Some(queue_meta(be.addr, if0)),
-                        },
-                        effects: vec![(Who::One(svc), Field::NeighQueued)],
+                        expect: Expect::PassRewritten { rewrite: rw(None) },
+                        effects: vec![(Who::One(svc), Field::Drop(Counter::FibMiss))],
                     }),
-                    Reach::NoNeigh => v.push(Alt {
-                        expect: Expect::Queued {
-                            rewrite: Rewrite::default(),
-                            meta: Some(queue_meta(be.addr, if0)),
-                        },
-                        effects: vec![(Who::One(svc), Field::NeighQueued)],
-                    }),
+                    Reach::NoNeigh => v.push(Alt::drop(svc, Counter::FibMiss)),
                     Reach::Unreachable => v.push(Alt::drop(svc, Counter::DropNoRoute)),
                 }
                 if fib_may_refuse(ip, b) {
@@ -2699,9 +3049,17 @@ impl Worker<'_> {
                 let [(svc, be)] = live[..] else {
                     return Ok(vec![unmatched]);
                 };
-                let nat = !self.svc(svc).dsr;
+                let nat = self.svc(svc).nat();
                 if nat && ip.ttl <= 1 {
                     return Ok(vec![Alt::pass_counted(Who::One(svc), Counter::PassTtl)]);
+                }
+                if let Some(gue) = self.svc(svc).encap {
+                    let effects = vec![
+                        (Who::One(svc), Field::FragForwarded),
+                        (Who::One(svc), Field::Packets),
+                    ];
+                    // Fragments carry no DF: too big, they drop.
+                    return Ok(encap_alts(svc, ip, b, be, gue, effects, false));
                 }
                 let rw = |macs: Option<[u8; 6]>| {
                     let mut rw = Rewrite::default();
@@ -2727,24 +3085,12 @@ impl Worker<'_> {
                             (Who::One(svc), Field::Packets),
                         ],
                     }],
+                    // Later fragments keep the plain fallback, as ICMP errors do.
                     Reach::NoNeigh if nat => vec![Alt {
-                        expect: Expect::Queued {
-                            rewrite: {
-                                let mut r = rw(None);
-                                r.ttl(b, ip);
-                                r
-                            },
-                            meta: Some(queue_meta(be.addr, if0)),
-                        },
-                        effects: vec![(Who::One(svc), Field::NeighQueued)],
+                        expect: Expect::PassRewritten { rewrite: rw(None) },
+                        effects: vec![(Who::One(svc), Field::Drop(Counter::FibMiss))],
                     }],
-                    Reach::NoNeigh => vec![Alt {
-                        expect: Expect::Queued {
-                            rewrite: Rewrite::default(),
-                            meta: Some(queue_meta(be.addr, if0)),
-                        },
-                        effects: vec![(Who::One(svc), Field::NeighQueued)],
-                    }],
+                    Reach::NoNeigh => vec![Alt::drop(svc, Counter::FibMiss)],
                     Reach::Unreachable => vec![Alt::drop(svc, Counter::DropNoRoute)],
                 };
                 if fib_may_refuse(ip, b) {
@@ -2763,6 +3109,58 @@ impl Worker<'_> {
     }
 }
 
+/// The outcomes of an L3 DSR packet to backend `be` of service `svc`: encapsulated (with
+/// `effects`) when it fits the lab link once encapsulated; else answered with the MTU
+/// when `answer` and DF (or IPv6), dropped with `drop_too_big` otherwise. The FIB checks
+/// the MTU before the neighbour, after the route.
+fn encap_alts(
+    svc: usize,
+    ip: &Ip,
+    b: &[u8],
+    be: BackendInfo,
+    gue: bool,
+    effects: Vec<(Who, Field)>,
+    answer: bool,
+) -> Vec<Alt> {
+    let mut t = Tunnel {
+        backend: be.addr,
+        mac: [0; 6],
+        gue,
+    };
+    let reach = reach(be.addr);
+    if reach == Reach::Unreachable {
+        return vec![Alt::drop(svc, Counter::DropNoRoute)];
+    }
+    if !t.fits(ip) {
+        let df = ip.is_v6 || be16(b, ip.l3 + 6) & 0x4000 != 0;
+        return vec![if answer && df {
+            Alt {
+                expect: Expect::TooBig {
+                    mtu: LAB_MTU - t.overhead(),
+                },
+                effects: vec![(Who::One(svc), Field::TooBigAnswered)],
+            }
+        } else {
+            Alt::drop(svc, Counter::DropTooBig)
+        }];
+    }
+    match reach {
+        Reach::Mac(m) => {
+            t.mac = m;
+            vec![Alt {
+                expect: Expect::Encap { tunnel: t },
+                effects,
+            }]
+        }
+        // The outer next hop is unresolved: not encapsulated yet, so not queued (that
+        // would send the inner packet to it): dropped, and for client packets (`answer`:
+        // the service path) reported by the neighbour program; ICMP errors and later
+        // fragments keep the plain fallback (`fib_miss`).
+        _ if answer => vec![Alt::drop(svc, Counter::DropNoNeigh)],
+        _ => vec![Alt::drop(svc, Counter::FibMiss)],
+    }
+}
+
 /// A one-line name of an expected outcome, for failure messages.
 fn short(e: &Expect) -> String {
     match e {
@@ -2772,6 +3170,8 @@ fn short(e: &Expect) -> String {
         } => format!("pass unchanged + {c:?}"),
         Expect::Forward { rewrite } => format!("forward with {} writes", rewrite.writes.len()),
         Expect::PassRewritten { .. } => "pass rewritten + FibMiss".into(),
+        Expect::Encap { tunnel } => format!("encapsulate to {}", tunnel.backend),
+        Expect::TooBig { mtu } => format!("answer too big, MTU {mtu}"),
         Expect::Drop { counter, .. } => format!("drop + {counter:?}"),
         Expect::Queued { .. } => "queued for the neighbour layer".into(),
     }

@@ -36,6 +36,8 @@ pub struct Pkt {
     pub udp_no_checksum: bool,
     /// IPv4 only: a first fragment (more-fragments set, offset 0, DF clear).
     pub more_fragments: bool,
+    /// IPv4 only: the don't-fragment flag (default set; never on a fragment).
+    pub df: bool,
     pub payload: Vec<u8>,
 }
 
@@ -56,6 +58,7 @@ impl Pkt {
             syn: true,
             udp_no_checksum: false,
             more_fragments: false,
+            df: true,
             payload: b"hello stickylb".to_vec(),
         }
     }
@@ -104,7 +107,7 @@ impl Pkt {
                     Ipv4Header::new(l4_len as u16, self.ttl, proto, s.octets(), d.octets())
                         .unwrap();
                 ip.identification = 0x4242;
-                ip.dont_fragment = !self.more_fragments;
+                ip.dont_fragment = self.df && !self.more_fragments;
                 ip.more_fragments = self.more_fragments;
                 ip.options = self
                     .ipv4_options
@@ -364,5 +367,164 @@ pub fn requote(quoted: &[u8], src: IpAddr, sport: u16) -> Vec<u8> {
         }
     };
     out[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+    out
+}
+
+/// The outer header of an encapsulated fixture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    /// IP in IP: protocol / next header 4 (IPv4 inside) or 41 (IPv6 inside).
+    Ipip,
+    /// GUE variant 1: outer UDP, the IP packet right behind it. `zero_check`: the UDP
+    /// checksum is 0 (always over IPv4; over IPv6 only when asked).
+    Gue {
+        sport: u16,
+        dport: u16,
+        zero_check: bool,
+    },
+}
+
+/// The outer IP header fields of an encapsulated fixture.
+#[derive(Clone, Copy, Debug)]
+pub struct Outer {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// Outer TOS / traffic class.
+    pub tos: u8,
+    /// IPv6 outer flow label.
+    pub flow_label: u32,
+}
+
+/// `inner` (an IP packet, from its IP header on) inside an outer IPv4 (DF set, TTL 64,
+/// id 0) or IPv6 (hop limit 64) header, behind an untagged Ethernet header. Checksums
+/// are computed from scratch over the whole datagram by etherparse.
+pub fn encapsulated(o: &Outer, tunnel: Tunnel, inner: &[u8]) -> Vec<u8> {
+    let inner_v4 = inner[0] >> 4 == 4;
+    let (proto, udp_len) = match tunnel {
+        Tunnel::Ipip if inner_v4 => (IpNumber::IPV4, 0),
+        Tunnel::Ipip => (IpNumber::IPV6, 0),
+        Tunnel::Gue { .. } => (IpNumber::UDP, 8),
+    };
+    let mut out = Ethernet2Header {
+        source: o.src_mac,
+        destination: o.dst_mac,
+        ether_type: if o.src.is_ipv4() {
+            EtherType::IPV4
+        } else {
+            EtherType::IPV6
+        },
+    }
+    .to_bytes()
+    .to_vec();
+    let payload_len = (udp_len + inner.len()) as u16;
+    match (o.src, o.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut ip = Ipv4Header::new(payload_len, 64, proto, s.octets(), d.octets()).unwrap();
+            ip.identification = 0;
+            ip.dont_fragment = true;
+            ip.dscp = etherparse::Ipv4Dscp::try_new(o.tos >> 2).unwrap();
+            ip.ecn = etherparse::Ipv4Ecn::try_new(o.tos & 3).unwrap();
+            ip.header_checksum = ip.calc_header_checksum();
+            out.extend_from_slice(&ip.to_bytes());
+            if let Tunnel::Gue { sport, dport, .. } = tunnel {
+                let mut udp = UdpHeader::without_ipv4_checksum(sport, dport, inner.len()).unwrap();
+                udp.checksum = 0;
+                out.extend_from_slice(&udp.to_bytes());
+            }
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = Ipv6Header {
+                traffic_class: o.tos,
+                flow_label: Ipv6FlowLabel::try_new(o.flow_label).unwrap(),
+                payload_length: payload_len,
+                next_header: proto,
+                hop_limit: 64,
+                source: s.octets(),
+                destination: d.octets(),
+            };
+            out.extend_from_slice(&ip.to_bytes());
+            if let Tunnel::Gue {
+                sport,
+                dport,
+                zero_check,
+            } = tunnel
+            {
+                let mut udp = UdpHeader::with_ipv6_checksum(sport, dport, &ip, inner).unwrap();
+                if zero_check {
+                    udp.checksum = 0;
+                }
+                out.extend_from_slice(&udp.to_bytes());
+            }
+        }
+        _ => panic!("mixed address families in an outer header"),
+    }
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The balancer's answer to a client packet too big to encapsulate: ICMP
+/// "fragmentation needed" (IPv4) or ICMPv6 "packet too big" from `vip` to `client`
+/// carrying `mtu`, quoting the first 548 (IPv4) or 1232 (IPv6) bytes of `request` (the
+/// client's frame), Ethernet addresses swapped, TTL 64, IPv4 id 0 and no flags.
+pub fn too_big_answer(request: &[u8], vip: IpAddr, client: IpAddr, mtu: u16) -> Vec<u8> {
+    let eth = Ethernet2Header::from_slice(request).unwrap().0;
+    let ip = &request[14..];
+    let mut out = Ethernet2Header {
+        source: eth.destination,
+        destination: eth.source,
+        ether_type: eth.ether_type,
+    }
+    .to_bytes()
+    .to_vec();
+    match (vip, client) {
+        (IpAddr::V4(v), IpAddr::V4(c)) => {
+            let quote = &ip[..548];
+            let icmp = Icmpv4Header::with_checksum(
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: mtu,
+                }),
+                quote,
+            );
+            let mut h = Ipv4Header::new(
+                (icmp.header_len() + quote.len()) as u16,
+                64,
+                IpNumber::ICMP,
+                v.octets(),
+                c.octets(),
+            )
+            .unwrap();
+            h.identification = 0;
+            h.dont_fragment = false;
+            h.header_checksum = h.calc_header_checksum();
+            out.extend_from_slice(&h.to_bytes());
+            out.extend_from_slice(&icmp.to_bytes());
+            out.extend_from_slice(quote);
+        }
+        (IpAddr::V6(v), IpAddr::V6(c)) => {
+            let quote = &ip[..1232];
+            let icmp = Icmpv6Header::with_checksum(
+                Icmpv6Type::PacketTooBig { mtu: mtu as u32 },
+                v.octets(),
+                c.octets(),
+                quote,
+            )
+            .unwrap();
+            let h = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Ipv6FlowLabel::ZERO,
+                payload_length: (icmp.header_len() + quote.len()) as u16,
+                next_header: IpNumber::IPV6_ICMP,
+                hop_limit: 64,
+                source: v.octets(),
+                destination: c.octets(),
+            };
+            out.extend_from_slice(&h.to_bytes());
+            out.extend_from_slice(&icmp.to_bytes());
+            out.extend_from_slice(quote);
+        }
+        _ => panic!("mixed address families"),
+    }
     out
 }

@@ -21,6 +21,15 @@ fn fuzz_data_path() {
             report.forwarded * 10 >= report.packets,
             "less than 10% of the packets were forwarded: the corpus or the mutators are off"
         );
+        assert!(
+            report.encapsulated * 100 >= report.packets
+                && report.too_big_answered > 0
+                && report.too_big_dropped > 0,
+            "the L3 DSR paths were hardly exercised: {} encapsulated, {} answered, {} dropped too big",
+            report.encapsulated,
+            report.too_big_answered,
+            report.too_big_dropped
+        );
         for class in [
             "service",
             "nat reply",

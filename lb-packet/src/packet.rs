@@ -19,6 +19,12 @@ impl Packet {
         }
     }
 
+    /// A packet between two addresses from a context (a tc program's `data`/`data_end`).
+    #[inline(always)]
+    pub fn from_bounds(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
+
     /// The bounds read again from the context (volatile loads). Pointers taken from it
     /// get bounds checks of their own that the compiler cannot merge with (or replace by)
     /// earlier ones: use it to write after helper calls.
@@ -52,6 +58,14 @@ impl Packet {
             return None;
         }
         Some(p as *mut T)
+    }
+
+    /// The start of a `T` (a header layout from [`crate::hdr`], or a byte array) at `off`,
+    /// if the packet holds all of it: the pointer to read fields from with [`get`] /
+    /// [`set`] at constant offsets.
+    #[inline(always)]
+    pub fn region<T>(&self, off: usize) -> Option<*mut u8> {
+        self.ptr::<T>(off).map(|p| p as *mut u8)
     }
 
     /// Reads a `T` at `off`. Headers are at most 2-byte aligned; the kernel allows
