@@ -286,15 +286,29 @@ fn placement_serves_everything(placement: VipPlacement) {
             .any(|l| l.starts_with("198.18.0.") && l.contains("managed")),
         "{placement:?}: no managed entry for any client:\n{neigh}"
     );
-    // The backends' entries are managed (proactively, and again after the flush).
-    for b in topo.backends() {
+    // The backends' entries are managed (proactively, and again after the flush: at once
+    // when the kernel's notification arrives, at the latest by the next refresh, 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let neigh = topo.lb().exec(&["ip", "neigh", "show"]).unwrap();
+        let unmanaged: Vec<String> = topo
+            .backends()
+            .iter()
+            .filter(|b| {
+                !neigh
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{} ", b.v4)) && l.contains("managed"))
+            })
+            .map(|b| b.v4.to_string())
+            .collect();
+        if unmanaged.is_empty() {
+            break;
+        }
         assert!(
-            neigh
-                .lines()
-                .any(|l| l.starts_with(&format!("{} ", b.v4)) && l.contains("managed")),
-            "{placement:?}: backend {} not managed:\n{neigh}",
-            b.v4
+            Instant::now() < deadline,
+            "{placement:?}: backends {unmanaged:?} not managed:\n{neigh}"
         );
+        std::thread::sleep(Duration::from_millis(200));
     }
     let nat_tcp_first: Vec<Duration> = reqs
         .iter()
