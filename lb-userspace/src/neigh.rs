@@ -47,8 +47,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use futures_util::stream::TryStreamExt;
 use lb_common::{
-    ip_from_addr, NeighMiss, StickKey, StickValue, MISS_DSR_TO_BACKEND, MISS_NAT_TO_BACKEND,
-    MISS_REPLY,
+    ip_from_addr, NeighMiss, StickKey, StickValue, MISS_DSR_TO_BACKEND, MISS_ENCAP_TO_BACKEND,
+    MISS_NAT_TO_BACKEND, MISS_REPLY,
 };
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
@@ -343,6 +343,7 @@ fn why_name(why: u8) -> &'static str {
         MISS_NAT_TO_BACKEND => "a NAT packet to a backend",
         MISS_DSR_TO_BACKEND => "a DSR packet to a backend",
         MISS_REPLY => "a NAT reply to a client",
+        MISS_ENCAP_TO_BACKEND => "an encapsulated packet to a backend",
         _ => "a packet",
     }
 }

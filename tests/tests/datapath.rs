@@ -10,7 +10,7 @@ use std::{
 use etherparse::IpNumber;
 use lb_common::{
     ip_from_addr, NeighMiss, QueueMeta, FAMILY_V4, FAMILY_V6, MISS_DSR_TO_BACKEND,
-    MISS_NAT_TO_BACKEND, MISS_REPLY, QUEUE_MAGIC,
+    MISS_ENCAP_TO_BACKEND, MISS_NAT_TO_BACKEND, MISS_REPLY, QUEUE_MAGIC,
 };
 use lb_userspace::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
 use stickylb_tests::{
@@ -834,6 +834,35 @@ fn backend_without_neighbour_is_queued_and_reported() {
         assert_eq!(events.len(), 1, "{flow:?}: {events:?}");
         assert_eq!(hop_of(&events[0]), (b5, lab.fx0_ifindex, family(b5)));
         assert_eq!(events[0].why, MISS_DSR_TO_BACKEND);
+    }
+}
+
+/// An L3 DSR (ipip) packet whose outer next hop is unresolved is not encapsulated yet:
+/// it cannot be queued as it is (the client's packet would go to the outer next hop), so
+/// it is dropped, counted and reported.
+#[test]
+fn encapsulated_packet_without_neighbour_is_dropped_and_reported() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        let mut svc = ServiceSpec::new("web", SocketAddr::new(flow.vip(), VIP_PORT));
+        svc.protocol = flow.protocol();
+        svc.forwarding = Forwarding::Ipip;
+        svc = svc.backend(SocketAddr::new(flow.backend(5), VIP_PORT));
+        let plan = lab.configure(&[svc]).unwrap();
+        let (action, _) = send(&mut lab, &flow.request(1));
+        assert_eq!(action, XDP_DROP, "{flow:?}");
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!(
+            (st.drop_no_neigh, st.neigh_queued, st.packets),
+            (1, 0, 0),
+            "{flow:?}"
+        );
+        let events = lab.neigh_events();
+        assert_eq!(events.len(), 1, "{flow:?}: {events:?}");
+        let b5 = flow.backend(5);
+        assert_eq!(hop_of(&events[0]), (b5, lab.fx0_ifindex, family(b5)));
+        assert_eq!(events[0].why, MISS_ENCAP_TO_BACKEND);
+        assert_eq!(events[0].service_id, plan.services[0].info.id);
     }
 }
 
