@@ -7,6 +7,8 @@
 //!    `lb-bench-ebpf` where the program rewrites the packet.
 //! 2. Stick-table scale: the hit path with 1k … 10M live entries, over a rotating set of
 //!    up to 65 536 clients that all have entries, and the kernel's memory per entry.
+//! 3. The network path (`netpath`), 4. the control plane (`control_plane`), 5. stick-table
+//!    replication between two cluster nodes (`replication`).
 //!
 //! Every case runs `repeat` packets per run; the runs are interleaved (round 1 runs every
 //! case once, then round 2 …) so that a burst of other work on the machine spreads over
@@ -17,6 +19,7 @@
 
 mod control_plane;
 mod netpath;
+mod replication;
 mod report;
 mod wrapper;
 
@@ -80,7 +83,8 @@ struct Args {
     #[arg(long)]
     out_dir: Option<PathBuf>,
     /// Parts of the benchmark to run, comma-separated: 1 per-packet cost, 2 stick-table
-    /// scale (runs part 1's baselines too), 3 network path, 4 control plane (default all).
+    /// scale (runs part 1's baselines too), 3 network path, 4 control plane, 5 replication
+    /// (default all).
     #[arg(long, value_delimiter = ',')]
     parts: Option<Vec<u8>>,
     /// Rounds of the network-path cases (default 3; 1 with --quick).
@@ -187,10 +191,10 @@ fn run(args: Args) -> Result<()> {
         cfg.runs, cfg.repeat, machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg
     );
 
-    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4]);
+    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4, 5]);
     ensure!(
-        parts.iter().all(|p| (1..=4).contains(p)),
-        "--parts takes 1, 2, 3, 4"
+        parts.iter().all(|p| (1..=5).contains(p)),
+        "--parts takes 1, 2, 3, 4, 5"
     );
     // The agent binary the network-path and control-plane parts run: next to this one.
     if std::env::var_os("STICKYLB_BIN").is_none() {
@@ -242,9 +246,23 @@ fn run(args: Args) -> Result<()> {
         None
     };
 
+    let replication = if parts.contains(&5) {
+        let opts = replication::Options {
+            rates: vec![1_000, 50_000],
+            seconds: if args.quick { 1.0 } else { 3.0 },
+            resync_entries: if args.quick { 200_000 } else { 1_000_000 },
+            refresh_clients: if args.quick { 10_000 } else { 50_000 },
+        };
+        println!("\npart 5, replication between two cluster nodes ...");
+        Some(replication::run(&opts).context("part 5 (replication)")?)
+    } else {
+        None
+    };
+
     let mut report = Report::new(machine, cfg.clone(), results, scale, programs);
     report.netpath = netpath;
     report.control = control;
+    report.replication = replication;
     report.elapsed_s = started.elapsed().as_secs_f64();
     report.finish();
     report.print();
@@ -429,7 +447,10 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
         target: Prog::Stickylb(0),
         check: Some(Check::new(expect, 0, sid)),
     };
-    let fresh = |service: &'static str| How::Fresh { service };
+    let fresh = |service: &'static str| How::Fresh {
+        service,
+        events: false,
+    };
     use Group::{Baseline, Component, Stickylb};
     let mut cases = vec![
         Case::new(
@@ -642,6 +663,21 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
             fresh("nat4"),
         )
         .varying(vary_new()),
+        // The same with stick-table events on, as on a cluster node (issue 12): each new
+        // entry is also reserved and submitted into the events ring, sized for the whole
+        // run so that no event is dropped (a dropped one would be cheaper).
+        Case::new(
+            "new_v4_rr_events",
+            "IPv4 NAT, new client, round-robin, cluster events",
+            Stickylb,
+            hit4.clone(),
+            XDP_REDIRECT,
+            How::Fresh {
+                service: "nat4",
+                events: true,
+            },
+        )
+        .varying(vary_new()),
         Case::new(
             "new_v4_maglev",
             "IPv4 NAT, new client, Maglev",
@@ -779,10 +815,14 @@ struct Instance {
 
 impl Instance {
     fn load(stick_table_size: u32) -> Result<Instance> {
-        let mut ebpf = loader::load(&LoadOptions {
+        Self::load_with(&LoadOptions {
             stick_table_size,
             ..Default::default()
-        })?;
+        })
+    }
+
+    fn load_with(opts: &LoadOptions) -> Result<Instance> {
+        let mut ebpf = loader::load(opts)?;
         let dp = Dataplane::new(&mut ebpf)?;
         Self::configure(ebpf, dp, Ids::default())
     }
@@ -937,8 +977,9 @@ enum How {
     /// The wrapper restores the fixture before each packet and tail-calls `target`.
     Wrapped { target: Prog, check: Option<Check> },
     /// New clients into an empty table: every run loads a fresh instance (default table
-    /// of 2M entries, or more: room for the warm-up and the run), wrapped.
-    Fresh { service: &'static str },
+    /// of 2M entries, or more: room for the warm-up and the run), wrapped; `events`: with
+    /// stick-table events on and a ring that holds every event of the run.
+    Fresh { service: &'static str, events: bool },
 }
 
 struct Case {
@@ -1032,9 +1073,21 @@ impl Runner<'_> {
                 };
                 self.checked_run(wrapper, &case.pkt, n, case.action, check)
             }
-            How::Fresh { service } => {
+            How::Fresh { service, events } => {
                 let capacity = (2 * (self.cfg.warmup + self.cfg.repeat)).max(2_000_000);
-                let inst = Instance::load(capacity)?;
+                let ring = events.then(|| {
+                    // 48 bytes per event (40 and the kernel's header), rounded up to a
+                    // power of two.
+                    (u64::from(self.cfg.warmup + self.cfg.repeat) * 48)
+                        .next_power_of_two()
+                        .max(1 << 22) as u32
+                });
+                let inst = Instance::load_with(&LoadOptions {
+                    stick_table_size: capacity,
+                    stick_events: events,
+                    stick_events_bytes: ring,
+                    ..Default::default()
+                })?;
                 let sid = inst.sid(service)?;
                 let fd = inst.program()?.fd()?.try_clone()?;
                 bench.set_target(&fd)?;
@@ -1042,7 +1095,17 @@ impl Runner<'_> {
                 let wrapper = bench.program(wrapper::WRAPPER)?;
                 self.run(wrapper, &case.pkt, self.cfg.warmup, case.action)?;
                 let check = checked.then_some((Expect::New, &inst.dp, sid));
-                self.checked_run(wrapper, &case.pkt, n, case.action, check)
+                let s = self.checked_run(wrapper, &case.pkt, n, case.action, check)?;
+                if events {
+                    let lost: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
+                        inst.ebpf
+                            .map(lb_common::MAP_STICK_EVENTS_LOST)
+                            .context("STICK_EVENTS_LOST")?,
+                    )?;
+                    let lost: u64 = lost.get(&0, 0)?.iter().sum();
+                    ensure!(lost == 0, "{lost} events dropped: the ring was too small");
+                }
+                Ok(s)
             }
         }
     }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::{
     control_plane::ControlReport,
     netpath::NetpathReport,
+    replication::ReplicationReport,
     wrapper::{ProgSize, Sample, Vary},
     Config,
 };
@@ -176,6 +177,8 @@ pub struct Report {
     pub netpath: Option<NetpathReport>,
     /// Part 4, when run.
     pub control: Option<ControlReport>,
+    /// Part 5, when run.
+    pub replication: Option<ReplicationReport>,
 }
 
 /// Median over rounds of `f(a[i], b[i])`; `None` if the run counts differ.
@@ -246,6 +249,7 @@ impl Report {
             goals: Vec::new(),
             netpath: None,
             control: None,
+            replication: None,
         }
     }
 
@@ -385,6 +389,45 @@ impl Report {
                 });
             }
         }
+        if let (Some(with), Some(without)) = (self.ns("new_v4_rr_events"), self.ns("new_v4_rr")) {
+            let extra = (with / without - 1.0) * 100.0;
+            goals.push(Goal {
+                goal: "stick-table events on the new-client path (% added)".into(),
+                measured: extra,
+                limit: 10.0,
+                met: extra <= 10.0,
+            });
+        }
+        if let Some(r) = &self.replication {
+            if let Some(l) = r.lag.iter().find(|l| l.rate == 50_000) {
+                goals.push(Goal {
+                    goal: "replication lag p99 at 50 000 new clients/s (ms)".into(),
+                    measured: l.p99_ms,
+                    limit: 10.0,
+                    met: l.p99_ms <= 10.0,
+                });
+            }
+            let per_entry = r
+                .lag
+                .iter()
+                .map(|l| l.bytes_per_client)
+                .chain([r.refresh.bytes_per_client, r.resync.bytes_per_entry])
+                .fold(0.0, f64::max);
+            goals.push(Goal {
+                goal: "replication bytes per entry on the wire (worst case)".into(),
+                measured: per_entry,
+                limit: 64.0,
+                met: per_entry <= 64.0,
+            });
+            if r.resync.entries >= 1_000_000 {
+                goals.push(Goal {
+                    goal: "resync of 1M entries (s)".into(),
+                    measured: r.resync.seconds,
+                    limit: 3.0,
+                    met: r.resync.seconds <= 3.0,
+                });
+            }
+        }
         self.goals = goals;
     }
 
@@ -463,6 +506,9 @@ impl Report {
         }
         if let Some(cp) = &self.control {
             out.push_str(&cp.text());
+        }
+        if let Some(r) = &self.replication {
+            out.push_str(&r.text());
         }
         let _ = writeln!(out);
         for g in &self.goals {
@@ -560,6 +606,9 @@ impl Report {
         }
         if let Some(cp) = &self.control {
             out.push_str(&cp.markdown());
+        }
+        if let Some(r) = &self.replication {
+            out.push_str(&r.markdown());
         }
         let _ = writeln!(out, "\n| goal | measured | limit | |\n|---|---:|---:|---|");
         for g in &self.goals {

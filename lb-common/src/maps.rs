@@ -98,6 +98,26 @@ pub struct StickValue {
     pub last_seen_ns: u64,
 }
 
+/// One record of the `STICK_EVENTS` ring buffer: a client got a new entry, or its entry
+/// was re-picked (expired, or its backend no longer took it). The agent turns the
+/// node-local ids into identities and replicates the entry to its peers. Hits (and the
+/// refresh of last-seen on a hit) emit nothing: the agent's periodic scan finds those.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StickEvent {
+    pub client: Addr,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// The entry's last-seen as written (`bpf_ktime_get_coarse_ns()`).
+    pub at_ns: u64,
+    /// [`crate::STICK_EVENT_NEW`], [`crate::STICK_EVENT_EXPIRED`] or
+    /// [`crate::STICK_EVENT_DOWN`].
+    pub kind: u8,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 6],
+}
+
 /// Value of `REVERSE`, keyed by the backend endpoint a NAT reply comes from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -259,6 +279,7 @@ mod pod {
     unsafe impl aya::Pod for NeighKey {}
     unsafe impl aya::Pod for NeighMiss {}
     unsafe impl aya::Pod for QueueMeta {}
+    unsafe impl aya::Pod for StickEvent {}
 }
 
 #[cfg(feature = "user")]

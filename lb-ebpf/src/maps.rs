@@ -9,7 +9,7 @@ use lb_common::{
     Backend, BackendStats, CachedRoute, EncapSource, Endpoint, FragCandidates, InsertBudget,
     NeighKey, ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue,
     DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, NEIGH_EVENTS_BYTES, NEIGH_SEEN_ENTRIES,
-    RING_SLOTS,
+    RING_SLOTS, STICK_EVENTS_BYTES,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
@@ -34,6 +34,16 @@ pub static RR_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 #[map]
 pub static STICK: LruHashMap<StickKey, StickValue> =
     LruHashMap::with_max_entries(DEFAULT_STICK_TABLE_SIZE, 0);
+
+/// New entries and re-picks (`StickEvent`), for the agent to replicate to its peers.
+/// Bounded: when it is full an event is dropped and counted in `STICK_EVENTS_LOST` (the
+/// agent's periodic scan of the table repairs what was lost).
+#[map]
+pub static STICK_EVENTS: RingBuf = RingBuf::with_byte_size(STICK_EVENTS_BYTES, 0);
+
+/// Per-CPU count of events dropped because `STICK_EVENTS` was full (slot 0).
+#[map]
+pub static STICK_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Backend endpoint (address, port, protocol) → VIP, for rewriting NAT replies.
 /// Port 0 = every port of that backend address.

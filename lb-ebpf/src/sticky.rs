@@ -3,14 +3,17 @@
 //! else gets a fresh pick, which overwrites the entry. Under abuse, a new client may be
 //! served without an entry (by source hash): a non-SYN TCP packet when the service adds
 //! entries only on SYN, or when this CPU used up the service's insert cap for the second.
+//! In a cluster, every entry written here (a new client, a re-pick) is also announced as
+//! an event for the agent to replicate; the hit path emits nothing.
 
 use lb_common::{
     sticky::{is_connection_start, judge, needs_refresh, take_insert_budget, Verdict},
-    Backend, ServiceInfo, StickKey, StickValue, PROTO_TCP, SVC_SYN_ONLY,
+    Backend, ServiceInfo, StickEvent, StickKey, StickValue, PROTO_TCP, STICK_EVENT_DOWN,
+    STICK_EVENT_EXPIRED, STICK_EVENT_NEW, SVC_SYN_ONLY,
 };
 
 use crate::{
-    maps::{BACKENDS, INSERT_BUDGET, STICK},
+    maps::{BACKENDS, INSERT_BUDGET, STICK, STICK_EVENTS, STICK_EVENTS_LOST},
     parse::Parsed,
     pick,
 };
@@ -68,8 +71,51 @@ pub fn resolve(svc: &ServiceInfo, p: &Parsed, now: u64) -> Option<(u32, Backend,
     };
     // A failed insert (table busy) only costs stickiness for this packet: the next
     // packet picks again, deterministically for Maglev.
-    let _ = STICK.insert(&key, &value, 0);
+    if STICK.insert(&key, &value, 0).is_ok() && events_on() {
+        emit(&key, id, now, p.family, verdict);
+    }
     Some((id, backend, verdict))
+}
+
+/// The events switch, set by the loader (`GLOBAL_STICK_EVENTS`). In `.rodata`, frozen at
+/// load: with 0 (a single node) the verifier drops the emission entirely.
+#[unsafe(no_mangle)]
+static STICK_EVENTS_ON: u8 = 0;
+
+#[inline(always)]
+fn events_on() -> bool {
+    // SAFETY: reading a static; volatile so that the loader's value is used.
+    unsafe { core::ptr::read_volatile(&STICK_EVENTS_ON) != 0 }
+}
+
+/// Announces an entry just written. A full ring drops the event and counts it.
+#[inline(always)]
+fn emit(key: &StickKey, backend_id: u32, now: u64, family: u8, verdict: Verdict) {
+    let kind = match verdict {
+        Verdict::RepickExpired => STICK_EVENT_EXPIRED,
+        Verdict::RepickDown => STICK_EVENT_DOWN,
+        _ => STICK_EVENT_NEW,
+    };
+    match STICK_EVENTS.reserve::<StickEvent>(0) {
+        Some(mut e) => {
+            e.write(StickEvent {
+                client: key.client,
+                service_id: key.service_id,
+                backend_id,
+                at_ns: now,
+                kind,
+                family,
+                _pad: [0; 6],
+            });
+            e.submit(0);
+        }
+        None => {
+            if let Some(lost) = STICK_EVENTS_LOST.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+                unsafe { *lost += 1 };
+            }
+        }
+    }
 }
 
 /// Charges one new entry to this CPU's budget for the service (see `insert_cap`).

@@ -1019,6 +1019,9 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         stick_table_size: stick_capacity,
         pin_dir: Some(layout.maps_dir()),
         debug: opts.debug,
+        // On once the agent replicates to a cluster (issue 12, phase 2).
+        stick_events: false,
+        stick_events_bytes: None,
     })?;
     if opts.debug {
         // Data-path log lines (aya-log) go to this process's log at debug level.

@@ -28,6 +28,12 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     /// Enable the data path's debug log (aya-log); off costs nothing.
     pub debug: bool,
+    /// Emit stick-table events (new entries, re-picks) into `STICK_EVENTS` for cluster
+    /// replication; off (a single node) costs nothing.
+    pub stick_events: bool,
+    /// Size of the `STICK_EVENTS` ring in bytes (a power of two, at least a page);
+    /// `None`: `STICK_EVENTS_BYTES`.
+    pub stick_events_bytes: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +42,8 @@ impl Default for LoadOptions {
             stick_table_size: DEFAULT_STICK_TABLE_SIZE,
             pin_dir: None,
             debug: false,
+            stick_events: false,
+            stick_events_bytes: None,
         }
     }
 }
@@ -69,6 +77,9 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_STICK, opts.stick_table_size);
+    if let Some(bytes) = opts.stick_events_bytes {
+        loader.map_max_entries(lb_common::MAP_STICK_EVENTS, bytes);
+    }
     let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -86,6 +97,8 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     // verifier drops the logging code entirely.
     let debug: u8 = opts.debug.into();
     loader.override_global("DEBUG", &debug, true);
+    let events: u8 = opts.stick_events.into();
+    loader.override_global(lb_common::GLOBAL_STICK_EVENTS, &events, true);
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the stickylb eBPF object")?;

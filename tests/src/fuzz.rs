@@ -38,6 +38,10 @@
 //! service traffic is checked at once against the kernel's counters, and every service's
 //! counters are reconciled with the tally at the end of a run.
 //!
+//! Stick-table events are on (as on a cluster node): at the end, the events in the ring
+//! plus those counted lost must equal the entries the data path wrote (new clients and
+//! re-picks by its counters).
+//!
 //! A client's backend must never change during a run (no configuration changes, no
 //! expiry, all picking backends up): the oracle remembers every client's backend.
 //!
@@ -51,7 +55,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::IpNumber;
 use lb_common::{ServiceStats, BACKEND_DRAIN, BACKEND_UP};
@@ -2429,11 +2433,24 @@ const STICK_TABLE: u32 = 1 << 20;
 
 fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
     let wseed = derive_seed(seed, w as u64);
+    // With stick-table events on, as a cluster node runs: every entry written must be
+    // announced or counted lost (checked at the end).
     let mut lab = Lab::with_options(&loader::LoadOptions {
         stick_table_size: STICK_TABLE,
+        stick_events: true,
         ..Default::default()
     })
     .context("lab")?;
+    let mut events = aya::maps::RingBuf::try_from(
+        lab.ebpf
+            .take_map(lb_common::MAP_STICK_EVENTS)
+            .context("the events ring")?,
+    )?;
+    let lost: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
+        lab.ebpf
+            .take_map(lb_common::MAP_STICK_EVENTS_LOST)
+            .context("the lost-events counter")?,
+    )?;
     let mut svcs = services();
     let specs: Vec<ServiceSpec> = svcs.iter().map(spec).collect();
     let plan = lab.configure(&specs).context("configure")?;
@@ -2526,6 +2543,27 @@ fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
         wk.verify_counters(i)
             .map_err(|e| anyhow::anyhow!("worker {w} (seed {seed:#x}) at the end: {e}"))?;
     }
+    // Every entry the data path wrote was announced, or counted lost when the ring was
+    // full: one event per new client and per re-pick (as its counters say).
+    let mut written = 0u64;
+    for i in 0..n_svcs {
+        let t = wk
+            .env
+            .dp
+            .service_stats(wk.svc(i).id)
+            .context("reading counters")?;
+        written += t.new_clients + t.repick_expired + t.repick_down;
+    }
+    let mut announced = 0u64;
+    while events.next().is_some() {
+        announced += 1;
+    }
+    let lost: u64 = lost.get(&0, 0)?.iter().sum();
+    ensure!(
+        announced + lost == written,
+        "worker {w} (seed {seed:#x}): {written} entries written, {announced} events read and \
+         {lost} counted lost"
+    );
     wk.report.elapsed = start.elapsed();
     wk.report.packets = packets;
     wk.report.clients = clients + wk.memory.len() as u64;

@@ -4,12 +4,15 @@
 //! (needs root), and provides traffic endpoints running inside them:
 //! * [`netns`]: the [`Netns`] guard (create, run commands, sysctls, enter);
 //! * [`topology`]: client / balancer / N backends wired together ([`Topology`]);
-//! * [`servers`]: [`NameServer`] and [`tcp_fetch`].
+//! * [`servers`]: [`NameServer`] and [`tcp_fetch`];
+//! * [`cluster_net`]: clients, an ECMP router, N balancer nodes and backends on one LAN
+//!   ([`cluster_net::ClusterNet`]), for the cluster tests.
 //!
 //! Every namespace is named `slb<pid>-<counter>-<tag>` and deleted by a guard's
 //! `Drop`, so tests can run in parallel, re-run, and panic safely.
 
 pub mod agent;
+pub mod cluster_net;
 pub mod fuzz;
 pub mod lab;
 pub mod netns;

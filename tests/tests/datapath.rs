@@ -1429,3 +1429,183 @@ fn fragments_of_an_all_ports_service() {
         assert_eq!(lab.service_stats("any").unwrap().frag_forwarded, 2);
     }
 }
+
+/// The program loaded with stick-table events on (cluster replication), its ring buffer
+/// taken for reading.
+fn events_lab() -> (Lab, aya::maps::RingBuf<aya::maps::MapData>) {
+    let mut lab = Lab::with_options(&lb_userspace::loader::LoadOptions {
+        stick_events: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let map = lab
+        .ebpf
+        .take_map(lb_common::MAP_STICK_EVENTS)
+        .expect("the events ring");
+    (lab, aya::maps::RingBuf::try_from(map).unwrap())
+}
+
+fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<lb_common::StickEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<lb_common::StickEvent>());
+        // SAFETY: 40 bytes of a repr(C) struct of plain integers.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    out
+}
+
+/// A new client and each kind of re-pick emit one event holding the entry as written
+/// (client, service, backend, last-seen); hits, refreshes and unpinned clients emit none.
+#[test]
+fn new_entries_and_repicks_are_emitted_as_events() {
+    use lb_common::{
+        addr_from_ip, FAMILY_V4, FAMILY_V6, STICK_EVENT_DOWN, STICK_EVENT_EXPIRED, STICK_EVENT_NEW,
+    };
+    for flow in FLOWS {
+        let (mut lab, mut ring) = events_lab();
+        let mut svc = flow.service();
+        svc.expire = Some(Duration::from_secs(10));
+        lab.configure(&[svc.clone()]).unwrap();
+        let sid = lab.ids.service_id("web").unwrap();
+        let bid = |lab: &Lab, n: u8| lab.ids.backend_id("web", backend_addr(flow, n)).unwrap();
+        let family = if flow.v6 { FAMILY_V6 } else { FAMILY_V4 };
+        let client = addr_from_ip(flow.client(1)).0;
+        let check = |lab: &Lab, e: &lb_common::StickEvent, n: u8, kind: u8, what: &str| {
+            let entry = lab.stick_entry("web", flow.client(1)).unwrap();
+            let want = lb_common::StickEvent {
+                client,
+                service_id: sid,
+                backend_id: bid(lab, n),
+                at_ns: entry.last_seen_ns,
+                kind,
+                family,
+                _pad: [0; 6],
+            };
+            assert_eq!(*e, want, "{flow:?}: {what}");
+            assert_eq!(entry.backend_id, bid(lab, n), "{flow:?}: {what}");
+        };
+
+        assert_eq!(backend_for(&mut lab, flow, 1), 2);
+        let ev = read_events(&mut ring);
+        assert_eq!(ev.len(), 1, "{flow:?}: one event for a new client");
+        check(&lab, &ev[0], 2, STICK_EVENT_NEW, "new");
+
+        // Hits, and a hit that refreshes last-seen, emit nothing.
+        assert_eq!(backend_for(&mut lab, flow, 1), 2);
+        lab.age_entry("web", flow.client(1), 2_000_000_000).unwrap();
+        assert_eq!(backend_for(&mut lab, flow, 1), 2);
+        assert!(
+            read_events(&mut ring).is_empty(),
+            "{flow:?}: hits emit nothing"
+        );
+
+        // Expired: re-picked (round robin moves on to backend 3).
+        lab.age_entry("web", flow.client(1), 11_000_000_000)
+            .unwrap();
+        assert_eq!(backend_for(&mut lab, flow, 1), 3);
+        let ev = read_events(&mut ring);
+        assert_eq!(ev.len(), 1, "{flow:?}");
+        check(&lab, &ev[0], 3, STICK_EVENT_EXPIRED, "expired");
+
+        // Its backend down: re-picked again.
+        lab.configure(&[with_state(svc.clone(), 1, BackendState::Down)])
+            .unwrap();
+        let moved = backend_for(&mut lab, flow, 1);
+        assert_ne!(moved, 3);
+        let ev = read_events(&mut ring);
+        assert_eq!(ev.len(), 1, "{flow:?}");
+        check(&lab, &ev[0], moved, STICK_EVENT_DOWN, "backend down");
+
+        // A TCP client met mid-connection under insert_on = "syn" gets no entry: no event.
+        if flow.l4 == L4::Tcp {
+            let mut syn_only = svc.clone();
+            syn_only.insert_on = lb_userspace::spec::InsertOn::Syn;
+            lab.configure(&[syn_only]).unwrap();
+            let mut ack = flow.request(9);
+            ack.syn = false;
+            assert_eq!(send(&mut lab, &ack).0, XDP_REDIRECT);
+            assert!(read_events(&mut ring).is_empty(), "{flow:?}: unpinned");
+        }
+        let lost: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
+            lab.ebpf.map(lb_common::MAP_STICK_EVENTS_LOST).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(lost.get(&0, 0).unwrap().iter().sum::<u64>(), 0);
+    }
+}
+
+/// Without the switch (a single node) nothing is emitted.
+#[test]
+fn no_events_unless_switched_on() {
+    let mut lab = Lab::new().unwrap();
+    let map = lab.ebpf.take_map(lb_common::MAP_STICK_EVENTS).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(map).unwrap();
+    lab.configure(&[FLOWS[0].service()]).unwrap();
+    for c in 1..=5 {
+        backend_for(&mut lab, FLOWS[0], c);
+    }
+    assert!(read_events(&mut ring).is_empty());
+}
+
+/// A full ring drops events and counts each one: every new client is either in the ring
+/// or counted lost, and the data path forwards them all the same.
+#[test]
+fn a_full_event_ring_drops_and_counts() {
+    let (mut lab, mut ring) = events_lab();
+    stickylb_tests::lab::pin_to_cpu0();
+    let mut svc = FLOWS[1].service(); // UDP over IPv4
+    svc.insert_cap = 0;
+    lab.configure(&[svc]).unwrap();
+    let capacity = lb_common::STICK_EVENTS_BYTES as usize / 48;
+    let n = capacity + 2000;
+    let Lab { ns, ebpf, .. } = &mut lab;
+    let prog: &aya::programs::Xdp = lb_userspace::loader::program(ebpf).unwrap();
+    let redirected = ns
+        .enter(|| {
+            let mut ok = 0;
+            let mut out = vec![0u8; 256];
+            for k in 0..n as u32 {
+                let [_, a, b, c] = k.to_be_bytes();
+                let pkt = Pkt::new(
+                    L4::Udp,
+                    IpAddr::V4(Ipv4Addr::new(10, a, b, c)),
+                    CLIENT_PORT,
+                    FLOWS[1].vip(),
+                    VIP_PORT,
+                )
+                .bytes();
+                let r = aya::programs::TestRun::test_run(
+                    prog,
+                    aya::programs::TestRunOptions {
+                        data_in: Some(&pkt),
+                        data_out: Some(&mut out),
+                        ..Default::default()
+                    },
+                )?;
+                ok += u32::from(r.return_value == XDP_REDIRECT);
+            }
+            Ok(ok)
+        })
+        .unwrap();
+    assert_eq!(redirected as usize, n, "every client forwarded");
+    let got = read_events(&mut ring).len();
+    let lost: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(ebpf.map(lb_common::MAP_STICK_EVENTS_LOST).unwrap())
+            .unwrap();
+    let lost: u64 = lost.get(&0, 0).unwrap().iter().sum();
+    println!("{n} new clients: {got} events in the ring, {lost} lost");
+    assert!(lost > 0, "the ring filled");
+    assert!(
+        got >= capacity - 16,
+        "the ring held about its capacity: {got}"
+    );
+    assert_eq!(
+        got as u64 + lost,
+        n as u64,
+        "each event is either read or counted"
+    );
+    // Read out, the ring takes events again.
+    assert!(backend_for(&mut lab, FLOWS[1], 200) >= 2);
+    assert_eq!(read_events(&mut ring).len(), 1);
+}

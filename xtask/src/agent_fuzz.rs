@@ -1,6 +1,6 @@
 //! Fuzzing the agent's inputs with the cargo-fuzz targets in `fuzz/`: `config` (the config
-//! parser) and `control` (the control protocol: request decoding and the map-free checks
-//! of every request). `cargo xtask test` runs each for a short time ([`agent_fuzz`]);
+//! parser), `control` (the control protocol: request decoding and the map-free checks
+//! of every request) and `cluster` (the peer protocol's frame decoder and receiving side). `cargo xtask test` runs each for a short time ([`agent_fuzz`]);
 //! a long run is plain cargo-fuzz, from the workspace root:
 //!
 //! ```sh
@@ -24,7 +24,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::cargo::{self, workspace_root};
 
 /// The fuzz targets of `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["config", "control"];
+pub const TARGETS: &[&str] = &["config", "control", "cluster"];
 
 /// Seconds per target in `cargo xtask test` (`STICKYLB_FUZZ_SECONDS` overrides, 0 skips).
 pub const TEST_SECONDS: u64 = 20;

@@ -20,7 +20,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Parts to run, comma-separated: 1 per-packet cost, 2 stick-table scale, 3 network
-    /// path, 4 control plane (default: all).
+    /// path, 4 control plane, 5 cluster replication (default: all).
     #[arg(long)]
     pub parts: Option<String>,
 }
