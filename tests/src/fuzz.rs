@@ -2946,7 +2946,13 @@ impl Worker<'_> {
                     }
                 };
                 if via_client_gateway(ip.dst(b)) {
-                    vec![fwd((CLIENT_GW_MAC, fx1))]
+                    // Too big for the client link: the FIB says "fragmentation needed"
+                    // and the reply passes untouched (the kernel answers the backend).
+                    let mut v = vec![fwd((CLIENT_GW_MAC, fx1))];
+                    if ip.len > 1500 {
+                        v.push(Alt::pass());
+                    }
+                    v
                 } else if via_unresolved_gateway(ip.dst(b)) {
                     // The next hop has no neighbour entry: rewritten (TTL too, no MACs)
                     // and queued for the neighbour layer (the kernel's stack would drop
