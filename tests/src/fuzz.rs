@@ -2804,7 +2804,14 @@ impl Worker<'_> {
                     effects: vec![(Who::One(svc), Field::ReplyPackets)],
                 };
                 if via_client_gateway(ip.dst(b)) {
-                    vec![fwd((CLIENT_GW_MAC, fx1))]
+                    let mut v = vec![fwd((CLIENT_GW_MAC, fx1))];
+                    if fib_may_refuse(ip, b) {
+                        // The route is asked before the rewrite: a reply the FIB will
+                        // not fast-path (over the lab MTU, say) passes untouched, and
+                        // the kernel answers the backend.
+                        v.push(Alt::pass());
+                    }
+                    v
                 } else {
                     // Elsewhere: the oracle does not model the whole FIB; any honest
                     // outcome is fine.
