@@ -2,14 +2,16 @@
 //! fuzz build needs neither the eBPF object nor the agent's runtime (aya, tokio, the TUI):
 //! an instrumented build of those takes minutes; of these modules, seconds.
 //!
-//! These four files may use only each other, `lb_common`,
-//! serde, serde_json, thiserror and toml_edit; `cargo xtask test` builds this crate, so a
-//! new dependency shows up there.
+//! These files may use only each other, `lb_common`, serde, serde_json, thiserror,
+//! toml_edit and toml; `cargo xtask test` builds this crate, so a new dependency shows up
+//! there.
 
 #[path = "../../lb-userspace/src/config.rs"]
 pub mod config;
 #[path = "../../lb-userspace/src/control.rs"]
 pub mod control;
+#[path = "../../lb-userspace/src/import/mod.rs"]
+pub mod import;
 #[path = "../../lb-userspace/src/plan.rs"]
 pub mod plan;
 #[path = "../../lb-userspace/src/spec.rs"]

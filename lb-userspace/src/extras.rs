@@ -28,6 +28,27 @@ pub struct ManArgs {
     /// printing stickylb(1) to stdout.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Manual section of the pages: 1 (user commands) or 8 (system administration, as the
+    /// Debian package installs them with the binary in /usr/sbin).
+    #[arg(long, default_value = "1", value_parser = ["1", "8"])]
+    pub section: String,
+}
+
+/// Writes one page per (sub)command into `dir`, in manual section `section` (what
+/// `clap_mangen::generate_to` does for section 1).
+fn generate_pages(cmd: clap::Command, dir: &std::path::Path, section: &str) -> io::Result<()> {
+    fn each(cmd: clap::Command, dir: &std::path::Path, section: &str) -> io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            each(sub, dir, section)?;
+        }
+        clap_mangen::Man::new(cmd)
+            .section(section)
+            .generate_to(dir)?;
+        Ok(())
+    }
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    each(cmd, dir, section)
 }
 
 /// Writes the completion script for `shell` to `out`.
@@ -51,7 +72,8 @@ pub fn completions(cmd: clap::Command, args: &CompletionsArgs) -> ExitCode {
 /// `stickylb man [--dir DIR]`: prints stickylb(1) to stdout, or writes every page to DIR.
 pub fn man(cmd: clap::Command, args: &ManArgs) -> ExitCode {
     if let Some(dir) = &args.dir {
-        return match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(cmd, dir))
+        return match std::fs::create_dir_all(dir)
+            .and_then(|()| generate_pages(cmd, dir, &args.section))
         {
             Ok(()) => {
                 println!("manual pages written to {}", dir.display());
@@ -64,7 +86,10 @@ pub fn man(cmd: clap::Command, args: &ManArgs) -> ExitCode {
         };
     }
     let mut buf = Vec::new();
-    if let Err(e) = write_man(cmd, &mut buf) {
+    if let Err(e) = clap_mangen::Man::new(cmd)
+        .section(args.section.as_str())
+        .render(&mut buf)
+    {
         eprintln!("error: rendering the manual page: {e}");
         return ExitCode::FAILURE;
     }
@@ -159,6 +184,7 @@ mod tests {
             cmd(),
             &ManArgs {
                 dir: Some(dir.clone()),
+                section: "1".into(),
             },
         );
         assert_eq!(code, ExitCode::SUCCESS);
@@ -166,6 +192,20 @@ mod tests {
             let s = std::fs::read_to_string(dir.join(page)).unwrap();
             assert!(s.contains(".TH"), "{page}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Section 8: file names, titles and cross references.
+        let code = man(
+            cmd(),
+            &ManArgs {
+                dir: Some(dir.clone()),
+                section: "8".into(),
+            },
+        );
+        assert_eq!(code, ExitCode::SUCCESS);
+        let top = std::fs::read_to_string(dir.join("stickylb.8")).unwrap();
+        assert!(top.contains(".TH stickylb 8"), "{top}");
+        assert!(top.contains("stickylb\\-table(8)"), "{top}");
+        assert!(dir.join("stickylb-table-show.8").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

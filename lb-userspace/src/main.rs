@@ -1,7 +1,7 @@
 //! `stickylb`: the agent (`run`) and the control commands that talk to it.
 //!
-//! Exit codes: 0 ok, 1 refused by the agent (its reason is printed), 2 usage,
-//! 3 agent not reachable.
+//! Exit codes: 0 ok, 1 refused by the agent (its reason is printed) or, for `check` and
+//! `import`, a refused file, 2 usage, 3 agent not reachable.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -24,7 +24,7 @@ const EXIT_UNREACHABLE: u8 = 3;
     name = "stickylb",
     version,
     about = "Sticky XDP layer-4 load balancer: every client (by source IP) stays on one backend",
-    long_about = "stickylb balances TCP and UDP services in the kernel with XDP and pins every client, by source IP, to one backend (like HAProxy's `stick on src`).\n\n`stickylb run` is the agent; the other subcommands talk to a running agent over its control socket.\n\nExit codes: 0 ok, 1 refused by the agent, 2 usage, 3 agent not reachable."
+    long_about = "stickylb balances TCP and UDP services in the kernel with XDP and pins every client, by source IP, to one backend (like HAProxy's `stick on src`).\n\n`stickylb run` is the agent; the other subcommands talk to a running agent over its control socket.\n\n`stickylb check` validates a configuration file and `stickylb import` translates an HAProxy, ipvsadm or keepalived one; neither needs an agent.\n\nExit codes: 0 ok, 1 refused by the agent (or a refused file), 2 usage, 3 agent not reachable."
 )]
 struct Cli {
     /// Control socket of the agent.
@@ -78,6 +78,12 @@ enum Command {
     Completions(lb_userspace::extras::CompletionsArgs),
     /// Print the manual page (roff), or write one page per command with --dir.
     Man(lb_userspace::extras::ManArgs),
+    /// Validate a configuration file without an agent or the kernel (like `haproxy -c`) and
+    /// print what it would run; exit 1 if it is refused.
+    Check(lb_userspace::offline::CheckArgs),
+    /// Translate an HAProxy, ipvsadm or keepalived configuration into a stickylb one
+    /// (stdout); what does not translate is listed on stderr with its line.
+    Import(lb_userspace::offline::ImportArgs),
 }
 
 #[derive(Args, Clone)]
@@ -316,6 +322,8 @@ fn main() -> ExitCode {
         Command::Man(args) => {
             return lb_userspace::extras::man(<Cli as clap::CommandFactory>::command(), &args)
         }
+        Command::Check(args) => return file_outcome(lb_userspace::offline::check(&args, cli.json)),
+        Command::Import(args) => return file_outcome(lb_userspace::offline::import(&args)),
         Command::Status => Request::Status,
         Command::Reload { allow_empty } => Request::Reload { allow_empty },
         Command::Stats { watch } => {
@@ -430,6 +438,15 @@ fn main() -> ExitCode {
         },
     };
     send(&cli.socket, &req, cli.json)
+}
+
+/// `check` and `import`: 0, or 1 for a refused file.
+fn file_outcome(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_REFUSED)
+    }
 }
 
 /// Sends a request, prints the answer, maps the outcome to an exit code.

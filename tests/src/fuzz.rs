@@ -2946,10 +2946,11 @@ impl Worker<'_> {
                     }
                 };
                 if via_client_gateway(ip.dst(b)) {
-                    // Too big for the client link: the FIB says "fragmentation needed"
-                    // and the reply passes untouched (the kernel answers the backend).
                     let mut v = vec![fwd((CLIENT_GW_MAC, fx1))];
-                    if ip.len > 1500 {
+                    if fib_may_refuse(ip, b) {
+                        // The route is asked before the rewrite: a reply the FIB will
+                        // not fast-path (over the lab MTU, say) passes untouched, and
+                        // the kernel answers the backend.
                         v.push(Alt::pass());
                     }
                     v
@@ -2964,7 +2965,7 @@ impl Worker<'_> {
                         v6("fd00::fd")
                     };
                     let mut v = vec![queued(Some(queue_meta(gw, if1)))];
-                    if ip.len > 1500 {
+                    if fib_may_refuse(ip, b) {
                         v.push(Alt::pass());
                     }
                     v

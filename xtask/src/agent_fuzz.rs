@@ -1,6 +1,8 @@
 //! Fuzzing the agent's inputs with the cargo-fuzz targets in `fuzz/`: `config` (the config
 //! parser), `control` (the control protocol: request decoding and the map-free checks
-//! of every request) and `cluster` (the peer protocol's frame decoder and receiving side). `cargo xtask test` runs each for a short time ([`agent_fuzz`]);
+//! of every request), `cluster` (the peer protocol's frame decoder and receiving side) and
+//! `import` (the HAProxy, ipvsadm and keepalived importers). `cargo xtask test` runs each
+//! for a short time ([`agent_fuzz`]);
 //! a long run is plain cargo-fuzz, from the workspace root:
 //!
 //! ```sh
@@ -24,7 +26,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::cargo::{self, workspace_root};
 
 /// The fuzz targets of `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["config", "control", "cluster"];
+pub const TARGETS: &[&str] = &["config", "control", "cluster", "import"];
 
 /// Seconds per target in `cargo xtask test` (`STICKYLB_FUZZ_SECONDS` overrides, 0 skips).
 pub const TEST_SECONDS: u64 = 20;
@@ -170,6 +172,33 @@ fn seed_from_docs() -> Result<()> {
         .filter(|l| l.starts_with("{\"cmd\""))
         .collect();
     write_seed(&control, "doc-control.jsonl", &(requests.join("\n") + "\n"))?;
+    // The importer's corpus: the first byte picks the importer (0 HAProxy, 1 ipvsadm,
+    // 2 keepalived), as the target reads it.
+    let import = fuzz_dir().join("corpus").join("import");
+    fs::create_dir_all(&import)?;
+    let cases = root.join("lb-userspace/tests/import");
+    for entry in fs::read_dir(&cases).with_context(|| format!("reading {}", cases.display()))? {
+        let case = entry?.path();
+        let name = case
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let which = if name.starts_with("haproxy-") {
+            '\0'
+        } else if name.starts_with("ipvs-") {
+            '\u{1}'
+        } else {
+            '\u{2}'
+        };
+        if let Ok(text) = fs::read_to_string(case.join("input")) {
+            write_seed(
+                &import,
+                &format!("corpus-{name}"),
+                &format!("{which}{text}"),
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -83,7 +83,8 @@ pub fn build(release: bool) -> Result<()> {
 /// `cargo test --no-fail-fast <extra>` for the default members only: `lb-ebpf` is a
 /// non-default member that must not be host-tested, so no `--workspace`. Then, without
 /// `extra`, a short run of each fuzz target of the agent's inputs
-/// ([`crate::agent_fuzz::agent_fuzz`], `STICKYLB_FUZZ_SECONDS` per target, 0 skips).
+/// ([`crate::agent_fuzz::agent_fuzz`], `STICKYLB_FUZZ_SECONDS` per target, 0 skips),
+/// and `cargo xtask package --check` ([`crate::package`]).
 pub fn test(extra: &[String]) -> Result<()> {
     // The agent and demo binaries the end-to-end tests run: `cargo test` builds a
     // package's binaries only for that package's own integration tests.
@@ -108,7 +109,14 @@ pub fn test(extra: &[String]) -> Result<()> {
     } else {
         crate::agent_fuzz::agent_fuzz(seconds)
     };
-    tests.and(fuzz)
+    // The Debian package, built and checked (release build, lintian, unpacked copy).
+    let package = if extra.is_empty() {
+        crate::package::run_with(&crate::package::PackageArgs { check: true })
+    } else {
+        println!("package check: skipped (extra test arguments)");
+        Ok(())
+    };
+    tests.and(fuzz).and(package)
 }
 
 /// `cargo fmt --all`.

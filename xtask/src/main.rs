@@ -10,6 +10,7 @@ mod bench;
 mod cargo;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fuzz the data path for long (release build, 20M packets by default; needs root).
     Fuzz(fuzz::FuzzArgs),
+    /// Build the Debian package target/debian/stickylb_<version>_<arch>.deb (release
+    /// binary, systemd unit, configuration, man pages, completions); --check verifies it.
+    Package(package::PackageArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,5 +91,9 @@ fn run(command: Command) -> Result<()> {
         Command::Demo(args) => demo::run_with(&args),
         Command::Bench(args) => bench::run_with(&args),
         Command::Fuzz(args) => fuzz::run_with(&args),
+        Command::Package(args) => {
+            setup::run()?;
+            package::run_with(&args)
+        }
     }
 }

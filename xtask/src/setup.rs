@@ -23,6 +23,12 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "nftables",
     "curl",
+    // The importer's tests compare with the real HAProxy (`haproxy -c`, side by side in
+    // namespaces); `cargo xtask package --check` needs the Debian packaging tools.
+    "haproxy",
+    "dpkg-dev",
+    "lintian",
+    "systemd",
 ];
 
 /// Components of the pinned toolchain.
