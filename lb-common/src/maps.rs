@@ -163,7 +163,9 @@ pub struct ServiceStats {
     pub drop_no_backend: u64,
     /// Dropped: the FIB has no route (unreachable, blackhole, prohibit) or redirect failed.
     pub drop_no_route: u64,
-    /// Passed to the kernel: the FIB had no neighbour entry yet (the kernel resolves it).
+    /// Passed to the kernel: a NAT packet to a backend whose next hop has no neighbour
+    /// entry yet (the kernel forwards it and resolves the neighbour; the agent is told),
+    /// or one the FIB gives no fast path (larger than the route's MTU, say).
     pub fib_miss: u64,
     /// Passed to the kernel: TTL / hop limit would expire (the kernel sends the ICMP error).
     pub pass_ttl: u64,
@@ -194,6 +196,19 @@ pub struct ServiceStats {
     /// (IPv4 without DF, an IPv6 inner packet whose answer would go below 1280, a packet
     /// too short to quote), dropped.
     pub drop_too_big: u64,
+    /// Dropped: the next hop has no neighbour entry yet, and the packet could not be
+    /// queued for it (no XDP metadata; an encapsulating service's packet, not yet
+    /// encapsulated) nor handed to the kernel's routing (a NAT reply, whose source is the
+    /// VIP, possibly a local address; a DSR packet, which the kernel would route by the
+    /// VIP). The agent is told and resolves the next hop: only first packets are lost.
+    pub drop_no_neigh: u64,
+    /// Packets whose next hop had no neighbour entry yet (NAT replies, DSR), fully
+    /// rewritten and handed to the tc program, which has the kernel's neighbour layer
+    /// send them once the next hop answers (`bpf_redirect_neigh`): delayed, not lost.
+    pub neigh_queued: u64,
+    /// Next-hop reports lost because the report ring (`NEIGH_EVENTS`) was full; the next
+    /// miss to that next hop reports it again.
+    pub neigh_report_lost: u64,
 }
 
 /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
@@ -227,6 +242,9 @@ impl ServiceStats {
         self.unpinned_over_cap += o.unpinned_over_cap;
         self.too_big_answered += o.too_big_answered;
         self.drop_too_big += o.drop_too_big;
+        self.drop_no_neigh += o.drop_no_neigh;
+        self.neigh_queued += o.neigh_queued;
+        self.neigh_report_lost += o.neigh_report_lost;
     }
 }
 
@@ -258,6 +276,9 @@ mod pod {
     unsafe impl aya::Pod for DecapConfig {}
     unsafe impl aya::Pod for DecapKey {}
     unsafe impl aya::Pod for DecapStats {}
+    unsafe impl aya::Pod for NeighKey {}
+    unsafe impl aya::Pod for NeighMiss {}
+    unsafe impl aya::Pod for QueueMeta {}
     unsafe impl aya::Pod for StickEvent {}
 }
 
@@ -382,4 +403,52 @@ pub struct DecapStats {
     /// Encapsulated packets dropped: lengths that lie (outer length beyond the frame,
     /// inner length beyond the outer payload), nested tunnels.
     pub dropped: u64,
+}
+
+/// A next hop on an interface: the key of `NEIGH_SEEN` (when the data path last reported
+/// it), and the part of a [`NeighMiss`] the agent acts on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeighKey {
+    /// The next hop's address: the route's gateway, or the destination when on-link.
+    pub addr: Addr,
+    /// Egress interface the FIB chose.
+    pub ifindex: u32,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`] of `addr` (an IPv4 route may have an
+    /// IPv6 gateway).
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One record of the `NEIGH_EVENTS` ring buffer: the FIB had a route but no resolved
+/// neighbour for `hop`. Emitted at most once per [`crate::NEIGH_REPORT_NS`] per next hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighMiss {
+    pub hop: NeighKey,
+    /// `bpf_ktime_get_coarse_ns()` of the miss (CLOCK_MONOTONIC_COARSE).
+    pub at_ns: u64,
+    /// Service of the packet.
+    pub service_id: u32,
+    /// What the packet was: [`crate::MISS_NAT_TO_BACKEND`],
+    /// [`crate::MISS_DSR_TO_BACKEND`], [`crate::MISS_REPLY`] (queued) or
+    /// [`crate::MISS_ENCAP_TO_BACKEND`] (dropped).
+    pub why: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The XDP metadata of a packet handed to the tc program `stickylb_queue` (28 bytes, a
+/// multiple of 4 as `bpf_xdp_adjust_meta` wants): send it to `addr` on `ifindex` through
+/// the kernel's neighbour layer, which resolves the next hop and queues the packet
+/// meanwhile. The packet itself is already rewritten (addresses, TTL); its Ethernet
+/// header is replaced on the way out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueMeta {
+    /// [`crate::QUEUE_MAGIC`].
+    pub magic: u32,
+    pub ifindex: u32,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`] of `addr`.
+    pub family: u32,
+    pub addr: Addr,
 }

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -36,7 +36,7 @@ use crate::{
     dataplane::Dataplane,
     health::{HealthChecker, Target, TargetKey, Transition},
     loader::{self, LoadOptions, XdpMode},
-    metrics, neighbours,
+    metrics, neigh,
     persist::{fingerprint, Meta, StateDir},
     pins::{self, Attachment, PinLayout},
     plan::Ids,
@@ -87,6 +87,8 @@ pub struct Agent {
     started: Instant,
     reloads: u64,
     stick_capacity: u32,
+    /// Keeps the next hops of the data path resolved (started once attached).
+    neigh: Option<neigh::Neighbours>,
 }
 
 type Shared = Arc<Mutex<Agent>>;
@@ -231,6 +233,9 @@ fn attach_one(
             }
         }
     };
+    if let Err(e) = pins::attach_queue_pinned(ebpf, layout, iface) {
+        log::warn!("{iface}: {e:#}: packets whose next hop is not resolved yet are dropped there instead of queued");
+    }
     Ok(match how {
         Attachment::Adopted => "adopted".to_string(),
         Attachment::Attached(m) => format!("{m:?}").to_lowercase(),
@@ -337,22 +342,42 @@ impl Agent {
         let specs = self.specs();
         let plan = self.ids.plan(&specs)?;
         self.dp.apply(&plan)?;
-        let dsr: Vec<IpAddr> = self
-            .config
-            .services
-            .iter()
-            // L2 and L3 DSR drop a packet whose next hop has no neighbour entry yet (the
-            // kernel would route it by the VIP): resolve them ahead.
-            .filter(|s| s.spec.forwarding.is_dsr())
-            .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
-            .collect();
-        for (ip, e) in neighbours::prime(&dsr) {
-            log::warn!("cannot reach DSR backend {ip} to resolve its next hop's MAC: {e}");
+        if let Some(n) = &self.neigh {
+            n.set_needs(self.neigh_needs());
         }
         if persist {
             self.save()?;
         }
         Ok(())
+    }
+
+    /// What the neighbour keeper must keep resolved for this configuration.
+    fn neigh_needs(&self) -> neigh::Needs {
+        let mut needs = neigh::Needs {
+            ifaces: self.opts.ifaces.clone(),
+            ..Default::default()
+        };
+        for s in &self.config.services {
+            let f = s.spec.forwarding;
+            let mode = if f == crate::spec::Forwarding::Nat {
+                neigh::Mode::Nat
+            } else if f.is_encap() {
+                neigh::Mode::Encap
+            } else {
+                neigh::Mode::L2Dsr
+            };
+            for b in &s.backends {
+                needs
+                    .backends
+                    .push((s.spec.name.clone(), b.addr.ip(), mode));
+            }
+            match mode {
+                neigh::Mode::Nat => needs.nat_services.extend(self.ids.service_id(&s.spec.name)),
+                neigh::Mode::L2Dsr => needs.dsr_vips.push((s.spec.name.clone(), s.spec.vip.ip())),
+                neigh::Mode::Encap => {}
+            }
+        }
+        needs
     }
 
     fn save(&self) -> Result<()> {
@@ -513,6 +538,8 @@ impl Agent {
                 "control_changes": self.changes,
                 "reloads": self.reloads,
                 "health_max_lag_ms": self.health.max_lag().as_millis() as u64,
+                "neighbours": self.neigh.as_ref().map(|n| n.status().json()),
+                "warnings": self.neigh.as_ref().map(|n| n.status().warnings).unwrap_or_default(),
             })),
             Request::Reload { allow_empty } => self.reload(allow_empty),
             Request::Stats => Ok(self.stats_json()),
@@ -769,13 +796,17 @@ impl Agent {
                 "icmp_to_backend": st.icmp_to_backend, "icmp_unmatched": st.icmp_unmatched,
                 "frag_forwarded": st.frag_forwarded, "frag_unmatched": st.frag_unmatched,
                 "unpinned_not_syn": st.unpinned_not_syn, "unpinned_over_cap": st.unpinned_over_cap,
+                "drop_no_neigh": st.drop_no_neigh, "neigh_queued": st.neigh_queued, "neigh_report_lost": st.neigh_report_lost,
                 "too_big_answered": st.too_big_answered, "drop_too_big": st.drop_too_big,
                 "backends": backends,
             }));
         }
+        let neigh = self.neigh.as_ref().map(|n| n.status());
         json!({
             "services": services,
             "stick_table": { "entries": self.stick_entries().len(), "capacity": self.stick_capacity },
+            "neighbours": neigh.as_ref().map(|n| n.json()),
+            "warnings": neigh.map(|n| n.warnings).unwrap_or_default(),
         })
     }
 
@@ -1010,6 +1041,12 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         }
     }
     let mut dp = Dataplane::new(&mut ebpf)?;
+    let neigh_ring = ebpf
+        .take_map(lb_common::MAP_NEIGH_EVENTS)
+        .context("map NEIGH_EVENTS missing from the object")
+        .and_then(|m| {
+            aya::maps::RingBuf::try_from(m).context("map NEIGH_EVENTS is not a ring buffer")
+        })?;
     let mut ids = Ids::default();
     let mut initial_down = std::collections::BTreeSet::new();
     let real_capacity = aya::maps::MapInfo::from_pin(layout.map(lb_common::MAP_STICK))
@@ -1065,6 +1102,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         started: Instant::now(),
         reloads: 0,
         stick_capacity: real_capacity,
+        neigh: None,
     };
     // Health first with known states, then maps, then traffic.
     let targets = agent.targets();
@@ -1085,6 +1123,15 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         applying.elapsed().as_millis()
     );
     (agent.attached, agent.ifindexes) = attach_all(&mut agent._ebpf, &layout, &opts)?;
+    // The next hops the data path needs: resolved now, then kept resolved. Its own handle
+    // on the pinned stick table tells it which directly connected clients are pinned.
+    let stick = aya::maps::MapData::from_pin(layout.map(lb_common::MAP_STICK))
+        .ok()
+        .and_then(|m| aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).ok());
+    let neighbours = neigh::Neighbours::start(Some(neigh_ring), stick, agent.neigh_needs())
+        .await
+        .context("starting the neighbour keeper")?;
+    agent.neigh = Some(neighbours);
     let agent: Shared = Arc::new(Mutex::new(agent));
 
     let listener = bind_socket(&opts.socket)?;

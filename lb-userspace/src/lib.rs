@@ -17,7 +17,7 @@ pub mod health;
 pub mod import;
 pub mod loader;
 pub mod metrics;
-pub mod neighbours;
+pub mod neigh;
 pub mod offline;
 pub mod persist;
 pub mod pins;

@@ -3,10 +3,15 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use aya::{maps::ProgramArray, programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    maps::ProgramArray,
+    programs::{SchedClassifier, TcAttachType, Xdp},
+    Ebpf, EbpfLoader,
+};
 use lb_common::{
-    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, MAP_JUMP, MAP_STICK, PROGRAM_FRAGMENT,
-    PROGRAM_ICMP, PROGRAM_NAME,
+    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, JUMP_NEIGH, JUMP_NEIGH_REPLY, MAP_JUMP,
+    MAP_STICK, PROGRAM_FRAGMENT, PROGRAM_ICMP, PROGRAM_NAME, PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY,
+    PROGRAM_QUEUE,
 };
 
 /// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
@@ -102,7 +107,12 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .context("verifying the stickylb XDP program")?;
     // The side paths (ICMP errors, later fragments) are programs of their own, reached
     // by tail call through JUMP.
-    for (name, slot) in [(PROGRAM_ICMP, JUMP_ICMP), (PROGRAM_FRAGMENT, JUMP_FRAGMENT)] {
+    for (name, slot) in [
+        (PROGRAM_ICMP, JUMP_ICMP),
+        (PROGRAM_FRAGMENT, JUMP_FRAGMENT),
+        (PROGRAM_NEIGH, JUMP_NEIGH),
+        (PROGRAM_NEIGH_REPLY, JUMP_NEIGH_REPLY),
+    ] {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?
@@ -117,7 +127,44 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         jump.set(slot, &fd, 0)
             .with_context(|| format!("installing {name} as a tail call"))?;
     }
+    // The tc side of the neighbour queue (see lb-ebpf/src/neigh.rs).
+    let queue: &mut SchedClassifier = ebpf
+        .program_mut(PROGRAM_QUEUE)
+        .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?
+        .try_into()?;
+    queue
+        .load()
+        .with_context(|| format!("verifying the {PROGRAM_QUEUE} tc program"))?;
     Ok(ebpf)
+}
+
+/// Attaches the tc ingress program that sends packets with an unresolved next hop
+/// through the kernel's neighbour queue (a TCX link on kernel 6.6+, which the caller may
+/// pin, see [`crate::pins::attach_queue_pinned`]; a netlink filter before). Without it,
+/// such packets are lost instead of delayed (a NAT reply then reaches the kernel's
+/// stack, which drops it when the VIP is local).
+pub fn attach_queue(
+    ebpf: &mut Ebpf,
+    iface: &str,
+) -> Result<aya::programs::tc::SchedClassifierLinkId> {
+    let name =
+        std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
+    // The netlink backend (kernels before 6.6) needs the clsact qdisc; it may exist.
+    let _ = aya::programs::tc::qdisc_add_clsact(name.as_c_str());
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROGRAM_QUEUE)
+        .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?
+        .try_into()?;
+    prog.attach(name.as_c_str(), TcAttachType::Ingress)
+        .with_context(|| format!("attaching the tc program {PROGRAM_QUEUE} to {iface}"))
+}
+
+/// The tc program of a loaded object.
+pub fn queue_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let prog = ebpf
+        .program_mut(PROGRAM_QUEUE)
+        .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?;
+    Ok(prog.try_into()?)
 }
 
 /// The XDP program of a loaded object.

@@ -550,9 +550,9 @@ fn print_human(req: &Request, v: &Value) {
         Request::Stats => {
             for svc in v["services"].as_array().into_iter().flatten() {
                 println!(
-                    "service {}: packets {} bytes {} new clients {} re-picks expired {} down {} drops no-backend {} no-route {} fib-miss {} replies {}",
+                    "service {}: packets {} bytes {} new clients {} re-picks expired {} down {} drops no-backend {} no-route {} no-neighbour {} fib-miss {} replies {}",
                     s(svc, "name"), s(svc, "packets"), s(svc, "bytes"), s(svc, "new_clients"), s(svc, "repick_expired"), s(svc, "repick_down"),
-                    s(svc, "drop_no_backend"), s(svc, "drop_no_route"), s(svc, "fib_miss"), s(svc, "reply_packets")
+                    s(svc, "drop_no_backend"), s(svc, "drop_no_route"), s(svc, "drop_no_neigh"), s(svc, "fib_miss"), s(svc, "reply_packets")
                 );
                 for b in svc["backends"].as_array().into_iter().flatten() {
                     println!(

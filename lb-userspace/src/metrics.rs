@@ -48,7 +48,17 @@ pub fn render(stats: &Value) -> String {
         (
             "fib_miss",
             "stickylb_service_fib_miss_total",
-            "Packets handed to the kernel because the FIB had no neighbour or fast path.",
+            "NAT packets to a backend handed to the kernel because the FIB had no neighbour yet (the kernel resolves it) or no fast path.",
+        ),
+        (
+            "neigh_queued",
+            "stickylb_service_neigh_queued_total",
+            "Packets whose next hop was not resolved yet, sent through the kernel's neighbour queue (delayed, not lost).",
+        ),
+        (
+            "neigh_report_lost",
+            "stickylb_service_neigh_report_lost_total",
+            "Unresolved next hops the data path could not report (report ring full).",
         ),
         (
             "icmp_to_backend",
@@ -126,6 +136,7 @@ pub fn render(stats: &Value) -> String {
         for (reason, key) in [
             ("no_backend", "drop_no_backend"),
             ("no_route", "drop_no_route"),
+            ("no_neighbour", "drop_no_neigh"),
             ("ttl_passed", "pass_ttl"),
         ] {
             let _ = writeln!(
@@ -209,6 +220,14 @@ pub fn render(stats: &Value) -> String {
     let st = &stats["stick_table"];
     let _ = writeln!(out, "# HELP stickylb_stick_table_entries Entries in the stick table.\n# TYPE stickylb_stick_table_entries gauge\nstickylb_stick_table_entries {}", n(st, "entries"));
     let _ = writeln!(out, "# HELP stickylb_stick_table_capacity Capacity of the stick table.\n# TYPE stickylb_stick_table_capacity gauge\nstickylb_stick_table_capacity {}", n(st, "capacity"));
+    let nb = &stats["neighbours"];
+    if nb.is_object() {
+        let _ = writeln!(out, "# HELP stickylb_neighbours_managed Next hops the agent keeps resolved (managed neighbour entries).\n# TYPE stickylb_neighbours_managed gauge\nstickylb_neighbours_managed {}", n(nb, "managed"));
+        let _ = writeln!(out, "# HELP stickylb_neighbour_reports_total Unresolved next hops reported by the data path.\n# TYPE stickylb_neighbour_reports_total counter\nstickylb_neighbour_reports_total {}", n(nb, "reports"));
+        let _ = writeln!(out, "# HELP stickylb_neighbour_resolved_total Reported next hops that became usable.\n# TYPE stickylb_neighbour_resolved_total counter\nstickylb_neighbour_resolved_total {}", n(nb, "resolved"));
+        let _ = writeln!(out, "# HELP stickylb_neighbour_resolve_seconds_max Longest time from the data path's first miss to a usable neighbour entry.\n# TYPE stickylb_neighbour_resolve_seconds_max gauge\nstickylb_neighbour_resolve_seconds_max {}", nb["resolve_ms_max"].as_f64().unwrap_or(0.0) / 1000.0);
+        let _ = writeln!(out, "# HELP stickylb_setup_warnings Problems with this setup that stop traffic (see `stickylb status`).\n# TYPE stickylb_setup_warnings gauge\nstickylb_setup_warnings {}", stats["warnings"].as_array().map(|w| w.len()).unwrap_or(0));
+    }
     out
 }
 
@@ -255,6 +274,8 @@ mod tests {
                 "backends": [{ "address": "10.0.0.2:80", "packets": 5, "bytes": 500, "new_clients": 2, "weight": 1, "flaps": 4,
                     "admin": "ready", "health": "up", "state": "up", "check": { "last_latency_us": 1500 } }] }],
             "stick_table": { "entries": 2, "capacity": 200000 },
+            "neighbours": { "managed": 3, "reports": 7, "resolved": 2, "resolve_ms_max": 1.5 },
+            "warnings": ["x"],
         });
         let text = render(&stats);
         for want in [
@@ -265,6 +286,9 @@ mod tests {
             "stickylb_backend_up{service=\"web\",backend=\"10.0.0.2:80\",state=\"ready\",health=\"up\"} 1",
             "stickylb_backend_check_latency_seconds{service=\"web\",backend=\"10.0.0.2:80\"} 0.0015",
             "stickylb_stick_table_capacity 200000",
+            "stickylb_neighbours_managed 3",
+            "stickylb_neighbour_resolve_seconds_max 0.0015",
+            "stickylb_setup_warnings 1",
             "stickylb_backend_flaps_total{service=\"web\",backend=\"10.0.0.2:80\"} 4",
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");

@@ -2,8 +2,10 @@
 //! bpffs mounting, the pin layout, attaching (or adopting an existing attachment) with
 //! pinned links, and detaching.
 //!
-//! Layout: `<bpffs>/<instance>/v<LAYOUT>/maps/<MAP>` and `.../links/<iface>`. The layout
-//! version is part of the path: a build whose map layout changed never opens old pins.
+//! Layout: `<bpffs>/<instance>/v<LAYOUT>/maps/<MAP>`, `.../links/<iface>` (XDP) and
+//! `.../queue/<iface>` (the tc program of the neighbour queue, see `loader::attach_queue`).
+//! The layout version is part of the path: a build whose map layout changed never opens
+//! old pins.
 //!
 //! Why `/run/stickylb/bpffs` by default: inside `ip netns exec`, `/sys` is remounted and
 //! a bpffs mounted from within dies with that mount namespace. A bpffs mounted in the
@@ -32,8 +34,9 @@ use crate::loader::{self, XdpMode};
 /// Bumped whenever a map's key/value layout or size semantics change (2: ICMP and
 /// fragment counters in `ServiceStats`, maps `FRAGMENTS` and `JUMP`; 3: insert cap and
 /// SYN-only flag in `ServiceInfo`, unpinned counters, map `INSERT_BUDGET`; 4: GUE port
-/// in `ServiceInfo`, too-big counters, map `ENCAP_SOURCE`).
-pub const LAYOUT_VERSION: u32 = 4;
+/// in `ServiceInfo`, too-big counters, map `ENCAP_SOURCE`; 5: next-hop counters
+/// `drop_no_neigh`, `neigh_queued`, `neigh_report_lost` in `ServiceStats`).
+pub const LAYOUT_VERSION: u32 = 5;
 /// Default bpffs mount point (see module docs).
 pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
 /// Every map the agent pins.
@@ -77,6 +80,12 @@ impl PinLayout {
     }
     pub fn link(&self, iface: &str) -> PathBuf {
         self.links_dir().join(iface)
+    }
+    pub fn queue_dir(&self) -> PathBuf {
+        self.root.join("queue")
+    }
+    pub fn queue_link(&self, iface: &str) -> PathBuf {
+        self.queue_dir().join(iface)
     }
     /// Whether a previous agent left pinned state here.
     pub fn has_state(&self) -> bool {
@@ -292,8 +301,55 @@ fn adopt(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Attaches the tc program of the neighbour queue to `iface`, adopting a pinned
+/// attachment (atomic program replacement) when there is one, and pins a new TCX link so
+/// that it outlives the agent like the XDP program does (a netlink-attached filter, on
+/// kernels before 6.6, stays by itself).
+pub fn attach_queue_pinned(ebpf: &mut Ebpf, layout: &PinLayout, iface: &str) -> Result<()> {
+    let pin = layout.queue_link(iface);
+    if pin.exists() {
+        let adopted = (|| -> Result<()> {
+            let fd: FdLink = PinnedLink::from_pin(&pin)?.into();
+            let link = aya::programs::tc::SchedClassifierLink::try_from(fd)?;
+            let prog = loader::queue_program(ebpf)?;
+            let id = prog.attach_to_link(link)?;
+            drop(FdLink::try_from(prog.take_link(id)?)?);
+            Ok(())
+        })();
+        match adopted {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                log::warn!("{iface}: cannot adopt the pinned tc program ({e:#}); attaching afresh");
+                let _ = fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = loader::attach_queue(ebpf, iface)?;
+    let link = loader::queue_program(ebpf)?.take_link(id)?;
+    if let Ok(fd) = FdLink::try_from(link) {
+        fs::create_dir_all(layout.queue_dir())?;
+        drop(
+            fd.pin(&pin)
+                .with_context(|| format!("pinning the tc link of {iface} at {}", pin.display()))?,
+        );
+    }
+    Ok(())
+}
+
+fn unpin_link(pin: &Path) -> Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => drop(link.unpin()?),
+        Err(_) => fs::remove_file(pin)?,
+    }
+    Ok(true)
+}
+
 /// Removes the attachment of one interface (if pinned).
 pub fn detach_link(layout: &PinLayout, iface: &str) -> Result<bool> {
+    let _ = unpin_link(&layout.queue_link(iface));
     let pin = layout.link(iface);
     if !pin.exists() {
         return Ok(false);
@@ -321,7 +377,17 @@ pub fn detach_all(layout: &PinLayout) -> Result<Vec<String>> {
                 fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }
-        for d in [layout.maps_dir(), layout.links_dir(), layout.root.clone()] {
+        if let Ok(dir) = fs::read_dir(layout.queue_dir()) {
+            for e in dir.filter_map(|e| e.ok()) {
+                let _ = unpin_link(&e.path());
+            }
+        }
+        for d in [
+            layout.maps_dir(),
+            layout.links_dir(),
+            layout.queue_dir(),
+            layout.root.clone(),
+        ] {
             let _ = fs::remove_dir(&d);
         }
         if let Some(parent) = layout.root.parent() {

@@ -160,7 +160,12 @@ pub fn view(prev: Option<&Value>, cur: &Value, elapsed: Duration) -> View {
             new_clients_per_s: rate(svc, psvc, &["new_clients"], secs),
             pinned: svc["pinned"].as_u64(),
             repicks_per_s: rate(svc, psvc, &["repick_expired", "repick_down"], secs),
-            drops_per_s: rate(svc, psvc, &["drop_no_backend", "drop_no_route"], secs),
+            drops_per_s: rate(
+                svc,
+                psvc,
+                &["drop_no_backend", "drop_no_route", "drop_no_neigh"],
+                secs,
+            ),
             passed_per_s: rate(svc, psvc, &["fib_miss", "pass_ttl"], secs),
             check_latency_us: None,
         });
@@ -707,7 +712,7 @@ mod tests {
             "services": [{
                 "name": "web", "packets": packets, "bytes": packets * 100, "new_clients": new,
                 "repick_expired": 1, "repick_down": 0, "drop_no_backend": drops, "drop_no_route": 0,
-                "fib_miss": drops * 2, "pass_ttl": 0, "reply_packets": 0, "reply_bytes": 0,
+                "drop_no_neigh": 0, "fib_miss": drops * 2, "pass_ttl": 0, "reply_packets": 0, "reply_bytes": 0,
                 "pinned": 7,
                 "backends": [
                     {"service": "web", "address": "10.0.0.2:80", "weight": 2, "admin": "ready",
