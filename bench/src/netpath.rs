@@ -582,6 +582,7 @@ pub fn run(opts: &Options, haproxy_version: String) -> Result<NetpathReport> {
         clients: TCP_CLIENTS,
         vip_on_backend_lo: false,
         native_xdp: true,
+        ..Default::default()
     })
     .context("building the namespaces")?;
     let lb = topo.lb();

@@ -3,7 +3,8 @@
 //! The model itself (services, config schema, plan, control protocol, stats schema) is the
 //! pure crate `lb-model`.
 //!
-//! - [`agent`]: `stickylb run`: state, the control requests' answers, the run loop.
+//! - [`agent`]: `stickylb run`: state, the control requests' answers, attaching, the
+//!   neighbours the data path needs, the run loop.
 //! - [`loader`], [`pins`]: the embedded program, its maps pinned in bpffs, attaching.
 //! - [`dataplane`]: writes a plan into the maps and reads counters / stick entries.
 //! - [`decap`]: `stickylb decap`, the backends' side of L3 DSR (`ipip`, `gue`).
@@ -12,7 +13,6 @@
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`top`]: `stickylb top`.
 //! - [`persist`]: runtime changes saved across restarts.
-//! - [`neighbours`]: neighbour priming for DSR backends.
 //! - [`offline`]: `stickylb check` and `stickylb import` (no agent, no kernel).
 //! - [`exit`], [`extras`]: the CLI's exit codes, completions and manual pages.
 
@@ -25,7 +25,6 @@ pub mod extras;
 pub mod health;
 pub mod loader;
 pub mod metrics;
-pub mod neighbours;
 pub mod offline;
 pub mod persist;
 pub mod pins;

@@ -1,13 +1,19 @@
-//! Loading the embedded XDP object: its maps (pinned or not), the main program and the
-//! side programs reached by tail call. Attaching is `agent::attach`'s.
+//! Loading the embedded XDP object: its maps (pinned or not), the main program, the
+//! side programs reached by tail call and the tc program of the neighbour queue.
+//! Attaching is `agent::attach`'s.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use aya::{maps::ProgramArray, programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    maps::ProgramArray,
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
 use lb_common::{
-    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, MAP_JUMP, MAP_STICK, PROGRAM_FRAGMENT,
-    PROGRAM_ICMP, PROGRAM_NAME,
+    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, JUMP_NEIGH, JUMP_NEIGH_REPLY, MAP_JUMP,
+    MAP_STICK, PROGRAM_FRAGMENT, PROGRAM_ICMP, PROGRAM_NAME, PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY,
+    PROGRAM_QUEUE,
 };
 
 /// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
@@ -84,7 +90,12 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .context("verifying the stickylb XDP program")?;
     // The side paths (ICMP errors, later fragments) are programs of their own, reached
     // by tail call through JUMP.
-    for (name, slot) in [(PROGRAM_ICMP, JUMP_ICMP), (PROGRAM_FRAGMENT, JUMP_FRAGMENT)] {
+    for (name, slot) in [
+        (PROGRAM_ICMP, JUMP_ICMP),
+        (PROGRAM_FRAGMENT, JUMP_FRAGMENT),
+        (PROGRAM_NEIGH, JUMP_NEIGH),
+        (PROGRAM_NEIGH_REPLY, JUMP_NEIGH_REPLY),
+    ] {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?
@@ -99,7 +110,20 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         jump.set(slot, &fd, 0)
             .with_context(|| format!("installing {name} as a tail call"))?;
     }
+    // The tc side of the neighbour queue (see lb-ebpf/src/neigh.rs); attached by
+    // `agent::attach` next to the XDP program.
+    queue_program(&mut ebpf)?
+        .load()
+        .with_context(|| format!("verifying the {PROGRAM_QUEUE} tc program"))?;
     Ok(ebpf)
+}
+
+/// The tc program of the neighbour queue (`stickylb_queue`) of a loaded object.
+pub fn queue_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let prog = ebpf
+        .program_mut(PROGRAM_QUEUE)
+        .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?;
+    Ok(prog.try_into()?)
 }
 
 /// The XDP program of a loaded object.

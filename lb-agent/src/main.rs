@@ -543,6 +543,13 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
+/// Every counter of a set as ` key value` pairs, named as in JSON, from its one definition.
+fn counter_line<T: lb_common::CounterSet>(c: &T) -> String {
+    let mut line = String::new();
+    c.for_each(&mut |c, n| line.push_str(&format!(" {} {n}", c.key)));
+    line
+}
+
 fn print_human(cmd: &str, v: &Value) {
     match cmd {
         "table.show" => {
@@ -600,28 +607,34 @@ fn print_human(cmd: &str, v: &Value) {
             }
         }
         "stats" => {
-            for svc in v["services"].as_array().into_iter().flatten() {
-                println!(
-                    "service {}: packets {} bytes {} new clients {} re-picks expired {} down {} drops no-backend {} no-route {} fib-miss {} replies {}",
-                    s(svc, "name"), s(svc, "packets"), s(svc, "bytes"), s(svc, "new_clients"), s(svc, "repick_expired"), s(svc, "repick_down"),
-                    s(svc, "drop_no_backend"), s(svc, "drop_no_route"), s(svc, "fib_miss"), s(svc, "reply_packets")
-                );
-                for b in svc["backends"].as_array().into_iter().flatten() {
+            let Ok(stats) = serde_json::from_value::<lb_model::stats::Stats>(v.clone()) else {
+                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+                return;
+            };
+            for svc in &stats.services {
+                println!("service {}:{}", svc.name, counter_line(&svc.counters.0));
+                for b in &svc.backends {
                     println!(
-                        "  {:<40} {:<6} packets {:>10} bytes {:>12} clients {:>8}",
-                        s(b, "address"),
-                        s(b, "state"),
-                        s(b, "packets"),
-                        s(b, "bytes"),
-                        s(b, "new_clients")
+                        "  {:<40} {:<6}{}",
+                        b.address,
+                        b.state.to_string(),
+                        counter_line(&b.counters.0)
                     );
                 }
             }
             println!(
                 "stick table: {} / {}",
-                s(&v["stick_table"], "entries"),
-                s(&v["stick_table"], "capacity")
+                stats.stick_table.entries, stats.stick_table.capacity
             );
+            if let Some(n) = &stats.neighbours {
+                println!(
+                    "neighbours: {} managed ({} reported), {} reports, {} resolved (max {} ms)",
+                    n.managed, n.reported, n.reports, n.resolved, n.resolve_ms_max
+                );
+            }
+            for w in &stats.warnings {
+                println!("warning: {w}");
+            }
         }
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
     }

@@ -2,8 +2,10 @@
 //! bpffs mounting and the pin layout (attaching with pinned links and detaching are
 //! `agent::attach`'s).
 //!
-//! Layout: `<bpffs>/<instance>/v<LAYOUT>/maps/<MAP>` and `.../links/<iface>`. The layout
-//! version is part of the path: a build whose map layout changed never opens old pins.
+//! Layout: `<bpffs>/<instance>/v<LAYOUT>/maps/<MAP>`, `.../links/<iface>` (XDP) and
+//! `.../queue/<iface>` (the tc program of the neighbour queue, see `agent::attach::attach_queue`).
+//! The layout version is part of the path: a build whose map layout changed never opens
+//! old pins.
 //!
 //! Why `/run/stickylb/bpffs` by default: inside `ip netns exec`, `/sys` is remounted and
 //! a bpffs mounted from within dies with that mount namespace. A bpffs mounted in the
@@ -26,8 +28,9 @@ use lb_common::{
 /// Bumped whenever a map's key/value layout or size semantics change (2: ICMP and
 /// fragment counters in `ServiceStats`, maps `FRAGMENTS` and `JUMP`; 3: insert cap and
 /// SYN-only flag in `ServiceInfo`, unpinned counters, map `INSERT_BUDGET`; 4: GUE port
-/// in `ServiceInfo`, too-big counters, map `ENCAP_SOURCE`).
-pub const LAYOUT_VERSION: u32 = 4;
+/// in `ServiceInfo`, too-big counters, map `ENCAP_SOURCE`; 5: next-hop counters
+/// `drop_no_neigh`, `neigh_queued`, `neigh_report_lost` in `ServiceStats`).
+pub const LAYOUT_VERSION: u32 = 5;
 /// Default bpffs mount point (see module docs).
 pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
 /// Every map the agent pins.
@@ -71,6 +74,12 @@ impl PinLayout {
     }
     pub fn link(&self, iface: &str) -> PathBuf {
         self.links_dir().join(iface)
+    }
+    pub fn queue_dir(&self) -> PathBuf {
+        self.root.join("queue")
+    }
+    pub fn queue_link(&self, iface: &str) -> PathBuf {
+        self.queue_dir().join(iface)
     }
     /// Whether a previous agent left pinned state here.
     pub fn has_state(&self) -> bool {

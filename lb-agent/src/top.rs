@@ -622,7 +622,7 @@ mod tests {
             "services": [{
                 "name": "web", "packets": packets, "bytes": packets * 100, "new_clients": new,
                 "repick_expired": 1, "repick_down": 0, "drop_no_backend": drops, "drop_no_route": 0,
-                "fib_miss": drops * 2, "pass_ttl": 0, "reply_packets": 0, "reply_bytes": 0,
+                "drop_no_neigh": 0, "fib_miss": drops * 2, "pass_ttl": 0, "reply_packets": 0, "reply_bytes": 0,
                 "pinned": 7,
                 "backends": [
                     {"service": "web", "address": "10.0.0.2:80", "weight": 2, "admin": "ready", "flaps": 0,

@@ -54,6 +54,27 @@ pub const INSERT_WINDOW_NS: u64 = 1_000_000_000;
 /// How long a CPU reuses a backend's route from the FIB before asking again: a route or
 /// neighbour change reaches the data path within this time.
 pub const ROUTE_CACHE_NS: u64 = 1_000_000_000;
+/// The data path reports a next hop it could not resolve at most this often (per next
+/// hop, `NEIGH_SEEN`), so a flood of misses makes few events.
+pub const NEIGH_REPORT_NS: u64 = 100_000_000;
+/// Capacity of `NEIGH_SEEN` (next hops with a recent report; LRU).
+pub const NEIGH_SEEN_ENTRIES: u32 = 4096;
+/// Size of the `NEIGH_EVENTS` ring buffer in bytes (a power of two, multiple of the
+/// page size): about 1600 reports of 48 bytes with their headers.
+pub const NEIGH_EVENTS_BYTES: u32 = 64 * 1024;
+/// `NeighMiss::why`: a NAT packet to a backend.
+pub const MISS_NAT_TO_BACKEND: u8 = 1;
+/// `NeighMiss::why`: a DSR packet to a backend.
+pub const MISS_DSR_TO_BACKEND: u8 = 2;
+/// `NeighMiss::why`: a NAT reply to a client.
+pub const MISS_REPLY: u8 = 3;
+/// `NeighMiss::why`: an encapsulating service's packet to a backend (dropped: the outer
+/// next hop is unresolved).
+pub const MISS_ENCAP_TO_BACKEND: u8 = 4;
+/// Opens the XDP metadata of a packet the data path hands to its tc program
+/// ([`PROGRAM_QUEUE`]) to be sent through the kernel's neighbour queue (a
+/// [`crate::QueueMeta`] follows).
+pub const QUEUE_MAGIC: u32 = 0x5354_4b51;
 /// TCP flag bits (byte 13 of the header).
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
@@ -116,6 +137,8 @@ pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_INSERT_BUDGET: &str = "INSERT_BUDGET";
+pub const MAP_NEIGH_SEEN: &str = "NEIGH_SEEN";
+pub const MAP_NEIGH_EVENTS: &str = "NEIGH_EVENTS";
 pub const MAP_ENCAP_SOURCE: &str = "ENCAP_SOURCE";
 pub const MAP_STICK_EVENTS: &str = "STICK_EVENTS";
 pub const MAP_STICK_EVENTS_LOST: &str = "STICK_EVENTS_LOST";
@@ -126,9 +149,18 @@ pub const PROGRAM_NAME: &str = "stickylb";
 /// The side-path programs, reached by tail call through `JUMP` at these slots.
 pub const PROGRAM_ICMP: &str = "stickylb_icmp";
 pub const PROGRAM_FRAGMENT: &str = "stickylb_fragment";
+/// The tc ingress program that sends packets with an unresolved next hop through the
+/// kernel's neighbour queue (`bpf_redirect_neigh`).
+pub const PROGRAM_QUEUE: &str = "stickylb_queue";
 pub const MAP_JUMP: &str = "JUMP";
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_FRAGMENT: u32 = 1;
+/// The unresolved-next-hop programs (report the next hop, queue the packet): for packets
+/// to backends, and for NAT replies.
+pub const PROGRAM_NEIGH: &str = "stickylb_neigh";
+pub const JUMP_NEIGH: u32 = 2;
+pub const PROGRAM_NEIGH_REPLY: &str = "stickylb_neigh_reply";
+pub const JUMP_NEIGH_REPLY: u32 = 3;
 /// The backend side's decapsulation programs (object `lb-decap`, `stickylb decap`).
 pub const PROGRAM_DECAP: &str = "stickylb_decap";
 pub const PROGRAM_DECAP_TC: &str = "stickylb_decap_tc";

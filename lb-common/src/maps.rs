@@ -162,8 +162,10 @@ crate::counters! {
         drop_no_backend: "stickylb_service_drops" [reason = "no_backend"], Drops, "Packets dropped or passed, by reason.";
         /// Dropped: the FIB has no route (unreachable, blackhole, prohibit) or redirect failed.
         drop_no_route: "stickylb_service_drops" [reason = "no_route"], Drops, "Packets dropped or passed, by reason.";
-        /// Passed to the kernel: the FIB had no neighbour entry yet (the kernel resolves it).
-        fib_miss: "stickylb_service_fib_miss", Passed, "Packets handed to the kernel because the FIB had no neighbour or fast path.";
+        /// Passed to the kernel: a NAT packet to a backend whose next hop has no neighbour
+        /// entry yet (the kernel forwards it and resolves the neighbour; the agent is told),
+        /// or one the FIB gives no fast path (larger than the route's MTU, say).
+        fib_miss: "stickylb_service_fib_miss", Passed, "NAT packets to a backend handed to the kernel because the FIB had no neighbour yet (the kernel resolves it) or no fast path.";
         /// Passed to the kernel: TTL / hop limit would expire (the kernel sends the ICMP error).
         pass_ttl: "stickylb_service_drops" [reason = "ttl_passed"], Passed, "Packets dropped or passed, by reason.";
         /// Backend→client NAT replies rewritten and forwarded.
@@ -193,6 +195,19 @@ crate::counters! {
         /// (IPv4 without DF, an IPv6 inner packet whose answer would go below 1280, a packet
         /// too short to quote), dropped.
         drop_too_big: "stickylb_service_drop_too_big", Drops, "Encapsulating services: packets over the egress MTU once encapsulated that could not be answered (IPv4 without DF, fragments, ICMP errors), dropped.";
+        /// Dropped: the next hop has no neighbour entry yet, and the packet could not be
+        /// queued for it (no XDP metadata; an encapsulating service's packet, not yet
+        /// encapsulated) nor handed to the kernel's routing (a NAT reply, whose source is the
+        /// VIP, possibly a local address; a DSR packet, which the kernel would route by the
+        /// VIP). The agent is told and resolves the next hop: only first packets are lost.
+        drop_no_neigh: "stickylb_service_drops" [reason = "no_neighbour"], Drops, "Packets dropped or passed, by reason.";
+        /// Packets whose next hop had no neighbour entry yet (NAT replies, DSR), fully
+        /// rewritten and handed to the tc program, which has the kernel's neighbour layer
+        /// send them once the next hop answers (`bpf_redirect_neigh`): delayed, not lost.
+        neigh_queued: "stickylb_service_neigh_queued", None, "Packets whose next hop was not resolved yet, sent through the kernel's neighbour queue (delayed, not lost).";
+        /// Next-hop reports lost because the report ring (`NEIGH_EVENTS`) was full; the next
+        /// miss to that next hop reports it again.
+        neigh_report_lost: "stickylb_service_neigh_report_lost", None, "Unresolved next hops the data path could not report (report ring full).";
     }
 }
 
@@ -224,6 +239,9 @@ mod pod {
     unsafe impl aya::Pod for DecapConfig {}
     unsafe impl aya::Pod for DecapKey {}
     unsafe impl aya::Pod for DecapStats {}
+    unsafe impl aya::Pod for NeighKey {}
+    unsafe impl aya::Pod for NeighMiss {}
+    unsafe impl aya::Pod for QueueMeta {}
     unsafe impl aya::Pod for StickEvent {}
 }
 
@@ -348,4 +366,52 @@ crate::counters! {
         /// inner length beyond the outer payload), nested tunnels.
         dropped: "stickylb_decap_dropped", Drops, "Encapsulated packets dropped (lying lengths, nested tunnels).";
     }
+}
+
+/// A next hop on an interface: the key of `NEIGH_SEEN` (when the data path last reported
+/// it), and the part of a [`NeighMiss`] the agent acts on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeighKey {
+    /// The next hop's address: the route's gateway, or the destination when on-link.
+    pub addr: Addr,
+    /// Egress interface the FIB chose.
+    pub ifindex: u32,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`] of `addr` (an IPv4 route may have an
+    /// IPv6 gateway).
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One record of the `NEIGH_EVENTS` ring buffer: the FIB had a route but no resolved
+/// neighbour for `hop`. Emitted at most once per [`crate::NEIGH_REPORT_NS`] per next hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighMiss {
+    pub hop: NeighKey,
+    /// `bpf_ktime_get_coarse_ns()` of the miss (CLOCK_MONOTONIC_COARSE).
+    pub at_ns: u64,
+    /// Service of the packet.
+    pub service_id: u32,
+    /// What the packet was: [`crate::MISS_NAT_TO_BACKEND`],
+    /// [`crate::MISS_DSR_TO_BACKEND`], [`crate::MISS_REPLY`] (queued) or
+    /// [`crate::MISS_ENCAP_TO_BACKEND`] (dropped).
+    pub why: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The XDP metadata of a packet handed to the tc program `stickylb_queue` (28 bytes, a
+/// multiple of 4 as `bpf_xdp_adjust_meta` wants): send it to `addr` on `ifindex` through
+/// the kernel's neighbour layer, which resolves the next hop and queues the packet
+/// meanwhile. The packet itself is already rewritten (addresses, TTL); its Ethernet
+/// header is replaced on the way out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueMeta {
+    /// [`crate::QUEUE_MAGIC`].
+    pub magic: u32,
+    pub ifindex: u32,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`] of `addr`.
+    pub family: u32,
+    pub addr: Addr,
 }

@@ -14,6 +14,7 @@ use crate::{
     fragment, icmp,
     maps::JUMP,
     nat::{self, End},
+    neigh,
     packet::Packet,
     parse::{parse, Parsed, FRAG_FIRST, FRAG_LATER},
     service::{lookup_reply, lookup_service},
@@ -189,12 +190,13 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             st.drop_too_big += 1;
             xdp_action::XDP_DROP
         }
+        Forwarded::NoNeighbour => neigh::to_backend_miss(ctx, st, dsr),
         other => {
             let action = not_sent(st, &other, dsr);
             if action == xdp_action::XDP_PASS {
-                // Already rewritten to the backend: the kernel routes it and resolves
-                // the neighbour; later packets take the fast path. (DSR drops: the
-                // agent primes backend neighbours so that stays rare.)
+                // Rewritten, and on its way: through the neighbour queue (unresolved
+                // next hop, which the agent resolves for the packets after) or the
+                // kernel's forwarding (no fast path).
                 st.packets += 1;
                 st.bytes += len;
             }
@@ -248,19 +250,32 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, p: &Parsed, reply: &ReverseValue) -
         return xdp_action::XDP_PASS;
     }
     // Route first: a packet from a backend port to the balancer itself (a health check's
-    // answer, say) is not a reply to a client and must reach the kernel untouched.
-    let route = lookup(ctx, p, &reply.vip, &p.dst);
-    if let Lookup::NotForwarded = route {
-        return xdp_action::XDP_PASS;
-    }
+    // answer, say) is not a reply to a client and must reach the kernel untouched; so
+    // must one the FIB will not fast-path (too big for the route: the kernel tells the
+    // backend, which still is its source).
+    let route = match lookup(ctx, p, &reply.vip, &p.dst) {
+        Lookup::Route(r) => r,
+        Lookup::NotForwarded => return xdp_action::XDP_PASS,
+        Lookup::NoRoute => {
+            st.drop_no_route += 1;
+            return xdp_action::XDP_DROP;
+        }
+        // No neighbour: the kernel's stack cannot take it instead (rewritten, its
+        // source is the VIP, a martian when the VIP is one of its own addresses;
+        // untouched, the client would get it from the backend's address). Rewritten
+        // here, it is queued for the next hop by the neighbour program (`neigh`).
+        Lookup::NoNeighbour => {
+            if nat::rewrite(pkt, p, End::Source, &reply.vip, reply.vip_port).is_none() {
+                return xdp_action::XDP_PASS;
+            }
+            return neigh::reply_miss(ctx, st);
+        }
+    };
     if nat::rewrite(pkt, p, End::Source, &reply.vip, reply.vip_port).is_none() {
         return xdp_action::XDP_PASS;
     }
     let len = pkt.len() as u64;
-    let outcome = match route {
-        Lookup::Route(r) => send(ctx, pkt, p, &r, true),
-        other => other.into(),
-    };
+    let outcome = send(ctx, pkt, p, &route, true);
     match outcome {
         Forwarded::Sent(action) => {
             st.reply_packets += 1;

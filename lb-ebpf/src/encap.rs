@@ -182,8 +182,9 @@ pub fn route(
             return OuterRoute::Route(r, hashed.unwrap_or(c.src));
         }
     }
-    // SAFETY: plain C struct, all-zero is a valid initial value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let Some(fib) = crate::forward::fib_params() else {
+        return OuterRoute::Other(Forwarded::Kernel);
+    };
     fib.l4_protocol = o.proto;
     fib.sport = o.sport;
     fib.dport = o.dport;
@@ -209,7 +210,7 @@ pub fn route(
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
+            fib as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             flags,
         )
@@ -265,7 +266,10 @@ pub fn route(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             OuterRoute::TooBig(unsafe { fib.__bindgen_anon_1.mtu_result })
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => OuterRoute::Other(Forwarded::NoNeighbour),
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            crate::neigh::remember(fib);
+            OuterRoute::Other(Forwarded::NoNeighbour)
+        }
         BPF_FIB_LKUP_RET_BLACKHOLE
         | BPF_FIB_LKUP_RET_UNREACHABLE
         | BPF_FIB_LKUP_RET_PROHIBIT

@@ -3,6 +3,12 @@
 //! egress is the ingress interface, or the frame carries a VLAN tag: a tagged frame is
 //! answered on the link and VLAN it came from). Routes to backends are cached per CPU for
 //! `ROUTE_CACHE_NS` (`forward_to_backend`): the FIB lookup is half the cost of a hit.
+//!
+//! When the FIB has the route but no resolved neighbour, the next hop it names is
+//! reported to the agent (`neigh`), which resolves it for the packets after; the packet
+//! itself, rewritten as if sent, goes to the kernel's neighbour queue through the tc
+//! program (`neigh::queue`), never to the kernel's routing, which could drop it (a NAT
+//! reply from a local VIP is a martian; a DSR packet would be routed by the VIP).
 
 use aya_ebpf::{
     bindings::{
@@ -16,7 +22,13 @@ use aya_ebpf::{
 };
 use lb_common::{csum, Addr, FAMILY_V4, ROUTE_CACHE_NS};
 
-use crate::{hdr::*, maps::ROUTE_CACHE, packet::Packet, parse::Parsed};
+use crate::{
+    hdr::*,
+    maps::{FIB_SCRATCH, ROUTE_CACHE},
+    neigh,
+    packet::Packet,
+    parse::Parsed,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -25,7 +37,8 @@ const AF_INET6: u8 = 10;
 pub enum Forwarded {
     /// Sent on: `XDP_TX` or `XDP_REDIRECT`.
     Sent(u32),
-    /// The FIB knows the route but not the neighbour's MAC yet.
+    /// The FIB knows the route but not the neighbour's MAC yet (the next hop it named is
+    /// in `neigh`'s scratch slot).
     NoNeighbour,
     /// No route (unreachable, blackhole, prohibit): drop.
     NoRoute,
@@ -50,7 +63,8 @@ pub struct Route {
 /// What the FIB says about `src → dst`.
 pub enum Lookup {
     Route(Route),
-    /// The FIB knows the route but not the neighbour's MAC yet.
+    /// The FIB knows the route but not the neighbour's MAC yet (the next hop it named is
+    /// in `neigh`'s scratch slot).
     NoNeighbour,
     /// No route (unreachable, blackhole, prohibit).
     NoRoute,
@@ -71,11 +85,26 @@ impl From<Lookup> for Forwarded {
     }
 }
 
+/// The `bpf_fib_lookup` parameters, zeroed, in a per-CPU scratch slot (`FIB_SCRATCH`)
+/// rather than on the stack: 64 bytes the main program, with every forwarding mode
+/// inlined, has no room for.
+#[inline(always)]
+pub fn fib_params() -> Option<&'static mut FibParams> {
+    let fib = FIB_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, only this CPU touches it while the program runs; all-zero is
+    // a valid value of the plain C struct.
+    unsafe {
+        core::ptr::write_bytes(fib, 0, 1);
+        Some(&mut *fib)
+    }
+}
+
 /// Asks the kernel's FIB for the path of `src → dst` (addresses as they will be sent).
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, p: &Parsed, src: &Addr, dst: &Addr) -> Lookup {
-    // SAFETY: plain C struct, all-zero is a valid initial value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let Some(fib) = fib_params() else {
+        return Lookup::NotForwarded;
+    };
     fib.l4_protocol = p.proto;
     fib.sport = p.sport;
     fib.dport = p.dport;
@@ -96,7 +125,7 @@ pub fn lookup(ctx: &XdpContext, p: &Parsed, src: &Addr, dst: &Addr) -> Lookup {
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
+            fib as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -111,7 +140,10 @@ pub fn lookup(ctx: &XdpContext, p: &Parsed, src: &Addr, dst: &Addr) -> Lookup {
                 smac: macs.smac,
             })
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Lookup::NoNeighbour,
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            neigh::remember(fib);
+            Lookup::NoNeighbour
+        }
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
             Lookup::NoRoute
         }
@@ -245,9 +277,10 @@ fn decrement_ttl(pkt: &Packet, p: &Parsed) -> bool {
 }
 
 /// The verdict and counters for a packet that was not sent directly: no route → drop
-/// (`drop_no_route`); no neighbour or no fast path → `fib_miss`, then the kernel takes
-/// the (already rewritten) packet, except in DSR mode, where it would route by the VIP
-/// instead of to the backend, so the packet is dropped.
+/// (`drop_no_route`); no fast path → `fib_miss`, then the kernel takes the (already
+/// rewritten) packet, except in DSR mode, where it would route by the VIP instead of to
+/// the backend, so the packet is dropped. (No neighbour is the callers' to hand to
+/// `neigh::backend_miss` first.)
 #[inline(always)]
 pub fn not_sent(st: &mut lb_common::ServiceStats, outcome: &Forwarded, dsr: bool) -> u32 {
     if let Forwarded::NoRoute = outcome {

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! One module per stage: [`parse`], [`service`], [`sticky`], [`pick`], [`nat`], [`dsr`],
-//! [`encap`] (with [`toobig`], the answer to packets over the MTU), [`forward`],
-//! [`stats`]; side paths for ICMP errors ([`icmp`]) and later IPv4 fragments
+//! [`encap`] (with [`toobig`], the answer to packets over the MTU), [`forward`] (which
+//! reports unresolved next hops through [`neigh`]), [`stats`]; side paths for ICMP errors
+//! ([`icmp`]) and later IPv4 fragments
 //! ([`fragment`]); the maps live in [`maps`], and [`balancer`] strings the stages
 //! together. The entry point is in `main.rs`. Header layouts (from `network-types`,
 //! [`hdr`]) and bounds-checked access ([`packet`]) come from `lb-packet`, shared with
@@ -27,6 +28,7 @@ pub mod fragment;
 pub mod icmp;
 pub mod maps;
 pub mod nat;
+pub mod neigh;
 pub mod parse;
 pub mod pick;
 pub mod service;

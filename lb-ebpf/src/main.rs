@@ -4,7 +4,10 @@
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use aya_ebpf::{macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
 
     /// Balances traffic for configured services; passes everything else untouched.
     #[xdp]
@@ -22,6 +25,26 @@ mod program {
     #[xdp]
     pub fn stickylb_fragment(ctx: XdpContext) -> u32 {
         lb_ebpf::balancer::process_fragment(&ctx)
+    }
+
+    /// A packet to a backend whose next hop is unresolved (tail call): report the next
+    /// hop, hand the packet to the neighbour queue.
+    #[xdp]
+    pub fn stickylb_neigh(ctx: XdpContext) -> u32 {
+        lb_ebpf::neigh::process_to_backend(&ctx)
+    }
+
+    /// The same for a NAT reply (tail call): rewritten to the VIP here.
+    #[xdp]
+    pub fn stickylb_neigh_reply(ctx: XdpContext) -> u32 {
+        lb_ebpf::neigh::process_reply(&ctx)
+    }
+
+    /// tc ingress: sends packets the XDP program marked (unresolved next hop) through
+    /// the kernel's neighbour queue.
+    #[classifier]
+    pub fn stickylb_queue(ctx: TcContext) -> i32 {
+        lb_ebpf::neigh::tc_queue(&ctx)
     }
 
     #[panic_handler]

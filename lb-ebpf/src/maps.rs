@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BackendStats, CachedRoute, EncapSource, Endpoint, FragCandidates, InsertBudget,
-    ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE,
-    MAX_BACKENDS, MAX_SERVICES, RING_SLOTS, STICK_EVENTS_BYTES,
+    NeighKey, ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue,
+    DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, NEIGH_EVENTS_BYTES, NEIGH_SEEN_ENTRIES,
+    RING_SLOTS, STICK_EVENTS_BYTES,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
@@ -79,7 +80,27 @@ pub static FRAGMENTS: HashMap<Endpoint, FragCandidates> =
 #[map]
 pub static ENCAP_SOURCE: Array<EncapSource> = Array::with_max_entries(MAX_SERVICES, 0);
 
-/// Tail-call targets: the ICMP-error and later-fragment programs (slots `JUMP_ICMP`,
-/// `JUMP_FRAGMENT`), filled by the loader.
+/// Next hop → when the data path last reported it unresolved (`neigh::report`).
 #[map]
-pub static JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static NEIGH_SEEN: LruHashMap<NeighKey, u64> =
+    LruHashMap::with_max_entries(NEIGH_SEEN_ENTRIES, 0);
+
+/// Scratch `bpf_fib_lookup` parameters of this CPU (see `forward::fib_params`).
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// The next hop of this CPU's last `NO_NEIGH` FIB lookup (a scratch slot, see
+/// `neigh::remember`), for the unresolved-next-hop programs.
+#[map]
+pub static NEIGH_HOP: PerCpuArray<NeighKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// Next hops the FIB could not resolve (`NeighMiss` records), read by the agent.
+#[map]
+pub static NEIGH_EVENTS: RingBuf = RingBuf::with_byte_size(NEIGH_EVENTS_BYTES, 0);
+
+/// Tail-call targets: the ICMP-error, later-fragment and unresolved-next-hop programs
+/// (slots `JUMP_ICMP`, `JUMP_FRAGMENT`, `JUMP_NEIGH`, `JUMP_NEIGH_REPLY`), filled by the
+/// loader.
+#[map]
+pub static JUMP: ProgramArray = ProgramArray::with_max_entries(4, 0);

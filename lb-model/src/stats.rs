@@ -39,6 +39,12 @@ pub struct Status {
     pub reloads: u64,
     /// Largest delay seen between a health check's due time and its start.
     pub health_max_lag_ms: u64,
+    /// The next hops the agent keeps resolved (absent before they are first looked at).
+    #[serde(default)]
+    pub neighbours: Option<Neighbours>,
+    /// Problems with this setup that stop traffic, each with its fix.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// An interface the agent attaches to.
@@ -70,6 +76,42 @@ pub struct ServiceListRow {
 pub struct Stats {
     pub services: Vec<ServiceRow>,
     pub stick_table: StickFill,
+    /// As in [`Status::neighbours`].
+    #[serde(default)]
+    pub neighbours: Option<Neighbours>,
+    /// As in [`Status::warnings`].
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The next hops the agent keeps resolved with managed neighbour entries, and the data
+/// path's reports of unresolved ones.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Neighbours {
+    /// Next hops kept managed now.
+    pub managed: u64,
+    /// Of which reported by the data path (not backends or gateways).
+    pub reported: u64,
+    /// Reports read from the data path.
+    pub reports: u64,
+    /// Entries written (created, converted to managed, or re-created after a deletion).
+    pub writes: u64,
+    /// Entries written again after something deleted them (`ip neigh flush`) or the
+    /// kernel re-created them as ordinary entries.
+    pub rewritten_after_delete: u64,
+    /// Reported next hops whose entries were deleted again (no longer needed).
+    pub aged_out: u64,
+    /// Reports of new next hops beyond the managed limit, left to the kernel.
+    pub over_limit: u64,
+    /// Netlink requests that failed, and the last error.
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Resolutions timed from the data path's first miss to a usable entry, and their
+    /// times in ms.
+    pub resolved: u64,
+    pub resolve_ms_last: f64,
+    pub resolve_ms_max: f64,
+    pub resolve_ms_avg: f64,
 }
 
 /// How full the stick table is.
@@ -216,6 +258,11 @@ pub const GAUGES: &[Gauge] = &[
     SERVICE_PINNED,
     STICK_ENTRIES,
     STICK_CAPACITY,
+    NEIGHBOURS_MANAGED,
+    NEIGHBOUR_REPORTS,
+    NEIGHBOUR_RESOLVED,
+    NEIGHBOUR_RESOLVE_MAX,
+    SETUP_WARNINGS,
 ];
 
 pub const BACKEND_WEIGHT: Gauge = Gauge {
@@ -258,6 +305,50 @@ pub const STICK_CAPACITY: Gauge = Gauge {
     help: "Capacity of the stick table.",
     counter: false,
 };
+
+pub const NEIGHBOURS_MANAGED: Gauge = Gauge {
+    name: "stickylb_neighbours_managed",
+    help: "Next hops the agent keeps resolved (managed neighbour entries).",
+    counter: false,
+};
+pub const NEIGHBOUR_REPORTS: Gauge = Gauge {
+    name: "stickylb_neighbour_reports",
+    help: "Unresolved next hops reported by the data path.",
+    counter: true,
+};
+pub const NEIGHBOUR_RESOLVED: Gauge = Gauge {
+    name: "stickylb_neighbour_resolved",
+    help: "Reported next hops that became usable.",
+    counter: true,
+};
+pub const NEIGHBOUR_RESOLVE_MAX: Gauge = Gauge {
+    name: "stickylb_neighbour_resolve_seconds_max",
+    help: "Longest time from the data path's first miss to a usable neighbour entry.",
+    counter: false,
+};
+pub const SETUP_WARNINGS: Gauge = Gauge {
+    name: "stickylb_setup_warnings",
+    help: "Problems with this setup that stop traffic (see `stickylb status`).",
+    counter: false,
+};
+
+impl Stats {
+    /// The values of the agent-wide gauges: the stick table's fill, and the neighbours
+    /// and setup warnings once the neighbour keeper runs.
+    pub fn gauges(&self) -> Vec<(Gauge, f64)> {
+        let mut v = self.stick_table.gauges();
+        if let Some(n) = &self.neighbours {
+            v.extend([
+                (NEIGHBOURS_MANAGED, n.managed as f64),
+                (NEIGHBOUR_REPORTS, n.reports as f64),
+                (NEIGHBOUR_RESOLVED, n.resolved as f64),
+                (NEIGHBOUR_RESOLVE_MAX, n.resolve_ms_max / 1000.0),
+                (SETUP_WARNINGS, self.warnings.len() as f64),
+            ]);
+        }
+        v
+    }
+}
 
 impl BackendRow {
     /// Whether the backend takes traffic (up, or draining its own clients).
@@ -377,6 +468,14 @@ pub(crate) mod tests {
                 capacity: 200_000,
                 census_age_ms: 0,
             },
+            neighbours: Some(Neighbours {
+                managed: 3,
+                reports: 7,
+                resolved: 2,
+                resolve_ms_max: 1.5,
+                ..Default::default()
+            }),
+            warnings: vec!["IPv4 forwarding is off".into()],
         }
     }
 
@@ -417,7 +516,7 @@ pub(crate) mod tests {
             .gauges()
             .into_iter()
             .chain(s.services[0].gauges())
-            .chain(s.stick_table.gauges())
+            .chain(s.gauges())
         {
             assert!(GAUGES.contains(&g), "{} not in GAUGES", g.name);
         }

@@ -253,6 +253,24 @@ fn fib_may_refuse(ip: &Ip, b: &[u8]) -> bool {
     fib_may_decline(ip.src(b)) || ip.len > 1500
 }
 
+/// Whether the lab FIB routes `dst` through the client gateway without a neighbour entry
+/// (fx1, `.253` / `::fd`).
+fn via_unresolved_gateway(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V4(a) => a.octets()[..3] == [198, 51, 101],
+        IpAddr::V6(a) => a.segments()[..4] == [0x2001, 0xdb8, 0xd, 0],
+    }
+}
+
+/// A client behind the unresolved gateway.
+fn unresolved_client(v6f: bool, n: u16) -> IpAddr {
+    if v6f {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, n))
+    } else {
+        v4(198, 51, 101, n as u8)
+    }
+}
+
 /// Whether the lab FIB routes `dst` through the client gateway (fx1).
 fn via_client_gateway(dst: IpAddr) -> bool {
     match dst {
@@ -783,6 +801,30 @@ pub fn corpus(seed: u64) -> Vec<Fixture> {
                         bytes: p.bytes(),
                     });
                 }
+                // One to a client behind the gateway without a neighbour entry.
+                let sport = if port != 0 {
+                    port
+                } else if s.port != 0 {
+                    s.port
+                } else {
+                    80
+                };
+                let c = rng.range(1, CLIENTS as usize) as u16;
+                let mut p = Pkt::new(
+                    l4_of(s.proto),
+                    addr,
+                    sport,
+                    unresolved_client(v6f, c),
+                    CLIENT_PORT,
+                );
+                p.syn = false;
+                out.push(Fixture {
+                    name: format!(
+                        "reply {} from {addr}:{sport} to unresolved client {c}",
+                        s.name
+                    ),
+                    bytes: p.bytes(),
+                });
             }
         }
         // ICMP errors about the reply VIP:port → client.
@@ -1604,6 +1646,7 @@ enum Counter {
     DropNoBackend,
     DropNoRoute,
     FibMiss,
+    DropNoNeigh,
     IcmpUnmatched,
     FragUnmatched,
     DropTooBig,
@@ -1615,6 +1658,7 @@ fn counter(st: &mut ServiceStats, c: Counter) -> &mut u64 {
         Counter::DropNoBackend => &mut st.drop_no_backend,
         Counter::DropNoRoute => &mut st.drop_no_route,
         Counter::FibMiss => &mut st.fib_miss,
+        Counter::DropNoNeigh => &mut st.drop_no_neigh,
         Counter::IcmpUnmatched => &mut st.icmp_unmatched,
         Counter::FragUnmatched => &mut st.frag_unmatched,
         Counter::DropTooBig => &mut st.drop_too_big,
@@ -1628,6 +1672,8 @@ fn tracked(mut s: ServiceStats) -> ServiceStats {
     s.new_clients = 0;
     s.repick_expired = 0;
     s.repick_down = 0;
+    // Depends on how full the (never read) report ring is, not on the packet.
+    s.neigh_report_lost = 0;
     s
 }
 
@@ -2008,6 +2054,62 @@ enum Expect {
     PassRewritten { rewrite: Rewrite },
     /// `XDP_DROP`, the counter of `svc` moves.
     Drop { counter: Counter },
+    /// `XDP_PASS` with this rewrite behind a [`lb_common::QueueMeta`] for the tc program
+    /// (unresolved next hop: the kernel's neighbour queue sends it): exactly `meta`, or
+    /// any next hop with the right magic when `None`.
+    Queued {
+        rewrite: Rewrite,
+        meta: Option<Vec<u8>>,
+    },
+}
+
+/// The XDP metadata the data path puts in front of a packet for the neighbour queue.
+fn queue_meta(hop: IpAddr, ifindex: u32) -> Vec<u8> {
+    let (addr, family) = lb_common::addr_from_ip(hop);
+    let m = lb_common::QueueMeta {
+        magic: lb_common::QUEUE_MAGIC,
+        ifindex,
+        family: family as u32,
+        addr,
+    };
+    // SAFETY: a repr(C) struct of plain integers without padding.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&m as *const lb_common::QueueMeta).cast::<u8>(),
+            std::mem::size_of::<lb_common::QueueMeta>(),
+        )
+    }
+    .to_vec()
+}
+
+fn check_queued(
+    input: &[u8],
+    out: &[u8],
+    rewrite: &Rewrite,
+    meta: &Option<Vec<u8>>,
+) -> Result<(), String> {
+    let n = std::mem::size_of::<lb_common::QueueMeta>();
+    if out.len() != input.len() + n {
+        return Err(format!(
+            "queued: length {} -> {} (want {} bytes of metadata)",
+            input.len(),
+            out.len(),
+            n
+        ));
+    }
+    match meta {
+        Some(m) if out[..n] != m[..] => {
+            return Err(format!(
+                "queued: metadata {:02x?}, expected {m:02x?}",
+                &out[..n]
+            ))
+        }
+        None if out[..4] != lb_common::QUEUE_MAGIC.to_ne_bytes() => {
+            return Err("queued: no metadata magic".into())
+        }
+        _ => {}
+    }
+    rewrite.check(input, &out[n..])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2240,6 +2342,7 @@ enum Field {
     ReplyPackets,
     IcmpToBackend,
     FragForwarded,
+    NeighQueued,
     TooBigAnswered,
 }
 
@@ -2250,6 +2353,7 @@ fn field(st: &mut ServiceStats, f: Field) -> &mut u64 {
         Field::ReplyPackets => &mut st.reply_packets,
         Field::IcmpToBackend => &mut st.icmp_to_backend,
         Field::FragForwarded => &mut st.frag_forwarded,
+        Field::NeighQueued => &mut st.neigh_queued,
         Field::TooBigAnswered => &mut st.too_big_answered,
     }
 }
@@ -2302,6 +2406,8 @@ struct Env<'a> {
     dp: &'a lb_agent::dataplane::Dataplane,
     fx0_mac: [u8; 6],
     fx1_mac: [u8; 6],
+    fx0_ifindex: u32,
+    fx1_ifindex: u32,
 }
 
 struct Worker<'a> {
@@ -2367,6 +2473,7 @@ fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
     enter_netns(&lab)?;
     let corpus = corpus(wseed);
     let (fx0_mac, fx1_mac) = (lab.fx0_mac, lab.fx1_mac);
+    let (fx0_ifindex, fx1_ifindex) = (lab.fx0_ifindex, lab.fx1_ifindex);
     let Lab { ebpf, dp, .. } = &mut lab;
     let xdp: &aya::programs::Xdp = loader::program(ebpf)?;
     let n_svcs = svcs.len();
@@ -2376,6 +2483,8 @@ fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
             dp: &*dp,
             fx0_mac,
             fx1_mac,
+            fx0_ifindex,
+            fx1_ifindex,
         },
         oracle: Oracle::new(svcs),
         backends,
@@ -2596,6 +2705,9 @@ impl Worker<'_> {
                     rewrite.check(input, out)
                 }
                 Expect::Drop { .. } if action == XDP_DROP => Ok(()),
+                Expect::Queued { rewrite, meta } if action == XDP_PASS => {
+                    check_queued(input, out, rewrite, meta)
+                }
                 Expect::Encap { tunnel } if action == sent => {
                     tunnel.check(input, out, class_ip(class), self.env.fx0_mac)
                 }
@@ -2606,7 +2718,9 @@ impl Worker<'_> {
                     "{} where {} was expected",
                     names[action as usize],
                     match other {
-                        Expect::Pass { .. } | Expect::PassRewritten { .. } => "XDP_PASS",
+                        Expect::Pass { .. }
+                        | Expect::PassRewritten { .. }
+                        | Expect::Queued { .. } => "XDP_PASS",
                         Expect::Forward { .. } | Expect::Encap { .. } => names[sent as usize],
                         Expect::TooBig { .. } => "XDP_TX",
                         Expect::Drop { .. } => "XDP_DROP",
@@ -2685,6 +2799,7 @@ impl Worker<'_> {
 
     fn alternatives(&mut self, class: &Class, b: &[u8]) -> Result<Vec<Alt>, String> {
         let (fx0, fx1) = (self.env.fx0_mac, self.env.fx1_mac);
+        let (if0, if1) = (self.env.fx0_ifindex, self.env.fx1_ifindex);
         Ok(match class {
             Class::NotOurs(_) => vec![Alt::pass()],
             Class::Service { svc, ip, client } => {
@@ -2747,15 +2862,31 @@ impl Worker<'_> {
                         }]
                     }
                     Reach::NoNeigh if nat => vec![Alt {
-                        expect: Expect::PassRewritten {
-                            rewrite: nat_rw(None),
+                        // Rewritten as if sent (TTL too, no MACs), to the neighbour queue.
+                        expect: Expect::Queued {
+                            rewrite: {
+                                let mut r = nat_rw(None);
+                                r.ttl(b, ip);
+                                r
+                            },
+                            meta: Some(queue_meta(be.addr, if0)),
                         },
                         effects: vec![
-                            (Who::One(svc), Field::Drop(Counter::FibMiss)),
+                            (Who::One(svc), Field::NeighQueued),
                             (Who::One(svc), Field::Packets),
                         ],
                     }],
-                    Reach::NoNeigh => vec![Alt::drop(svc, Counter::FibMiss)],
+                    Reach::NoNeigh => vec![Alt {
+                        // DSR: untouched, to the neighbour queue (tc program).
+                        expect: Expect::Queued {
+                            rewrite: Rewrite::default(),
+                            meta: Some(queue_meta(be.addr, if0)),
+                        },
+                        effects: vec![
+                            (Who::One(svc), Field::NeighQueued),
+                            (Who::One(svc), Field::Packets),
+                        ],
+                    }],
                     Reach::Unreachable => vec![Alt::drop(svc, Counter::DropNoRoute)],
                 };
                 if decline {
@@ -2801,8 +2932,41 @@ impl Worker<'_> {
                     },
                     effects: vec![(Who::One(svc), Field::ReplyPackets)],
                 };
+                let queued = |meta| {
+                    let mut rewrite = rw(None);
+                    rewrite.ttl(b, ip);
+                    Alt {
+                        expect: Expect::Queued { rewrite, meta },
+                        effects: vec![
+                            (Who::One(svc), Field::NeighQueued),
+                            (Who::One(svc), Field::ReplyPackets),
+                        ],
+                    }
+                };
                 if via_client_gateway(ip.dst(b)) {
-                    vec![fwd((CLIENT_GW_MAC, fx1))]
+                    let mut v = vec![fwd((CLIENT_GW_MAC, fx1))];
+                    if fib_may_refuse(ip, b) {
+                        // The route is asked before the rewrite: a reply the FIB will
+                        // not fast-path (over the lab MTU, say) passes untouched, and
+                        // the kernel answers the backend.
+                        v.push(Alt::pass());
+                    }
+                    v
+                } else if via_unresolved_gateway(ip.dst(b)) {
+                    // The next hop has no neighbour entry: rewritten (TTL too, no MACs)
+                    // and queued for the neighbour layer (the kernel's stack would drop
+                    // a packet from the VIP), and reported. The FIB checks the MTU
+                    // first: a datagram too big passes untouched.
+                    let gw = if ip.dst(b).is_ipv4() {
+                        v4(198, 18, 0, 253)
+                    } else {
+                        v6("fd00::fd")
+                    };
+                    let mut v = vec![queued(Some(queue_meta(gw, if1)))];
+                    if fib_may_refuse(ip, b) {
+                        v.push(Alt::pass());
+                    }
+                    v
                 } else {
                     // Elsewhere: the oracle does not model the whole FIB; any honest
                     // outcome is fine.
@@ -2810,13 +2974,7 @@ impl Worker<'_> {
                     for n in 2..=4 {
                         v.push(fwd((backend_mac(n), fx0)));
                     }
-                    v.push(Alt {
-                        expect: Expect::PassRewritten { rewrite: rw(None) },
-                        effects: vec![
-                            (Who::One(svc), Field::Drop(Counter::FibMiss)),
-                            (Who::One(svc), Field::ReplyPackets),
-                        ],
-                    });
+                    v.push(queued(None));
                     v.push(Alt::drop(svc, Counter::DropNoRoute));
                     v.push(Alt::pass());
                     v
@@ -2898,6 +3056,8 @@ impl Worker<'_> {
                             effects: vec![(Who::One(svc), Field::IcmpToBackend)],
                         });
                     }
+                    // ICMP errors keep the plain fallback (the kernel's forwarding for
+                    // NAT, a drop for DSR): the agent resolves backends ahead.
                     Reach::NoNeigh if nat => v.push(Alt {
                         expect: Expect::PassRewritten { rewrite: rw(None) },
                         effects: vec![(Who::One(svc), Field::Drop(Counter::FibMiss))],
@@ -2968,6 +3128,7 @@ impl Worker<'_> {
                             (Who::One(svc), Field::Packets),
                         ],
                     }],
+                    // Later fragments keep the plain fallback, as ICMP errors do.
                     Reach::NoNeigh if nat => vec![Alt {
                         expect: Expect::PassRewritten { rewrite: rw(None) },
                         effects: vec![(Who::One(svc), Field::Drop(Counter::FibMiss))],
@@ -3034,6 +3195,11 @@ fn encap_alts(
                 effects,
             }]
         }
+        // The outer next hop is unresolved: not encapsulated yet, so not queued (that
+        // would send the inner packet to it): dropped, and for client packets (`answer`:
+        // the service path) reported by the neighbour program; ICMP errors and later
+        // fragments keep the plain fallback (`fib_miss`).
+        _ if answer => vec![Alt::drop(svc, Counter::DropNoNeigh)],
         _ => vec![Alt::drop(svc, Counter::FibMiss)],
     }
 }
@@ -3050,5 +3216,6 @@ fn short(e: &Expect) -> String {
         Expect::Encap { tunnel } => format!("encapsulate to {}", tunnel.backend),
         Expect::TooBig { mtu } => format!("answer too big, MTU {mtu}"),
         Expect::Drop { counter, .. } => format!("drop + {counter:?}"),
+        Expect::Queued { .. } => "queued for the neighbour layer".into(),
     }
 }

@@ -6,7 +6,9 @@
 //! - `fx0` 198.18.1.1/24, fd00:1::1/64: backends `.2`, `.3`, `.4` (`::2`…) with permanent
 //!   neighbours `02:00:00:00:01:0N`; `.5` / `::5` are on-link without a neighbour entry.
 //! - `fx1` 198.18.0.1/24, fd00::1/64: gateway `.254` / `::fe` (`02:00:00:00:00:fe`) to the
-//!   clients 198.51.100.0/24 and 2001:db8:c::/64.
+//!   clients 198.51.100.0/24 and 2001:db8:c::/64; gateway `.253` / `::fd`, without a
+//!   neighbour entry, to the clients 198.51.101.0/24 and 2001:db8:d::/64. Other on-link
+//!   addresses of fx1 have no neighbour entry either.
 //! - 198.18.9.0/24 and fd00:9::/64 are unreachable routes.
 
 use std::net::IpAddr;
@@ -20,7 +22,7 @@ use lb_agent::{
     dataplane::Dataplane,
     loader::{self, LoadOptions},
 };
-use lb_common::{ip_from_addr, BackendStats, ServiceStats, StickKey, StickValue};
+use lb_common::{ip_from_addr, BackendStats, NeighMiss, ServiceStats, StickKey, StickValue};
 use lb_model::{
     plan::{Ids, Plan},
     spec::ServiceSpec,
@@ -52,6 +54,8 @@ pub struct Lab {
     pub fx1_mac: [u8; 6],
     pub fx0_ifindex: u32,
     pub fx1_ifindex: u32,
+    /// The data path's next-hop reports (`NEIGH_EVENTS`), read by [`Lab::neigh_events`].
+    pub events: aya::maps::RingBuf<aya::maps::MapData>,
 }
 
 impl Lab {
@@ -81,6 +85,8 @@ impl Lab {
             "neigh replace fd00::fe lladdr 02:00:00:00:00:fe dev fx1 nud permanent",
             "route add 198.51.100.0/24 via 198.18.0.254",
             "route add 2001:db8:c::/64 via fd00::fe",
+            "route add 198.51.101.0/24 via 198.18.0.253",
+            "route add 2001:db8:d::/64 via fd00::fd",
             "route add unreachable 198.18.9.0/24",
             "route add unreachable fd00:9::/64",
         ]
@@ -98,7 +104,12 @@ impl Lab {
         ns.ip_batch(&cmds)?;
         let mut ebpf = loader::load(opts)?;
         let dp = Dataplane::new(&mut ebpf)?;
+        let events = aya::maps::RingBuf::try_from(
+            ebpf.take_map(lb_common::MAP_NEIGH_EVENTS)
+                .context("map NEIGH_EVENTS missing")?,
+        )?;
         Ok(Lab {
+            events,
             fx0_mac: ns.mac("fx0")?,
             fx1_mac: ns.mac("fx1")?,
             fx0_ifindex: ns.ifindex("fx0")?,
@@ -174,6 +185,20 @@ impl Lab {
         v.last_seen_ns = v.last_seen_ns.saturating_sub(by_ns);
         self.dp.stick.insert(&key, &v, 0)?;
         Ok(())
+    }
+
+    /// The next-hop reports emitted since the last call.
+    pub fn neigh_events(&mut self) -> Vec<NeighMiss> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            assert!(
+                item.len() >= std::mem::size_of::<NeighMiss>(),
+                "short record"
+            );
+            // SAFETY: a NeighMiss record written by the data path; read unaligned.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const NeighMiss) });
+        }
+        out
     }
 
     /// Converts a backend id back to its address, for messages.

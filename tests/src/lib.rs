@@ -22,4 +22,4 @@ pub mod topology;
 
 pub use netns::Netns;
 pub use servers::{tcp_fetch, tcp_fetch_all, NameServer};
-pub use topology::{Backend, Topology, TopologyOpts, VIP_V4, VIP_V6};
+pub use topology::{Backend, Topology, TopologyOpts, VipPlacement, VIP_V4, VIP_V6};

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::netns::Netns;
@@ -294,4 +294,183 @@ pub fn all_answered<K: Ord + Copy + std::fmt::Debug>(
             )
         })
         .collect()
+}
+
+/// A UDP server in a namespace that answers every datagram with `name\n`, from the
+/// address it was sent to (one socket per bind address: bind the VIP itself for DSR,
+/// where the answer must come from it). Dropping it stops its thread.
+pub struct UdpNameServer {
+    port: u16,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpNameServer {
+    /// Binds every address of `binds` (v6 ones IPv6-only) in `ns` and serves them.
+    pub fn spawn(ns: &Netns, binds: &[SocketAddr], name: &str) -> Result<UdpNameServer> {
+        let socks: Vec<std::net::UdpSocket> = ns
+            .enter(|| {
+                binds
+                    .iter()
+                    .map(|&a| {
+                        let s =
+                            Socket::new(Domain::for_address(a), Type::DGRAM, Some(Protocol::UDP))?;
+                        if a.is_ipv6() {
+                            s.set_only_v6(true)?;
+                        }
+                        s.set_reuse_address(true)?;
+                        s.bind(&a.into()).with_context(|| format!("bind udp {a}"))?;
+                        s.set_read_timeout(Some(Duration::from_millis(POLL_INTERVAL_MS as u64)))?;
+                        Ok(std::net::UdpSocket::from(s))
+                    })
+                    .collect::<Result<_>>()
+            })
+            .with_context(|| format!("UdpNameServer {name:?} in {}", ns.name()))?;
+        let port = binds.first().map(|a| a.port()).unwrap_or(0);
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let answer = format!("{name}\n").into_bytes();
+        let thread = {
+            let stats = stats.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("udpsrv-{name}"))
+                .spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while !stop.load(Ordering::SeqCst) {
+                        for s in &socks {
+                            if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                                *stats.peers.lock().unwrap().entry(peer.ip()).or_default() += 1;
+                                stats.connections.fetch_add(1, Ordering::SeqCst);
+                                let _ = s.send_to(&answer, peer);
+                            }
+                        }
+                    }
+                })
+                .context("spawn UdpNameServer thread")?
+        };
+        Ok(UdpNameServer {
+            port,
+            stats,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Datagrams answered.
+    pub fn queries(&self) -> u64 {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    /// Distinct peers seen.
+    pub fn peers(&self) -> HashSet<IpAddr> {
+        self.stats.peers.lock().unwrap().keys().copied().collect()
+    }
+}
+
+impl Drop for UdpNameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends a datagram from `src` to `dst` and waits `wait` for the answer, up to `tries`
+/// times (a first datagram may be lost while a next hop is resolved). Returns the trimmed
+/// answer and how many datagrams it took.
+pub fn udp_query(
+    src: IpAddr,
+    dst: SocketAddr,
+    wait: Duration,
+    tries: u32,
+) -> Result<(String, u32)> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0)).context("bind udp source")?;
+    s.connect(dst).context("connect udp")?;
+    s.set_read_timeout(Some(wait))?;
+    let mut buf = [0u8; 512];
+    for n in 1..=tries {
+        s.send(b"who?").context("send")?;
+        match s.recv(&mut buf) {
+            Ok(len) => return Ok((String::from_utf8_lossy(&buf[..len]).trim().to_owned(), n)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e).context("recv"),
+        }
+    }
+    bail!("udp {src} -> {dst}: no answer to {tries} datagrams")
+}
+
+/// One request of [`parallel_requests`].
+#[derive(Clone, Copy, Debug)]
+pub struct Request {
+    pub udp: bool,
+    pub src: IpAddr,
+    pub dst: SocketAddr,
+}
+
+/// The outcome of one request: the answer, how long it took, and (UDP) datagrams sent.
+#[derive(Debug)]
+pub struct Outcome {
+    pub answer: Result<String>,
+    pub elapsed: Duration,
+    pub tries: u32,
+}
+
+/// Runs every request in `ns` at once (one thread each, at most `parallel` at a time):
+/// TCP fetches with `timeout`, UDP queries of up to `timeout / 1 s` datagrams a second
+/// apart. Returns one outcome per request, in order.
+pub fn parallel_requests(
+    ns: &Netns,
+    reqs: &[Request],
+    timeout: Duration,
+    parallel: usize,
+) -> Result<Vec<Outcome>> {
+    ns.enter(|| {
+        let mut out: Vec<Option<Outcome>> = (0..reqs.len()).map(|_| None).collect();
+        for (chunk, slots) in reqs
+            .chunks(parallel.max(1))
+            .zip(out.chunks_mut(parallel.max(1)))
+        {
+            std::thread::scope(|s| {
+                for (r, slot) in chunk.iter().zip(slots.iter_mut()) {
+                    s.spawn(move || {
+                        let t = Instant::now();
+                        let (answer, tries) = if r.udp {
+                            let tries = timeout.as_secs().max(1) as u32;
+                            match udp_query(r.src, r.dst, Duration::from_secs(1), tries) {
+                                Ok((a, n)) => (Ok(a), n),
+                                Err(e) => (Err(e), tries),
+                            }
+                        } else {
+                            (fetch_here(r.src, r.dst, timeout), 1)
+                        };
+                        *slot = Some(Outcome {
+                            answer: answer.with_context(|| {
+                                format!(
+                                    "{} {} -> {}",
+                                    if r.udp { "udp" } else { "tcp" },
+                                    r.src,
+                                    r.dst
+                                )
+                            }),
+                            elapsed: t.elapsed(),
+                            tries,
+                        });
+                    });
+                }
+            });
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every request ran"))
+            .collect())
+    })
 }

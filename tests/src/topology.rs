@@ -23,7 +23,9 @@
 //!   which forwards IPv4 and IPv6 with `rp_filter` off.
 //! * The VIP ([`VIP_V4`], [`VIP_V6`]) is assigned nowhere unless
 //!   [`TopologyOpts::vip_on_backend_lo`] puts it on each backend's `lo`
-//!   (for direct server return). The client reaches it via its default route.
+//!   (for direct server return), or [`TopologyOpts::vip_on_lb`] on the
+//!   balancer (`lo` as an HAProxy setup has it, or the client-facing NIC as
+//!   keepalived puts it). The client reaches it via its default route.
 //! * Interface names are fixed (`eth0`, `to-client`, `to-be<i>`); they are
 //!   only unique per namespace, since no interface is ever in the host's
 //!   namespace.
@@ -64,6 +66,18 @@ pub const MAX_CLIENTS: usize = 200;
 
 const LINK_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the balancer holds the VIP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VipPlacement {
+    /// Not assigned: the balancer only routes it (the data path takes it first).
+    #[default]
+    Nowhere,
+    /// On the balancer's `lo` (HAProxy needs it there to bind).
+    Lo,
+    /// On the client-facing interface (keepalived's `virtual_ipaddress`).
+    ClientNic,
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct TopologyOpts {
@@ -77,6 +91,8 @@ pub struct TopologyOpts {
     /// Prepare every veth end for native-mode XDP: `ethtool -K <if> tx off gro on`
     /// (complete checksums at the sender; GRO so redirected frames are accepted).
     pub native_xdp: bool,
+    /// Where the balancer holds the VIPs (v4 /32, v6 /128); default nowhere.
+    pub vip_on_lb: VipPlacement,
 }
 
 impl Default for TopologyOpts {
@@ -86,6 +102,7 @@ impl Default for TopologyOpts {
             clients: 10,
             vip_on_backend_lo: false,
             native_xdp: false,
+            vip_on_lb: VipPlacement::Nowhere,
         }
     }
 }
@@ -307,6 +324,19 @@ impl Topology {
                 ])
                 .context("backend arp sysctls")?;
             }
+        }
+
+        let vip_dev = match opts.vip_on_lb {
+            VipPlacement::Nowhere => None,
+            VipPlacement::Lo => Some("lo"),
+            VipPlacement::ClientNic => Some(LB_CLIENT_IF),
+        };
+        if let Some(dev) = vip_dev {
+            lb.ip_batch(&[
+                format!("addr add {VIP_V4}/32 dev {dev}"),
+                format!("addr add {VIP_V6}/128 dev {dev} nodad"),
+            ])
+            .context("VIP on the balancer")?;
         }
 
         if opts.native_xdp {

@@ -8,6 +8,10 @@ use std::{
 };
 
 use etherparse::IpNumber;
+use lb_common::{
+    ip_from_addr, NeighMiss, QueueMeta, FAMILY_V4, FAMILY_V6, MISS_DSR_TO_BACKEND,
+    MISS_ENCAP_TO_BACKEND, MISS_NAT_TO_BACKEND, MISS_REPLY, QUEUE_MAGIC,
+};
 use lb_model::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
 use stickylb_tests::{
     lab::{backend_mac, Lab, CLIENT_GW_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -736,33 +740,245 @@ fn backend_routes_are_cached_for_at_most_a_second() {
     }
 }
 
+/// The next hop a report names, as (address, interface index, family).
+fn hop_of(e: &NeighMiss) -> (IpAddr, u32, u8) {
+    (
+        ip_from_addr(&e.hop.addr, e.hop.family),
+        e.hop.ifindex,
+        e.hop.family,
+    )
+}
+
+/// The XDP metadata the data path puts in front of a packet for the neighbour queue.
+fn queue_meta(hop: IpAddr, ifindex: u32) -> Vec<u8> {
+    let (addr, family) = lb_common::addr_from_ip(hop);
+    let m = QueueMeta {
+        magic: QUEUE_MAGIC,
+        ifindex,
+        family: family as u32,
+        addr,
+    };
+    // SAFETY: a repr(C) struct of plain integers without padding.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&m as *const QueueMeta).cast::<u8>(),
+            std::mem::size_of::<QueueMeta>(),
+        )
+    }
+    .to_vec()
+}
+
+fn family(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    }
+}
+
+/// A packet to a backend whose next hop is unresolved goes to the neighbour queue:
+/// rewritten as if sent (NAT: backend address and port, TTL − 1; DSR: untouched), with
+/// the next hop in the XDP metadata for the tc program; the agent is told, once.
 #[test]
-fn fib_without_neighbour_passes_the_rewritten_packet_to_the_kernel() {
+fn backend_without_neighbour_is_queued_and_reported() {
     for flow in FLOWS {
         let mut lab = Lab::new().unwrap();
         let mut svc = ServiceSpec::new("web", SocketAddr::new(flow.vip(), VIP_PORT));
         svc.protocol = flow.protocol();
         svc = svc.backend(SocketAddr::new(flow.backend(5), BACKEND_PORT));
-        lab.configure(&[svc.clone()]).unwrap();
+        let plan = lab.configure(&[svc.clone()]).unwrap();
         let req = flow.request(1);
         let (action, out) = send(&mut lab, &req);
         assert_eq!(action, XDP_PASS, "{flow:?}");
-        let mut want = req.clone();
-        want.dst = flow.backend(5);
-        want.dport = BACKEND_PORT;
+        let b5 = flow.backend(5);
+        let mut rewritten = req.clone();
+        rewritten.dst = b5;
+        rewritten.dport = BACKEND_PORT;
+        rewritten.ttl -= 1;
+        let mut want = queue_meta(b5, lab.fx0_ifindex);
+        want.extend(rewritten.bytes());
+        assert_eq!(out, want, "{flow:?}: metadata + the NAT'd packet");
+        let st = lab.service_stats("web").unwrap();
         assert_eq!(
-            out,
-            want.bytes(),
-            "{flow:?}: the kernel must get the NAT'd packet"
+            (st.neigh_queued, st.fib_miss, st.drop_no_neigh, st.packets),
+            (1, 0, 0, 1)
         );
-        assert_eq!(lab.service_stats("web").unwrap().fib_miss, 1);
-        // DSR cannot hand the packet to the kernel (it would route by the VIP): drop.
+        // The agent is told which next hop (the on-link backend itself, on fx0), once.
+        let events = lab.neigh_events();
+        assert_eq!(events.len(), 1, "{flow:?}: {events:?}");
+        assert_eq!(hop_of(&events[0]), (b5, lab.fx0_ifindex, family(b5)));
+        assert_eq!(events[0].why, MISS_NAT_TO_BACKEND);
+        assert_eq!(events[0].service_id, plan.services[0].info.id);
+        assert_ne!(events[0].at_ns, 0);
+        // A burst to the same next hop makes no more reports (rate limit per next hop).
+        for c in 2..20 {
+            assert_eq!(send(&mut lab, &flow.request(c)).0, XDP_PASS);
+        }
+        assert!(lab.neigh_events().is_empty(), "{flow:?}: burst reported");
+        assert_eq!(lab.service_stats("web").unwrap().neigh_queued, 19);
+        // DSR cannot hand the packet to the kernel's routing (it would route by the
+        // VIP): it goes to the neighbour queue, untouched, with the next hop in the XDP
+        // metadata for the tc program; reported again once the rate limit allows.
+        std::thread::sleep(Duration::from_millis(150));
         svc.forwarding = Forwarding::Dsr;
         lab.configure(&[svc]).unwrap();
-        let (action, _) = send(&mut lab, &flow.request(2));
-        assert_eq!(action, XDP_DROP, "{flow:?}");
-        assert_eq!(lab.service_stats("web").unwrap().fib_miss, 2);
+        let req = flow.request(30);
+        let (action, out) = send(&mut lab, &req);
+        assert_eq!(action, XDP_PASS, "{flow:?}");
+        let mut want = queue_meta(b5, lab.fx0_ifindex);
+        want.extend(req.bytes());
+        assert_eq!(out, want, "{flow:?}: metadata + the packet as it came");
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!((st.fib_miss, st.neigh_queued, st.drop_no_neigh), (0, 20, 0));
+        let events = lab.neigh_events();
+        assert_eq!(events.len(), 1, "{flow:?}: {events:?}");
+        assert_eq!(hop_of(&events[0]), (b5, lab.fx0_ifindex, family(b5)));
+        assert_eq!(events[0].why, MISS_DSR_TO_BACKEND);
     }
+}
+
+/// An L3 DSR (ipip) packet whose outer next hop is unresolved is not encapsulated yet:
+/// it cannot be queued as it is (the client's packet would go to the outer next hop), so
+/// it is dropped, counted and reported.
+#[test]
+fn encapsulated_packet_without_neighbour_is_dropped_and_reported() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        let mut svc = ServiceSpec::new("web", SocketAddr::new(flow.vip(), VIP_PORT));
+        svc.protocol = flow.protocol();
+        svc.forwarding = Forwarding::Ipip;
+        svc = svc.backend(SocketAddr::new(flow.backend(5), VIP_PORT));
+        let plan = lab.configure(&[svc]).unwrap();
+        let (action, _) = send(&mut lab, &flow.request(1));
+        assert_eq!(action, XDP_DROP, "{flow:?}");
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!(
+            (st.drop_no_neigh, st.neigh_queued, st.packets),
+            (1, 0, 0),
+            "{flow:?}"
+        );
+        let events = lab.neigh_events();
+        assert_eq!(events.len(), 1, "{flow:?}: {events:?}");
+        let b5 = flow.backend(5);
+        assert_eq!(hop_of(&events[0]), (b5, lab.fx0_ifindex, family(b5)));
+        assert_eq!(events[0].why, MISS_ENCAP_TO_BACKEND);
+        assert_eq!(events[0].service_id, plan.services[0].info.id);
+    }
+}
+
+/// A NAT reply whose next hop towards the client is unresolved cannot go to the kernel's
+/// stack (it drops a packet from the VIP as a martian when the VIP is local): it is
+/// rewritten as if sent (VIP source, TTL − 1) and passed with the next hop in the XDP
+/// metadata, for the tc program and the kernel's neighbour queue; the next hop is
+/// reported: the gateway of a routed client, the client itself when on-link.
+#[test]
+fn reply_without_neighbour_is_queued_and_its_next_hop_reported() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        let plan = lab.configure(&[flow.service()]).unwrap();
+        let (routed, gateway, onlink): (IpAddr, IpAddr, IpAddr) = if flow.v6 {
+            (
+                "2001:db8:d::7".parse().unwrap(),
+                "fd00::fd".parse().unwrap(),
+                "fd00::77".parse().unwrap(),
+            )
+        } else {
+            (
+                "198.51.101.7".parse().unwrap(),
+                "198.18.0.253".parse().unwrap(),
+                "198.18.0.77".parse().unwrap(),
+            )
+        };
+        for (n, (client, hop)) in [(routed, gateway), (onlink, onlink)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut reply = Pkt::new(flow.l4, flow.backend(2), BACKEND_PORT, client, CLIENT_PORT);
+            reply.syn = false;
+            let (action, out) = send(&mut lab, &reply);
+            assert_eq!(action, XDP_PASS, "{flow:?} reply to {client}");
+            let mut rewritten = reply.clone();
+            rewritten.src = flow.vip();
+            rewritten.sport = VIP_PORT;
+            rewritten.ttl -= 1;
+            let mut want = queue_meta(hop, lab.fx1_ifindex);
+            want.extend(rewritten.bytes());
+            assert_eq!(out, want, "{flow:?}: metadata + the rewritten reply");
+            let st = lab.service_stats("web").unwrap();
+            assert_eq!(st.neigh_queued, n as u64 + 1, "{flow:?}");
+            assert_eq!(st.reply_packets, n as u64 + 1, "{flow:?}");
+            assert_eq!((st.drop_no_neigh, st.fib_miss), (0, 0), "{flow:?}");
+            let events = lab.neigh_events();
+            assert_eq!(events.len(), 1, "{flow:?}: {events:?}");
+            assert_eq!(
+                hop_of(&events[0]),
+                (hop, lab.fx1_ifindex, family(hop)),
+                "{flow:?}"
+            );
+            assert_eq!(events[0].why, MISS_REPLY);
+            assert_eq!(events[0].service_id, plan.services[0].info.id);
+        }
+        // Once the neighbour exists, the same reply is rewritten and sent (no cache).
+        lab.ns
+            .ip(&[
+                "neigh",
+                "replace",
+                &gateway.to_string(),
+                "lladdr",
+                "02:00:00:00:00:fd",
+                "dev",
+                "fx1",
+                "nud",
+                "reachable",
+            ])
+            .unwrap();
+        let mut reply = Pkt::new(flow.l4, flow.backend(2), BACKEND_PORT, routed, CLIENT_PORT);
+        reply.syn = false;
+        let (action, out) = send(&mut lab, &reply);
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        let mut want = reply.clone();
+        want.src = flow.vip();
+        want.sport = VIP_PORT;
+        want.ttl -= 1;
+        want.dst_mac = [0x02, 0, 0, 0, 0, 0xfd];
+        want.src_mac = lab.fx1_mac;
+        assert_eq!(out, want.bytes(), "{flow:?}");
+        assert_eq!(lab.service_stats("web").unwrap().reply_packets, 3);
+        assert!(lab.neigh_events().is_empty());
+    }
+}
+
+/// A flood of misses to distinct next hops fills the report ring: the overflow is
+/// counted (`neigh_report_lost`), and never blocks or changes the verdict (queued).
+#[test]
+fn next_hop_reports_beyond_the_ring_are_counted_as_lost() {
+    let flow = FLOWS[2]; // IPv6: room for thousands of on-link next hops
+    let mut lab = Lab::new().unwrap();
+    lab.configure(&[flow.service()]).unwrap();
+    let n = 2000u16;
+    for i in 0..n {
+        let client: IpAddr = format!("fd00::1:{:x}", i + 1).parse().unwrap();
+        let mut reply = Pkt::new(flow.l4, flow.backend(2), BACKEND_PORT, client, CLIENT_PORT);
+        reply.syn = false;
+        assert_eq!(send(&mut lab, &reply).0, XDP_PASS);
+    }
+    let st = lab.service_stats("web").unwrap();
+    let events = lab.neigh_events();
+    assert_eq!((st.neigh_queued, st.drop_no_neigh), (n as u64, 0));
+    assert!(
+        st.neigh_report_lost > 0,
+        "ring never full? {} events",
+        events.len()
+    );
+    assert_eq!(events.len() as u64 + st.neigh_report_lost, n as u64);
+    // Read, the ring has room again: the lost next hops are reported on their next miss.
+    let client: IpAddr = format!("fd00::1:{:x}", n).parse().unwrap();
+    let mut reply = Pkt::new(flow.l4, flow.backend(2), BACKEND_PORT, client, CLIENT_PORT);
+    reply.syn = false;
+    assert_eq!(send(&mut lab, &reply).0, XDP_PASS);
+    let events = lab.neigh_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(hop_of(&events[0]).0, client);
 }
 
 #[test]

@@ -12,10 +12,12 @@ use std::{
 
 use anyhow::Result;
 use lb_agent::{
-    agent::attach::{self, XdpMode},
+    agent::{
+        attach::{self, XdpMode},
+        neigh,
+    },
     dataplane::Dataplane,
     loader::{self, LoadOptions},
-    neighbours,
 };
 use lb_model::{
     plan::Ids,
@@ -35,6 +37,7 @@ fn run_scenario(forwarding: Forwarding, mode: XdpMode) -> Result<()> {
         // Native XDP on veth loses the "checksum to be completed" state of locally sent
         // packets; senders must finish checksums themselves (see docs/OPERATIONS.md).
         native_xdp: mode == XdpMode::Native,
+        ..Default::default()
     })?;
     // NAT maps the port (80 → 8080); DSR cannot, the backend answers as the VIP.
     let backend_port = if forwarding == Forwarding::Nat {
@@ -66,21 +69,27 @@ fn run_scenario(forwarding: Forwarding, mode: XdpMode) -> Result<()> {
     dp.apply(&plan)?;
     let mut ifaces = vec![topo.lb_client_if().to_string()];
     ifaces.extend(topo.lb_backend_ifs().iter().map(|s| s.to_string()));
-    let backend_ips: Vec<IpAddr> = topo
+    // The next hops the data path needs: the backends, and (for NAT replies) the clients,
+    // which are on the balancer's client link.
+    let mut backend_ips: Vec<IpAddr> = topo
         .backends()
         .iter()
         .flat_map(|b| [b.v4.into(), b.v6.into()])
         .collect();
+    if forwarding == Forwarding::Nat {
+        backend_ips.extend(topo.client_v4s().iter().map(|&a| IpAddr::from(a)));
+        backend_ips.extend(topo.client_v6s().iter().map(|&a| IpAddr::from(a)));
+    }
     topo.lb().enter(|| {
         for ifname in &ifaces {
             attach::attach(&mut ebpf, ifname, mode)?;
         }
-        for (ip, e) in neighbours::prime(&backend_ips) {
-            eprintln!("priming {ip}: {e}");
+        // No agent here: resolve the backends' next hops as it would (managed entries).
+        for (ip, e) in neigh::resolve_blocking(&backend_ips, Duration::from_secs(5)) {
+            eprintln!("resolving {ip}: {e}");
         }
         Ok(())
     })?;
-    std::thread::sleep(Duration::from_millis(200)); // let neighbour discovery finish
 
     let mut pairs = Vec::new();
     for _ in 0..CONNECTIONS_PER_CLIENT {

@@ -108,6 +108,7 @@ fn vip_on_backend_lo_and_checksum_off() {
         clients: 1,
         vip_on_backend_lo: true,
         native_xdp: true,
+        ..Default::default()
     })
     .unwrap();
     for b in topo.backends() {

@@ -85,6 +85,7 @@ impl Agent {
 
     /// The `status` answer.
     pub fn status(&self) -> Status {
+        let (neighbours, warnings) = self.neighbours();
         Status {
             instance: self.opts.instance.clone(),
             pid: std::process::id(),
@@ -105,6 +106,8 @@ impl Agent {
             control_changes: self.changes,
             reloads: self.reloads,
             health_max_lag_ms: u64::try_from(self.health.max_lag().as_millis()).unwrap_or(u64::MAX),
+            neighbours,
+            warnings,
         }
     }
 
@@ -406,9 +409,23 @@ impl Agent {
                 }
             })
             .collect();
+        let (neighbours, warnings) = self.neighbours();
         Stats {
             services,
             stick_table: self.stick_fill(&census),
+            neighbours,
+            warnings,
+        }
+    }
+
+    /// The neighbour keeper's figures and the setup warnings (none before it starts).
+    fn neighbours(&self) -> (Option<lb_model::stats::Neighbours>, Vec<String>) {
+        match &self.neigh {
+            Some(n) => {
+                let st = n.status();
+                (Some(st.schema()), st.warnings)
+            }
+            None => (None, Vec::new()),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Attaching the data path to interfaces, in the one place it is done: the XDP mode (one
 //! enum for the CLI, the agent and the tests), driver detection for `auto`, attaching with
-//! a pinned link or adopting a previous agent's, detaching, and the interfaces' indexes that
-//! tell a deleted interface from a new one.
+//! a pinned link or adopting a previous agent's (the XDP program and, beside it, the tc
+//! program of the neighbour queue), detaching, and the interfaces' indexes that tell a
+//! deleted interface from a new one.
 //!
 //! `--xdp-mode auto`: native where it works as-is, skb otherwise. A veth takes skb, because
 //! native XDP on veth needs `tx off` on the senders and `gro on` on the peers
@@ -11,7 +12,10 @@ use std::{collections::BTreeMap, ffi::CString, fs, path::Path};
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    programs::{links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId},
+    programs::{
+        links::FdLink, links::PinnedLink, tc::SchedClassifierLink, tc::SchedClassifierLinkId,
+        xdp::XdpLink, xdp::XdpLinkId, TcAttachType,
+    },
     Ebpf,
 };
 
@@ -162,6 +166,9 @@ pub fn attach_one(
     iface: &str,
 ) -> Result<String> {
     let how = attach_pinned(ebpf, layout, iface, mode)?;
+    if let Err(e) = attach_queue_pinned(ebpf, layout, iface) {
+        log::warn!("{iface}: {e:#}: packets whose next hop is not resolved yet are dropped there instead of queued");
+    }
     Ok(match how {
         Attachment::Adopted => "adopted".to_string(),
         Attachment::Attached(m) => m.name().to_string(),
@@ -270,8 +277,74 @@ fn adopt(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes the attachment of one interface (if pinned).
+/// Attaches the tc ingress program that sends packets with an unresolved next hop
+/// through the kernel's neighbour queue (a TCX link on kernel 6.6+, which
+/// [`attach_queue_pinned`] pins; a netlink filter before). Without it, such packets are
+/// lost instead of delayed (a NAT reply then reaches the kernel's stack, which drops it
+/// when the VIP is local).
+pub fn attach_queue(ebpf: &mut Ebpf, iface: &str) -> Result<SchedClassifierLinkId> {
+    let name = CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
+    // The netlink backend (kernels before 6.6) needs the clsact qdisc; it may exist.
+    let _ = aya::programs::tc::qdisc_add_clsact(name.as_c_str());
+    loader::queue_program(ebpf)?
+        .attach(name.as_c_str(), TcAttachType::Ingress)
+        .with_context(|| {
+            format!(
+                "attaching the tc program {} to {iface}",
+                lb_common::PROGRAM_QUEUE
+            )
+        })
+}
+
+/// Attaches the tc program of the neighbour queue to `iface`, adopting a pinned
+/// attachment (atomic program replacement) when there is one, and pins a new TCX link so
+/// that it outlives the agent like the XDP program does (a netlink-attached filter, on
+/// kernels before 6.6, stays by itself).
+pub fn attach_queue_pinned(ebpf: &mut Ebpf, layout: &PinLayout, iface: &str) -> Result<()> {
+    let pin = layout.queue_link(iface);
+    if pin.exists() {
+        let adopted = (|| -> Result<()> {
+            let fd: FdLink = PinnedLink::from_pin(&pin)?.into();
+            let link = SchedClassifierLink::try_from(fd)?;
+            let prog = loader::queue_program(ebpf)?;
+            let id = prog.attach_to_link(link)?;
+            drop(FdLink::try_from(prog.take_link(id)?)?);
+            Ok(())
+        })();
+        match adopted {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                log::warn!("{iface}: cannot adopt the pinned tc program ({e:#}); attaching afresh");
+                let _ = fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = attach_queue(ebpf, iface)?;
+    let link = loader::queue_program(ebpf)?.take_link(id)?;
+    if let Ok(fd) = FdLink::try_from(link) {
+        fs::create_dir_all(layout.queue_dir())?;
+        drop(
+            fd.pin(&pin)
+                .with_context(|| format!("pinning the tc link of {iface} at {}", pin.display()))?,
+        );
+    }
+    Ok(())
+}
+
+fn unpin_link(pin: &Path) -> Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => drop(link.unpin()?),
+        Err(_) => fs::remove_file(pin)?,
+    }
+    Ok(true)
+}
+
+/// Removes the attachment of one interface (if pinned): its XDP link and its tc link.
 pub fn detach_link(layout: &PinLayout, iface: &str) -> Result<bool> {
+    let _ = unpin_link(&layout.queue_link(iface));
     let pin = layout.link(iface);
     if !pin.exists() {
         return Ok(false);
@@ -299,7 +372,17 @@ pub fn detach_all(layout: &PinLayout) -> Result<Vec<String>> {
                 fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }
-        for d in [layout.maps_dir(), layout.links_dir(), layout.root.clone()] {
+        if let Ok(dir) = fs::read_dir(layout.queue_dir()) {
+            for e in dir.filter_map(|e| e.ok()) {
+                let _ = unpin_link(&e.path());
+            }
+        }
+        for d in [
+            layout.maps_dir(),
+            layout.links_dir(),
+            layout.queue_dir(),
+            layout.root.clone(),
+        ] {
             let _ = fs::remove_dir(&d);
         }
         if let Some(parent) = layout.root.parent() {

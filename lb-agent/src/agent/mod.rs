@@ -7,17 +7,20 @@
 //! - [`attach`]: attaching the program to interfaces (the XDP mode, pinned links).
 //! - [`census`]: the stick table's fill, counted in the background.
 //! - [`interfaces`]: link events from netlink (an interface deleted or back).
+//! - [`neigh`]: the next hops the data path needs, kept resolved (managed neighbour
+//!   entries, the data path's reports of unresolved ones, start-time checks).
 //! - this module: options and the run loop.
 //!
 //! Lifecycle: mount bpffs → load the program with pinned maps (adopting a previous
 //! agent's maps) → recover ids from them → attach or adopt pinned links → apply the
-//! configuration → health checks, control socket, metrics, signals. On exit the pins keep
+//! configuration → neighbour keeper → health checks, control socket, metrics, signals. On exit the pins keep
 //! the data path running; `--detach-on-exit` / `stickylb detach` remove it.
 
 pub mod answers;
 pub mod attach;
 pub mod census;
 pub mod interfaces;
+pub mod neigh;
 pub mod state;
 
 use std::{
@@ -164,6 +167,12 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     }
     let mut dp = Dataplane::new(&mut ebpf)?;
     let census = StickCensus::open(&layout.map(lb_common::MAP_STICK))?;
+    let neigh_ring = ebpf
+        .take_map(lb_common::MAP_NEIGH_EVENTS)
+        .context("map NEIGH_EVENTS missing from the object")
+        .and_then(|m| {
+            aya::maps::RingBuf::try_from(m).context("map NEIGH_EVENTS is not a ring buffer")
+        })?;
     let mut ids = Ids::default();
     let mut initial_down = std::collections::BTreeSet::new();
     let real_capacity = aya::maps::MapInfo::from_pin(layout.map(lb_common::MAP_STICK))
@@ -220,6 +229,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         reloads: 0,
         stick_capacity: real_capacity,
         census: census.clone(),
+        neigh: None,
     };
     // Health first with known states, then maps, then traffic.
     let targets = agent.targets();
@@ -241,6 +251,15 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     );
     (agent.attached, agent.ifindexes) =
         attach::attach_all(&mut agent._ebpf, &layout, &opts.ifaces, opts.xdp_mode)?;
+    // The next hops the data path needs: resolved now, then kept resolved. Its own handle
+    // on the pinned stick table tells it which directly connected clients are pinned.
+    let stick = aya::maps::MapData::from_pin(layout.map(lb_common::MAP_STICK))
+        .ok()
+        .and_then(|m| aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).ok());
+    let neighbours = neigh::Neighbours::start(Some(neigh_ring), stick, agent.neigh_needs())
+        .await
+        .context("starting the neighbour keeper")?;
+    agent.neigh = Some(neighbours);
     let agent: SharedAgent = Arc::new(Mutex::new(agent));
 
     census.spawn();

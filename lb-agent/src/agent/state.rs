@@ -3,11 +3,7 @@
 //! (`commit`), a control change (`change`), a reload, a health transition, an interface
 //! that went or came back. One lock guards it all (changes are rare and short).
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-    time::Instant,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Instant};
 
 use anyhow::Result;
 use aya::Ebpf;
@@ -20,11 +16,10 @@ use lb_model::{
 };
 use serde_json::{json, Value};
 
-use super::{attach, AgentOptions};
+use super::{attach, neigh, AgentOptions};
 use crate::{
     dataplane::Dataplane,
     health::{HealthChecker, Target, TargetKey, Transition},
-    neighbours,
     persist::{fingerprint, Meta, StateDir},
     pins::PinLayout,
 };
@@ -50,6 +45,8 @@ pub struct Agent {
     pub(super) stick_capacity: u32,
     /// The stick table's last count.
     pub(super) census: std::sync::Arc<super::census::StickCensus>,
+    /// Keeps the next hops of the data path resolved (started once attached).
+    pub(super) neigh: Option<neigh::Neighbours>,
 }
 
 impl Agent {
@@ -112,22 +109,35 @@ impl Agent {
         let specs = self.specs();
         let plan = self.ids.plan(&specs)?;
         self.dp.apply(&plan)?;
-        let dsr: Vec<IpAddr> = self
-            .config
-            .services
-            .iter()
-            // L2 and L3 DSR drop a packet whose next hop has no neighbour entry yet (the
-            // kernel would route it by the VIP): resolve them ahead.
-            .filter(|s| s.spec.forwarding.is_dsr())
-            .flat_map(|s| s.backends.iter().map(|b| b.addr.ip()))
-            .collect();
-        for (ip, e) in neighbours::prime(&dsr) {
-            log::warn!("cannot reach DSR backend {ip} to resolve its next hop's MAC: {e}");
+        if let Some(n) = &self.neigh {
+            n.set_needs(self.neigh_needs());
         }
         if persist {
             self.save()?;
         }
         Ok(())
+    }
+
+    /// What the neighbour keeper must keep resolved for this configuration.
+    pub(super) fn neigh_needs(&self) -> neigh::Needs {
+        let mut needs = neigh::Needs {
+            ifaces: self.opts.ifaces.clone(),
+            ..Default::default()
+        };
+        for s in &self.config.services {
+            let mode = neigh::Mode::from(s.spec.forwarding);
+            for b in &s.backends {
+                needs
+                    .backends
+                    .push((s.spec.name.clone(), b.addr.ip(), mode));
+            }
+            match mode {
+                neigh::Mode::Nat => needs.nat_services.extend(self.ids.service_id(&s.spec.name)),
+                neigh::Mode::L2Dsr => needs.dsr_vips.push((s.spec.name.clone(), s.spec.vip.ip())),
+                neigh::Mode::Encap => {}
+            }
+        }
+        needs
     }
 
     fn save(&self) -> Result<()> {

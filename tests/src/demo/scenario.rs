@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use stickylb_tests::agent::{stickylb_bin, Agent, TEST_BPFFS};
 use stickylb_tests::netns::list_netns;
-use stickylb_tests::{Topology, TopologyOpts};
+use stickylb_tests::{Topology, TopologyOpts, VipPlacement};
 
 use crate::http::{http_get_here, round, HttpNameServer};
 use crate::{checkpoint, ignore_interrupts, INTERRUPTED};
@@ -407,9 +407,19 @@ pub fn run(opts: &Opts) -> Result<Report> {
         clients: n + fresh,
         vip_on_backend_lo: dsr,
         native_xdp: false,
+        // As an HAProxy user has it: the VIP stays on the balancer's lo.
+        vip_on_lb: VipPlacement::Lo,
     })?);
     checkpoint()?;
     let topo = lab.topo();
+    if dsr {
+        // The backends answer as the VIP, through the balancer (their gateway here),
+        // which holds the VIP too: accept_local, or the kernel drops them as martians.
+        for i in topo.lb_backend_ifs() {
+            topo.lb()
+                .sysctl(&format!("net.ipv4.conf.{i}.accept_local"), "1")?;
+        }
+    }
     let addrs: Vec<IpAddr> = topo.client_v4s().iter().map(|&a| a.into()).collect();
     let vip = topo.vip_v4();
     detail(&format!(
@@ -421,7 +431,7 @@ pub fn run(opts: &Opts) -> Result<Report> {
         addrs[n + fresh - 1]
     ));
     detail(&format!(
-        "balancer  {}: VIP {vip}:{PORT}",
+        "balancer  {}: VIP {vip}:{PORT} (assigned to its lo, as HAProxy needs it)",
         topo.lb_ns_name()
     ));
     for b in topo.backends() {
