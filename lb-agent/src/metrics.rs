@@ -165,7 +165,8 @@ impl Collector for Scrape {
                 }
             }
         }
-        for (g, v) in stats.stick_table.gauges() {
+        // The agent-wide values: the stick table's fill, the neighbours, the warnings.
+        for (g, v) in stats.gauges() {
             gauges.push((g, Vec::new(), v));
         }
         families.extend(gauge_families(gauges));
@@ -245,7 +246,16 @@ mod tests {
                         "last_error": null, "checks": 1, "failures": 0, "transitions": 4, "last_change_unix_ms": 0 } }] }],
             "stick_table": { "entries": 2, "capacity": 200000 },
         });
-        serde_json::from_value(json).unwrap()
+        let mut stats: Stats = serde_json::from_value(json).unwrap();
+        stats.neighbours = Some(lb_model::stats::Neighbours {
+            managed: 3,
+            reports: 7,
+            resolved: 2,
+            resolve_ms_max: 1.5,
+            ..Default::default()
+        });
+        stats.warnings = vec!["x".into()];
+        stats
     }
 
     #[test]
@@ -261,6 +271,10 @@ mod tests {
             "stickylb_stick_table_capacity 200000",
             "stickylb_backend_flaps_total{service=\"web\",backend=\"10.0.0.2:80\"} 4",
             "stickylb_service_pinned_clients{service=\"web\"} 7",
+            "stickylb_neighbours_managed 3",
+            "stickylb_neighbour_reports_total 7",
+            "stickylb_neighbour_resolve_seconds_max 0.0015",
+            "stickylb_setup_warnings 1",
             "# EOF",
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
