@@ -4,13 +4,13 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use etherparse::IpNumber;
 use lb_common::{
     ip_from_addr, NeighMiss, QueueMeta, FAMILY_V4, FAMILY_V6, MISS_DSR_TO_BACKEND,
-    MISS_ENCAP_TO_BACKEND, MISS_NAT_TO_BACKEND, MISS_REPLY, QUEUE_MAGIC,
+    MISS_ENCAP_TO_BACKEND, MISS_NAT_TO_BACKEND, MISS_REPLY, NEIGH_REPORT_NS, QUEUE_MAGIC,
 };
 use lb_model::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
 use stickylb_tests::{
@@ -788,6 +788,7 @@ fn backend_without_neighbour_is_queued_and_reported() {
         svc = svc.backend(SocketAddr::new(flow.backend(5), BACKEND_PORT));
         let plan = lab.configure(&[svc.clone()]).unwrap();
         let req = flow.request(1);
+        let first_report = Instant::now();
         let (action, out) = send(&mut lab, &req);
         assert_eq!(action, XDP_PASS, "{flow:?}");
         let b5 = flow.backend(5);
@@ -810,11 +811,20 @@ fn backend_without_neighbour_is_queued_and_reported() {
         assert_eq!(events[0].why, MISS_NAT_TO_BACKEND);
         assert_eq!(events[0].service_id, plan.services[0].info.id);
         assert_ne!(events[0].at_ns, 0);
-        // A burst to the same next hop makes no more reports (rate limit per next hop).
+        // A burst to the same next hop makes no more reports (rate limit per next hop):
+        // none while it lasts under NEIGH_REPORT_NS, at most one per NEIGH_REPORT_NS on a
+        // machine so loaded that the burst takes longer.
         for c in 2..20 {
             assert_eq!(send(&mut lab, &flow.request(c)).0, XDP_PASS);
         }
-        assert!(lab.neigh_events().is_empty(), "{flow:?}: burst reported");
+        let allowed = (first_report.elapsed().as_nanos() / u128::from(NEIGH_REPORT_NS)) as usize;
+        let burst = lab.neigh_events();
+        assert!(
+            burst.len() <= allowed,
+            "{flow:?}: burst reported {} times in {:?}: {burst:?}",
+            burst.len(),
+            first_report.elapsed()
+        );
         assert_eq!(lab.service_stats("web").unwrap().neigh_queued, 19);
         // DSR cannot hand the packet to the kernel's routing (it would route by the
         // VIP): it goes to the neighbour queue, untouched, with the next hop in the XDP

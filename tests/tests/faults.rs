@@ -329,9 +329,18 @@ fn flapping_backend_moves_no_healthy_client_and_is_counted() {
         "flaps {flaps} < toggles {toggles}: {list}"
     );
     assert_eq!(backend_row(&list, &b2)["health"], "up", "{list}");
+    // The healthy backends do not flap with backend-2: a change of state of theirs can
+    // only come from a check of their own that failed (an 80 ms timeout on a loaded
+    // machine), two changes (down, up) per failed check at most.
     for i in [1, 3] {
         let a = format!("{}:{BPORT}", s.topo.backend(i).v4);
-        assert_eq!(backend_row(&list, &a)["flaps"], 0, "{list}");
+        let row = backend_row(&list, &a);
+        let flaps = row["flaps"].as_u64().unwrap();
+        let failed_checks = row["check"]["failures"].as_u64().unwrap();
+        assert!(
+            flaps <= 2 * failed_checks,
+            "{a}: {flaps} flaps, {failed_checks} failed checks: {list}"
+        );
     }
     let stats = s.agent.ok(&["stats"]).unwrap();
     let in_stats = stats["services"][0]["backends"]
