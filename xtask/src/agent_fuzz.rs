@@ -3,10 +3,11 @@
 //! of every request), `cluster` (the peer protocol's frame decoder and receiving side) and
 //! `import` (the HAProxy, ipvsadm and keepalived importers). `cargo xtask test` runs each
 //! for a short time ([`agent_fuzz`]);
-//! a long run is plain cargo-fuzz, from the workspace root:
+//! a long run is plain cargo-fuzz, from the workspace root, with the toolchain named in
+//! the root `Cargo.toml` (`[workspace.metadata.stickylb] toolchain`):
 //!
 //! ```sh
-//! RUSTC_BOOTSTRAP=1 rustup run 1.98.0 cargo fuzz run control \
+//! RUSTC_BOOTSTRAP=1 rustup run <toolchain> cargo fuzz run control \
 //!     fuzz/corpus/control fuzz/seeds/control -- -dict=fuzz/dict/control.dict \
 //!     -max_total_time=3600 -jobs=2 -workers=2
 //! ```
