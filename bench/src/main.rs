@@ -528,6 +528,18 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
             &hit4,
         ),
         (
+            "lru_insert",
+            "LRU hash insert (new key, table full: evicts)",
+            wrapper::LRU_INSERT,
+            &hit4,
+        ),
+        (
+            "percpu",
+            "per-CPU array lookup + increment",
+            wrapper::PERCPU,
+            &hit4,
+        ),
+        (
             "fib",
             "bpf_fib_lookup (IPv4, to a backend)",
             wrapper::FIB,

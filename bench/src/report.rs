@@ -303,13 +303,18 @@ impl Report {
             ("hit_dsr", "IPv4 DSR hit ≤ 2× wrapper + MAC swap", 2.0),
             (
                 "new_v4_rr",
-                "new client (round-robin) ≤ 3× wrapper + MAC swap",
-                3.0,
+                "new client (round-robin) ≤ 4× wrapper + MAC swap",
+                4.0,
             ),
             (
                 "new_v4_maglev",
-                "new client (Maglev) ≤ 3× wrapper + MAC swap",
-                3.0,
+                "new client (Maglev) ≤ 4× wrapper + MAC swap",
+                4.0,
+            ),
+            (
+                "other_v4",
+                "non-service traffic ≤ 1.5× wrapper + MAC swap",
+                1.5,
             ),
         ] {
             if let Some(r) = ratio(key, &self.cases) {

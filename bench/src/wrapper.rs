@@ -23,6 +23,8 @@ pub const KTIME: &str = "bench_ktime";
 pub const KTIME_COARSE: &str = "bench_ktime_coarse";
 pub const HASH: &str = "bench_hash";
 pub const LRU: &str = "bench_lru";
+pub const LRU_INSERT: &str = "bench_lru_insert";
+pub const PERCPU: &str = "bench_percpu";
 pub const FIB: &str = "bench_fib";
 
 /// Largest fixture the wrapper can restore.
@@ -95,7 +97,18 @@ impl Bench {
         let mut ebpf = EbpfLoader::new()
             .load(BENCH_OBJECT)
             .context("loading the lb-bench-ebpf object")?;
-        for name in [WRAPPER, PASS, MACSWAP, KTIME, KTIME_COARSE, HASH, LRU, FIB] {
+        for name in [
+            WRAPPER,
+            PASS,
+            MACSWAP,
+            KTIME,
+            KTIME_COARSE,
+            HASH,
+            LRU,
+            LRU_INSERT,
+            PERCPU,
+            FIB,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing"))?

@@ -15,9 +15,10 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    Backend, BackendStats, CounterSet, EncapSource, Endpoint, ReverseValue, ServiceInfo,
-    ServiceStats, StickKey, StickValue, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REVERSE, MAP_RING,
-    MAP_RR_CURSOR, MAP_SERVICES, MAP_SERVICE_STATS, MAP_STICK, RING_REGION,
+    index, Backend, BackendStats, CounterSet, EncapSource, Endpoint, ReverseValue, ServiceInfo, ServiceSlot,
+    ServiceStats, StickKey, StickValue, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REPLY_FILTER,
+    MAP_REVERSE, MAP_RING, MAP_RR_CURSOR, MAP_SERVICES, MAP_SERVICE_INDEX, MAP_SERVICE_INDEX_HEAD,
+    MAP_SERVICE_STATS, MAP_STICK, RING_REGION, SERVICE_INDEX_SLOTS,
 };
 
 use lb_model::plan::{BackendEntry, Plan, ServiceEntry};
@@ -36,6 +37,14 @@ pub struct Dataplane {
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     /// Client-hash outer-source prefixes per service id (encapsulating modes).
     pub encap_source: Array<MapData, EncapSource>,
+    /// The data path's exact service table (two regions) and its head word.
+    pub service_index: Array<MapData, ServiceSlot>,
+    pub service_index_head: Array<MapData, u32>,
+    /// Bitmap over the `REVERSE` keys' addresses.
+    pub reply_filter: Array<MapData, u64>,
+    /// Whether this handle wrote the index and the filter yet (the first `apply` always
+    /// does, whatever the maps held).
+    derived_written: bool,
     /// What was written last, to compute removals and skip unchanged tables.
     applied: Plan,
 }
@@ -69,6 +78,10 @@ impl Dataplane {
             service_stats: take(ebpf, MAP_SERVICE_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             encap_source: take(ebpf, lb_common::MAP_ENCAP_SOURCE)?,
+            service_index: take(ebpf, MAP_SERVICE_INDEX)?,
+            service_index_head: take(ebpf, MAP_SERVICE_INDEX_HEAD)?,
+            reply_filter: take(ebpf, MAP_REPLY_FILTER)?,
+            derived_written: false,
             applied: Plan::default(),
         })
     }
@@ -157,7 +170,8 @@ impl Dataplane {
             .map(|s| (s.key, (&s.info, &s.ring)))
             .collect();
         let mut written = plan.clone();
-        for s in written.services.iter_mut() {
+        let mut changed = Vec::new();
+        for (n, s) in written.services.iter_mut().enumerate() {
             let previous = old_services
                 .get(&s.key)
                 .filter(|(info, _)| info.id == s.info.id);
@@ -186,13 +200,35 @@ impl Dataplane {
                     .with_context(|| format!("writing the encap source of {}", s.name))?;
             }
             if previous.map(|(info, _)| **info) != Some(s.info) {
-                self.services
-                    .insert(&s.key, &s.info, 0)
-                    .with_context(|| format!("writing service {}", s.name))?;
+                changed.push(n);
             }
         }
-        // 4. Reply entries.
+        // The index the data path reads, then the agent's record of it.
+        let removed = old
+            .services
+            .iter()
+            .any(|o| !plan.services.iter().any(|s| s.key == o.key));
+        if !changed.is_empty() || removed || !self.derived_written {
+            self.write_service_index(&written.services)?;
+        }
+        for &n in &changed {
+            let s = &written.services[n];
+            self.services
+                .insert(&s.key, &s.info, 0)
+                .with_context(|| format!("writing service {}", s.name))?;
+        }
+        // 4. Reply entries, their addresses in the filter first (old and new until the
+        // removals are done).
         let old_reverse: BTreeMap<Endpoint, ReverseValue> = old.reverse.iter().copied().collect();
+        let reverse_changed = old.reverse != plan.reverse || !self.derived_written;
+        if reverse_changed {
+            let both = old
+                .reverse
+                .iter()
+                .chain(&plan.reverse)
+                .map(|(k, _)| &k.addr);
+            self.write_reply_filter(&index::reply_filter(both))?;
+        }
         for (k, v) in &plan.reverse {
             if old_reverse.get(k) != Some(v) {
                 self.reverse
@@ -229,6 +265,12 @@ impl Dataplane {
                 let _ = self.reverse.remove(k);
             }
         }
+        if reverse_changed {
+            self.write_reply_filter(&index::reply_filter(
+                plan.reverse.iter().map(|(k, _)| &k.addr),
+            ))?;
+        }
+        self.derived_written = true;
         let new_ids: BTreeSet<u32> = plan.backends.iter().map(|b| b.id).collect();
         for b in &old.backends {
             if !new_ids.contains(&b.id) {
@@ -238,6 +280,48 @@ impl Dataplane {
             }
         }
         Ok(written)
+    }
+
+    /// Builds the service index of `services` into the inactive region, then flips the
+    /// head word to it (one `u32`: region and seed together).
+    fn write_service_index(&mut self, services: &[ServiceEntry]) -> Result<()> {
+        let entries: Vec<(Endpoint, ServiceInfo)> =
+            services.iter().map(|s| (s.key, s.info)).collect();
+        let (seed, slots) = index::build(&entries).with_context(|| {
+            format!(
+                "cannot place {} services in the service index ({SERVICE_INDEX_SLOTS} slots)",
+                entries.len()
+            )
+        })?;
+        let head = self.service_index_head.get(&0, 0).unwrap_or(0);
+        let region = 1 - (head & 1);
+        let base = region * SERVICE_INDEX_SLOTS;
+        let keys: Vec<u32> = (base..base + SERVICE_INDEX_SLOTS).collect();
+        let fd = aya::maps::IterableMap::map(&self.service_index)
+            .fd()
+            .as_fd();
+        let done = update_batch(fd, &keys, &slots).unwrap_or(0);
+        for (i, slot) in slots.iter().enumerate().skip(done) {
+            self.service_index
+                .set(base + i as u32, slot, 0)
+                .context("writing the service index")?;
+        }
+        self.service_index_head
+            .set(0, &index::head(region, seed), 0)
+            .context("flipping the service index")
+    }
+
+    /// Writes the whole reply filter (8 KiB, one batch).
+    fn write_reply_filter(&mut self, words: &[u64]) -> Result<()> {
+        let keys: Vec<u32> = (0..words.len() as u32).collect();
+        let fd = aya::maps::IterableMap::map(&self.reply_filter).fd().as_fd();
+        let done = update_batch(fd, &keys, words).unwrap_or(0);
+        for (i, w) in words.iter().enumerate().skip(done) {
+            self.reply_filter
+                .set(i as u32, w, 0)
+                .context("writing the reply filter")?;
+        }
+        Ok(())
     }
 
     /// Writes a selection table into one buffer; returns its offset. One
@@ -288,10 +372,14 @@ impl Dataplane {
     }
 }
 
-/// `BPF_MAP_UPDATE_BATCH` of `u32` keys and values into an array map. Returns how many
+/// `BPF_MAP_UPDATE_BATCH` of `u32` keys and plain-data values into an array map. Returns how many
 /// elements the kernel wrote (all, unless it failed part way: the caller writes the rest
 /// one by one); an error when the kernel has no batch operations for the map.
-fn update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::Result<usize> {
+fn update_batch<T: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[u32],
+    values: &[T],
+) -> std::io::Result<usize> {
     /// The `batch` member of `union bpf_attr`.
     #[repr(C)]
     struct BatchAttr {
@@ -319,8 +407,8 @@ fn update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::R
         elem_flags: 0,
         flags: 0,
     };
-    // SAFETY: bpf(2) with an attr that points at `keys` and `values`, both `count` u32s
-    // long and alive for the call; the kernel writes back only `count`.
+    // SAFETY: bpf(2) with an attr that points at `keys` and `values`, both `count`
+    // elements long (values of the map's value size) and alive for the call; the kernel writes back only `count`.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,

@@ -29,12 +29,17 @@ use lb_common::{
 /// fragment counters in `ServiceStats`, maps `FRAGMENTS` and `JUMP`; 3: insert cap and
 /// SYN-only flag in `ServiceInfo`, unpinned counters, map `INSERT_BUDGET`; 4: GUE port
 /// in `ServiceInfo`, too-big counters, map `ENCAP_SOURCE`; 5: next-hop counters
-/// `drop_no_neigh`, `neigh_queued`, `neigh_report_lost` in `ServiceStats`).
-pub const LAYOUT_VERSION: u32 = 5;
+/// `drop_no_neigh`, `neigh_queued`, `neigh_report_lost` in `ServiceStats`; 6: maps
+/// `SERVICE_INDEX`, `SERVICE_INDEX_HEAD` and `REPLY_FILTER`, the hit path's exact
+/// service table and the reply filter).
+pub const LAYOUT_VERSION: u32 = 6;
 /// Default bpffs mount point (see module docs).
 pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
 /// Every map the agent pins.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 15] = [
+    lb_common::MAP_SERVICE_INDEX,
+    lb_common::MAP_SERVICE_INDEX_HEAD,
+    lb_common::MAP_REPLY_FILTER,
     lb_common::MAP_JUMP,
     lb_common::MAP_ENCAP_SOURCE,
     lb_common::MAP_INSERT_BUDGET,

@@ -5,7 +5,8 @@
 //!   counter defined once, name and help text included ([`counters`]),
 //! - the constants both sides must agree on ([`consts`]),
 //! - pure logic that both sides run: checksum arithmetic ([`csum`]), the client hash
-//!   ([`hash`]), the stickiness decision ([`sticky`]), and — userspace only, behind the
+//!   ([`hash`]), the stickiness decision ([`sticky`]), the exact service index and the
+//!   reply filter ([`index`]), and — userspace only, behind the
 //!   `std` feature — the selection-table builders ([`maglev`], [`wrr`]).
 //!
 //! It is `no_std`; the `std` feature adds `std`, the builders and address conversions
@@ -16,6 +17,7 @@ pub mod consts;
 pub mod counters;
 pub mod csum;
 pub mod hash;
+pub mod index;
 pub mod maps;
 pub mod sticky;
 

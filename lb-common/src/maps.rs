@@ -49,6 +49,16 @@ pub struct ServiceInfo {
     pub _pad2: u16,
 }
 
+/// One slot of `SERVICE_INDEX`, the exact table the data path finds a service in (one
+/// array read per probe instead of a hash lookup; see [`crate::index`]). A slot whose
+/// `key.family` is 0 is empty. 64 bytes: one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    pub key: Endpoint,
+    pub info: ServiceInfo,
+}
+
 /// Value of `ENCAP_SOURCE` (indexed by service id), read when the service has
 /// [`crate::SVC_SRC_HASH`]: the outer source is `prefix | (client hash & !mask)`, per
 /// outer family (an IPv4 outer header uses word 0 of each). A family whose mask is all
@@ -226,6 +236,7 @@ mod pod {
     // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for ServiceSlot {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for StickKey {}
     unsafe impl aya::Pod for StickValue {}
