@@ -41,7 +41,7 @@ use lb_common::{ServiceStats, StickKey, StickValue, PROGRAM_NAME};
 use lb_model::{
     clock::monotonic_ns,
     plan::Ids,
-    spec::{Forwarding, Scheduler, ServiceSpec},
+    spec::{Forwarding, Scheduler, ServiceSpec, StickOn},
 };
 use stickylb_tests::{
     lab::{Lab, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -122,6 +122,9 @@ const VIP_IPIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 103);
 const VIP_GUE4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 104);
 const VIP_IPIP6: &str = "fd00:100::103";
 const VIP_GUE6: &str = "fd00:100::104";
+/// Services sticking by network (`stick_on = "src/24"` / `"src/64"`): the masking's cost.
+const VIP_NET4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 105);
+const VIP_NET6: &str = "fd00:100::105";
 const VIP_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -572,6 +575,24 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
             XDP_REDIRECT,
             lb(Expect::Hit, nat6),
         ),
+        // The same hits in services sticking by network: the masking of the client
+        // address before the key is built (the rest of the path is the same).
+        Case::new(
+            "hit_v4_net",
+            "IPv4 NAT, sticky hit, stick_on src/24",
+            Stickylb,
+            request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_NET4)),
+            XDP_REDIRECT,
+            lb(Expect::Hit, main.sid("net4")?),
+        ),
+        Case::new(
+            "hit_v6_net",
+            "IPv6 NAT, sticky hit, stick_on src/64",
+            Stickylb,
+            request(CLIENT6.parse()?, VIP_NET6.parse()?),
+            XDP_REDIRECT,
+            lb(Expect::Hit, main.sid("net6")?),
+        ),
         Case::new(
             "hit_dsr",
             "IPv4 DSR, sticky hit",
@@ -805,16 +826,23 @@ fn services() -> Vec<ServiceSpec> {
     let gue6 = l3dsr("gue6", VIP_GUE6.parse().expect("VIP"), Forwarding::Gue);
     let vip6: IpAddr = VIP_NAT6.parse().expect("VIP");
     let mut nat6 = ServiceSpec::new("nat6", SocketAddr::new(vip6, VIP_PORT));
+    let mut net4 = ServiceSpec::new("net4", SocketAddr::new(IpAddr::V4(VIP_NET4), VIP_PORT));
+    net4.stick_on = StickOn::Network(24);
+    let vip_net6: IpAddr = VIP_NET6.parse().expect("VIP");
+    let mut net6 = ServiceSpec::new("net6", SocketAddr::new(vip_net6, VIP_PORT));
+    net6.stick_on = StickOn::Network(64);
     for n in 2..=4 {
         nat4 = nat4.backend(v4(n, BACKEND_PORT));
         mag4 = mag4.backend(v4(n, BACKEND_PORT + 1));
         dsr4 = dsr4.backend(v4(n, VIP_PORT));
         let b6: IpAddr = format!("fd00:1::{n}").parse().expect("backend");
         nat6 = nat6.backend(SocketAddr::new(b6, BACKEND_PORT));
+        net4 = net4.backend(v4(n, BACKEND_PORT + 2));
+        net6 = net6.backend(SocketAddr::new(b6, BACKEND_PORT + 2));
     }
     // The insert cap (125k new entries per CPU per second by default) would turn most of
     // a million new clients into the unpinned path: measure the insert itself.
-    let mut all = vec![nat4, mag4, nat6, dsr4, ipip4, gue4, ipip6, gue6];
+    let mut all = vec![nat4, mag4, nat6, dsr4, ipip4, gue4, ipip6, gue6, net4, net6];
     for s in &mut all {
         s.insert_cap = 0;
     }

@@ -142,6 +142,9 @@ enum ServiceCmd {
         /// nat | dsr | ipip | gue (encap options: config file only)
         #[arg(long)]
         forwarding: Option<String>,
+        /// What clients stick by: src (the address) | src/N (its network, e.g. src/24).
+        #[arg(long)]
+        stick_on: Option<String>,
         /// Stick-table expiry, e.g. 30m, or "never".
         #[arg(long)]
         expire: Option<String>,
@@ -190,7 +193,7 @@ enum BackendCmd {
 
 #[derive(Subcommand)]
 enum TableCmd {
-    /// Stick-table entries: client, backend, idle time.
+    /// Stick-table entries: client (a network with stick_on = "src/N"), backend, idle time.
     Show {
         service: Option<String>,
         /// Only entries pinned to this backend (ADDR:PORT).
@@ -200,19 +203,26 @@ enum TableCmd {
         #[arg(long, value_parser = limit_arg)]
         limit: Option<usize>,
     },
-    /// One client's entry and what its next packet will do.
-    Lookup { service: String, client: String },
-    /// Remove entries: all of a service, one client's, or a backend's.
+    /// One client's entry (its network's, with stick_on = "src/N") and what its next
+    /// packet will do.
+    Lookup {
+        service: String,
+        /// An address, or a network of the service's prefix (10.1.2.0/24).
+        client: String,
+    },
+    /// Remove entries: all of a service, one client's (or network's), or a backend's.
     Clear {
         service: String,
+        /// An address (with stick_on = "src/N": its network) or a network (10.1.2.0/24).
         #[arg(long)]
         client: Option<String>,
         #[arg(long)]
         backend: Option<String>,
     },
-    /// Pin a client to a backend.
+    /// Pin a client (with stick_on = "src/N": its network) to a backend.
     Pin {
         service: String,
+        /// An address or a network of the service's prefix.
         client: String,
         backend: String,
     },
@@ -351,6 +361,7 @@ fn main() -> ExitCode {
             protocol,
             scheduler,
             forwarding,
+            stick_on,
             expire,
             health,
             backends,
@@ -361,6 +372,7 @@ fn main() -> ExitCode {
                 ("protocol", protocol.map(Value::from)),
                 ("scheduler", scheduler.map(Value::from)),
                 ("forwarding", forwarding.map(Value::from)),
+                ("stick_on", stick_on.map(Value::from)),
                 ("expire", expire.map(Value::from)),
                 ("health", health.map(Value::from)),
                 (

@@ -23,7 +23,7 @@ use serde_json::json;
 use lb_model::{
     config::{self, Config},
     import::{self, Features, Import, Level, Options},
-    spec::{AdminState, Forwarding, HealthKind, InsertOn, Scheduler},
+    spec::{AdminState, Forwarding, HealthKind, InsertOn, Scheduler, StickOn},
 };
 
 /// `stickylb import`.
@@ -297,6 +297,16 @@ pub fn summary_text(file: &Path, cfg: &Config) -> String {
         );
         let _ = writeln!(
             out,
+            "  stick on: {}",
+            match sp.stick_on {
+                StickOn::Src => "src (each client address has its entry)".to_string(),
+                StickOn::Network(n) => format!(
+                    "src/{n} (the clients of each /{n} network share one entry and one backend)"
+                ),
+            }
+        );
+        let _ = writeln!(
+            out,
             "  stick table: {} entries, expire {} after the client was last seen, entries added on {}, at most {} new entries per second per CPU",
             s.stick_table_size,
             expire(sp.expire),
@@ -351,6 +361,7 @@ pub fn summary_json(cfg: &Config) -> serde_json::Value {
                 "protocol": sp.protocol.name(),
                 "scheduler": sp.scheduler.name(),
                 "forwarding": sp.forwarding.name(),
+                "stick_on": sp.stick_on.to_string(),
                 "encap": sp.forwarding.is_encap().then(|| encap_text(sp).trim().trim_matches(['(', ')']).to_string()),
                 "stick_table": {
                     "size": s.stick_table_size,

@@ -76,6 +76,8 @@ fn check_accepts_the_example_and_says_what_it_would_run() {
         "backend 192.168.1.4:8080: weight 1, drain",
         "service \"api6\": [2001:db8::443]:443 tcp, scheduler maglev (65537 slots), forwarding dsr",
         "backend 2001:db8:1::10 (the service port): weight 1, ready",
+        "stick on: src/64 (the clients of each /64 network share one entry and one backend)",
+        "stick on: src (each client address has its entry)",
         "backend 2001:db8:1::12 (the service port): weight 1, maint",
         "service \"web-l3\": 10.0.0.101:80 tcp, scheduler roundrobin, forwarding gue (GUE port 7000, outer source the balancer's address (fib))",
     ] {
@@ -92,6 +94,8 @@ fn check_accepts_the_example_and_says_what_it_would_run() {
     assert_eq!(v["services"][2]["forwarding"], "gue");
     assert_eq!(v["services"][0]["health"]["kind"], "http");
     assert_eq!(v["services"][1]["backends"][2]["state"], "maint");
+    assert_eq!(v["services"][1]["stick_on"], "src/64");
+    assert_eq!(v["services"][0]["stick_on"], "src");
 }
 
 #[test]

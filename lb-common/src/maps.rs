@@ -32,7 +32,10 @@ pub struct ServiceInfo {
     pub scheduler: u8,
     /// [`crate::SVC_SYN_ONLY`], [`crate::SVC_SRC_HASH`].
     pub flags: u8,
-    pub _pad: u8,
+    /// Stickiness by network (`stick_on = "src/N"`): the prefix length, of the VIP's
+    /// family, the client address is masked to before the stick key is built and the
+    /// client hashed (1..=32 for IPv4, 1..=128 for IPv6); 0 = the full address.
+    pub stick_prefix: u8,
     /// Length of the active selection table; 0 = no backend takes new clients.
     pub ring_len: u32,
     /// First slot of the active selection table in `RING`.
@@ -89,7 +92,9 @@ pub struct Backend {
     pub weight: u32,
 }
 
-/// Key of the stick table `STICK` (LRU hash shared by all CPUs).
+/// Key of the stick table `STICK` (LRU hash shared by all CPUs). `client` is the
+/// client's address masked to the service's `stick_prefix` (the network's first address),
+/// built only by [`crate::sticky::stick_key`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StickKey {

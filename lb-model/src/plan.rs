@@ -420,7 +420,7 @@ impl Ids {
                 } else {
                     SVC_SRC_HASH
                 },
-                _pad: 0,
+                stick_prefix: s.stick_on.prefix(),
                 ring_len: ring.len() as u32,
                 ring_offset: 0,
                 expiry_ns,

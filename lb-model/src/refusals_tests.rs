@@ -66,6 +66,12 @@ fn config_refusals_name_the_place_the_value_and_what_is_accepted() {
         ("forwarding = \"gue\"\nencap = { port = 6080 }\n", 5, "port", "gue_port"),
         ("scheduler = \"maglev\"\nmaglev_size = 1000\n", 5, "1000", "a prime number from 2 to 65537"),
         ("maglev_size = 251\n", 4, "251", "scheduler = \"maglev\""),
+        ("stick_on = \"src/33\"\n", 4, "\"src/33\"", "from 1 to 32"),
+        ("stick_on = \"src/0\"\n", 4, "\"src/0\"", "\"src/N\""),
+        ("stick_on = \"dst\"\n", 4, "\"dst\"", "\"src/N\""),
+        ("stick_on = 24\n", 4, "24", "\"src,ipmask(N[,M])\""),
+        ("stick_on = \"src,ipmask(24,200)\"\n", 4, "\"src,ipmask(24,200)\"", "1..=128 for IPv6"),
+        ("![[service]]\nname = \"web\"\nlisten = \"[2001:db8::1]:80\"\nstick_on = \"src,ipmask(24)\"\n", 4, "\"src,ipmask(24)\"", "from 1 to 128"),
         ("stick_table = { size = 0 }\n", 4, "0 is not accepted", "from 1 to 4294967295"),
         ("stick_table = { size = \"200kb\" }\n", 4, "\"200kb\"", "\"200k\""),
         ("stick_table = { size = 5000000000 }\n", 4, "5000000000", "from 1 to 4294967295"),
@@ -144,6 +150,13 @@ listen = "[2001:db8::443]:443"
 forwarding = "dsr"
 [[service.backend]]
 address = "[2001:db8:1::10]"
+
+[[service]]
+name = "net"
+listen = "10.0.0.101:80"
+stick_on = "src/24"
+[[service.backend]]
+address = "192.168.1.4"
 "#;
 
 #[test]
@@ -170,7 +183,7 @@ fn control_refusals_name_the_value_and_what_is_accepted() {
         ("{\"cmd\":\"backend.weight\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"weight\":\"heavy\"}", "\"heavy\"", "use 0..=256"),
         ("{\"cmd\":\"backend.weight\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"weight\":300}", "300", "use 0..=256"),
         ("{\"cmd\":\"backend.state\",\"service\":\"web\",\"address\":\"192.168.1.3\",\"state\":\"up\"}", "\"up\"", "use \"ready\", \"drain\" or \"maint\""),
-        ("{\"cmd\":\"backend.list\",\"service\":\"nope\"}", "\"nope\"", "accepted are the configured services (services: \"web\", \"api6\")"),
+        ("{\"cmd\":\"backend.list\",\"service\":\"nope\"}", "\"nope\"", "accepted are the configured services (services: \"web\", \"api6\", \"net\")"),
         ("{\"cmd\":\"backend.remove\",\"service\":\"web\",\"address\":\"backend-1\"}", "\"backend-1\"", "e.g. \"192.168.1.2:80\""),
         ("{\"cmd\":\"backend.remove\",\"service\":\"web\",\"address\":\"192.168.1.9:80\"}", "\"192.168.1.9:80\"", "accepted are its backends: 192.168.1.2:8080"),
         ("{\"cmd\":\"backend.remove\",\"service\":\"web\",\"address\":\"192.168.1.2\"}", "\"192.168.1.2\" matches 2 backends", "one of 192.168.1.2:8080, 192.168.1.2:8081"),
@@ -190,6 +203,12 @@ fn control_refusals_name_the_value_and_what_is_accepted() {
         ("{\"cmd\":\"table.lookup\",\"service\":\"web\",\"client\":\"nobody\"}", "\"nobody\"", "e.g. 10.1.2.3"),
         ("{\"cmd\":\"table.lookup\",\"service\":\"web\",\"client\":\"2001:db8::1\"}", "2001:db8::1 is IPv6", "give an IPv4 client address"),
         ("{\"cmd\":\"table.clear\",\"service\":\"web\",\"client\":\"10.1.2.3\",\"backend\":\"192.168.1.3\"}", "\"10.1.2.3\"", "accepted is one of them"),
+        ("{\"cmd\":\"table.lookup\",\"service\":\"net\",\"client\":\"10.1.2.0/16\"}", "\"10.1.2.0/16\" is a /16 network", "give an address (its /24 is meant) or a /24 network, e.g. 10.1.2.0/24"),
+        ("{\"cmd\":\"table.clear\",\"service\":\"net\",\"client\":\"10.1.2.3/24\"}", "\"10.1.2.3/24\" has host bits set", "e.g. 10.1.2.0/24"),
+        ("{\"cmd\":\"table.clear\",\"service\":\"net\",\"client\":\"10.1.2.0/99\"}", "\"10.1.2.0/99\" is a /99 network", "or a /24 network"),
+        ("{\"cmd\":\"table.pin\",\"service\":\"web\",\"client\":\"10.1.2.0/24\",\"backend\":\"192.168.1.3\"}", "\"10.1.2.0/24\" is a /24 network", "sticks by the full address (stick_on = \"src\"): give an address"),
+        ("{\"cmd\":\"table.lookup\",\"service\":\"net\",\"client\":\"2001:db8::/24\"}", "2001:db8:: is IPv6", "give an IPv4 client address"),
+        ("{\"cmd\":\"service.add\",\"service\":{\"name\":\"x\",\"listen\":\"10.0.0.5:80\",\"stick_on\":\"src/40\"}}", "field `service.stick_on`: \"src/40\"", "from 1 to 32"),
         ("{\"cmd\":\"table.show\",\"backend\":\"192.168.1.3\"}", "\"192.168.1.3\"", "needs a \"service\""),
         ("{\"cmd\":\"table.show\",\"limit\":-1}", "-1", "expected usize"),
         ("{\"cmd\":\"table.pin\",\"service\":\"web\",\"client\":\"10.1.2.3\",\"backend\":\"192.0.2.1:1\"}", "\"192.0.2.1:1\"", "accepted are its backends"),
@@ -230,11 +249,33 @@ fn every_command_has_a_usage_and_good_requests_pass() {
         "{\"cmd\":\"table.show\",\"service\":\"web\",\"backend\":\"192.168.1.3:80\"}",
         "{\"cmd\":\"table.clear\",\"service\":\"api6\",\"client\":\"2001:db8::9\"}",
         "{\"cmd\":\"table.pin\",\"service\":\"web\",\"client\":\"10.1.2.3\",\"backend\":\"192.168.1.2:8081\"}",
+        "{\"cmd\":\"table.pin\",\"service\":\"web\",\"client\":\"10.1.2.3/32\",\"backend\":\"192.168.1.2:8081\"}",
+        "{\"cmd\":\"table.lookup\",\"service\":\"net\",\"client\":\"10.1.2.3\"}",
+        "{\"cmd\":\"table.clear\",\"service\":\"net\",\"client\":\"10.1.2.0/24\"}",
+        "{\"cmd\":\"table.pin\",\"service\":\"net\",\"client\":\"10.1.2.0/24\",\"backend\":\"192.168.1.4\"}",
     ] {
         let req = decode_line(line.as_bytes()).unwrap().unwrap();
         assert!(check(&cfg, &req).unwrap().is_none(), "{line}");
     }
     assert!(decode_line(b"  \r").unwrap().is_none());
+    // The entry a client argument names: its network in a prefix service.
+    let net = &cfg.services[2];
+    for (arg, want) in [
+        ("10.1.2.3", "10.1.2.0/24"),
+        (" 10.1.2.255 ", "10.1.2.0/24"),
+        ("10.1.2.0/24", "10.1.2.0/24"),
+    ] {
+        assert_eq!(
+            crate::control::client_entry(net, arg).unwrap().to_string(),
+            want
+        );
+    }
+    assert_eq!(
+        crate::control::client_entry(&cfg.services[0], "10.1.2.3")
+            .unwrap()
+            .to_string(),
+        "10.1.2.3/32"
+    );
     // A change: made on a copy that plans, answered and logged.
     let req = decode_line(
         b"{\"cmd\":\"backend.state\",\"service\":\"api6\",\"address\":\"[2001:db8:1::10]:443\",\"state\":\"drain\"}",

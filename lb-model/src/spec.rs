@@ -188,12 +188,72 @@ pub struct ServiceSpec {
     pub expire: Option<Duration>,
     /// Maglev table size (prime); `None` = default.
     pub maglev_size: Option<u32>,
+    /// What a client sticks by: its address, or its network (`stick_on = "src/24"`).
+    pub stick_on: StickOn,
     /// Which packets of an unknown client may add its stick-table entry.
     pub insert_on: InsertOn,
     /// New entries per second per CPU; 0 = no cap. Clients beyond it are served by
     /// source hash without an entry.
     pub insert_cap: u32,
     pub backends: Vec<BackendSpec>,
+}
+
+/// What a client sticks by (`stick_on`, HAProxy `stick on src[,ipmask(N)]`, IPVS
+/// `-p -M MASK`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StickOn {
+    /// The full source address (`"src"`).
+    #[default]
+    Src,
+    /// The source address masked to a prefix of the VIP's family (`"src/24"`): one entry
+    /// and one backend for every client of the network. Shorter than the family's full
+    /// length (a full-length prefix is [`StickOn::Src`]).
+    Network(u8),
+}
+
+impl StickOn {
+    /// The prefix length clients are masked to (`0` = the full address), as the data path
+    /// takes it ([`lb_common::ServiceInfo::stick_prefix`]).
+    pub fn prefix(self) -> u8 {
+        match self {
+            StickOn::Src => 0,
+            StickOn::Network(n) => n,
+        }
+    }
+
+    /// The network `client` sticks by: the client address masked to the prefix, and
+    /// that prefix's length (the family's full length for [`StickOn::Src`]).
+    pub fn network(self, client: IpAddr) -> Prefix {
+        match (self, client) {
+            (StickOn::Src, ip) => Prefix {
+                addr: ip,
+                len: if ip.is_ipv4() { 32 } else { 128 },
+            },
+            (StickOn::Network(n), IpAddr::V4(a)) => Prefix {
+                addr: IpAddr::V4(
+                    (u32::from(a) & u32::MAX.checked_shl(32 - n.min(32) as u32).unwrap_or(0))
+                        .into(),
+                ),
+                len: n.min(32),
+            },
+            (StickOn::Network(n), IpAddr::V6(a)) => Prefix {
+                addr: IpAddr::V6(
+                    (u128::from(a) & u128::MAX.checked_shl(128 - n.min(128) as u32).unwrap_or(0))
+                        .into(),
+                ),
+                len: n.min(128),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for StickOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StickOn::Src => f.write_str("src"),
+            StickOn::Network(n) => write!(f, "src/{n}"),
+        }
+    }
 }
 
 crate::named! {
@@ -220,6 +280,7 @@ impl ServiceSpec {
             encap: EncapSpec::default(),
             expire: Some(Duration::from_secs(30 * 60)),
             maglev_size: None,
+            stick_on: StickOn::Src,
             insert_on: InsertOn::Any,
             insert_cap: lb_common::DEFAULT_INSERT_CAP,
             backends: Vec::new(),

@@ -16,7 +16,7 @@ use lb_model::{
     clock::monotonic_ns,
     config::{BackendConfig, ServiceConfig},
     control::{self, Request},
-    spec::HealthKind,
+    spec::{HealthKind, StickOn},
     stats::{
         BackendRow, Counters, Health, Interface, ServiceListRow, ServiceRow, Stats, Status,
         StickFill,
@@ -221,14 +221,15 @@ impl Agent {
             (None, Some(b)) => return Err(control::backend_needs_service(b)),
             _ => None,
         };
-        let names: BTreeMap<u32, String> = self
+        // Name and what its clients stick by, per service id.
+        let names: BTreeMap<u32, (String, StickOn)> = self
             .config
             .services
             .iter()
             .filter_map(|s| {
                 self.ids
                     .service_id(&s.spec.name)
-                    .map(|i| (i, s.spec.name.clone()))
+                    .map(|i| (i, (s.spec.name.clone(), s.spec.stick_on)))
             })
             .collect();
         let backends = self.backend_by_id();
@@ -247,9 +248,16 @@ impl Agent {
                 } else {
                     6
                 };
+                let ip = ip_from_addr(&k.client, family);
+                // A network entry reads as the network (`10.1.2.0/24`), a host's as the
+                // address.
+                let client = match names.get(&k.service_id).map(|(_, on)| *on) {
+                    Some(on @ StickOn::Network(_)) => on.network(ip).to_string(),
+                    _ => ip.to_string(),
+                };
                 rows.push(json!({
-                    "service": names.get(&k.service_id).cloned().unwrap_or_else(|| format!("#{}", k.service_id)),
-                    "client": ip_from_addr(&k.client, family).to_string(),
+                    "service": names.get(&k.service_id).map(|(n, _)| n.clone()).unwrap_or_else(|| format!("#{}", k.service_id)),
+                    "client": client,
                     "backend": backends.get(&v.backend_id).map(|(_, a)| a.to_string()).unwrap_or_else(|| format!("#{} (removed)", v.backend_id)),
                     "idle_ms": now.saturating_sub(v.last_seen_ns) / 1_000_000,
                 }));
@@ -268,20 +276,34 @@ impl Agent {
             .unwrap_or(4)
     }
 
-    fn client_key(&self, service: &str, client: &str) -> Result<StickKey, String> {
+    /// The key of the entry `client` (an address or a network) uses in `service`, and
+    /// how that entry is named (the address, or the network with `stick_on = "src/N"`).
+    fn client_key(&self, service: &str, client: &str) -> Result<(StickKey, String), String> {
         let sid = self.service_id(service)?;
-        let ip = control::parse_client(self.service(service)?, client)?;
-        Ok(StickKey {
-            service_id: sid,
-            client: addr_from_ip(ip).0,
-        })
+        let svc = self.service(service)?;
+        let net = control::client_entry(svc, client)?;
+        let shown = match svc.spec.stick_on {
+            StickOn::Src => net.addr.to_string(),
+            StickOn::Network(_) => net.to_string(),
+        };
+        Ok((
+            StickKey {
+                service_id: sid,
+                client: addr_from_ip(net.addr).0,
+            },
+            shown,
+        ))
     }
 
     fn table_lookup(&self, service: &str, client: &str) -> Result<Value, String> {
-        let key = self.client_key(service, client)?;
+        let (key, network) = self.client_key(service, client)?;
+        let network = match self.service(service)?.spec.stick_on {
+            StickOn::Src => Value::Null,
+            StickOn::Network(_) => Value::from(network),
+        };
         let Ok(v) = self.dp.stick.get(&key, 0) else {
             return Ok(
-                json!({ "service": service, "client": client, "entry": null, "next_packet": "new client: fresh pick" }),
+                json!({ "service": service, "client": client, "network": network, "entry": null, "next_packet": "new client: fresh pick" }),
             );
         };
         let backend = self.dp.backends.get(&v.backend_id, 0).ok();
@@ -302,7 +324,7 @@ impl Agent {
         );
         let names = self.backend_by_id();
         Ok(json!({
-            "service": service, "client": client,
+            "service": service, "client": client, "network": network,
             "entry": {
                 "backend": names.get(&v.backend_id).map(|(_, a)| a.to_string()),
                 "backend_state": backend.map(|b| match b.state { BACKEND_UP => "up", BACKEND_DRAIN => "drain", BACKEND_DOWN => "down", _ => "removed" }),
@@ -330,7 +352,7 @@ impl Agent {
         match (client, backend) {
             (Some(c), Some(b)) => return Err(control::client_and_backend(&c, &b)),
             (Some(c), None) => {
-                let key = self.client_key(service, &c)?;
+                let (key, _) = self.client_key(service, &c)?;
                 if self.dp.stick.remove(&key).is_ok() {
                     removed = 1;
                 }
@@ -365,7 +387,7 @@ impl Agent {
     }
 
     fn table_pin(&mut self, service: &str, client: &str, backend: &str) -> Result<Value, String> {
-        let key = self.client_key(service, client)?;
+        let (key, shown) = self.client_key(service, client)?;
         let addr = self.backend_addr(service, backend)?;
         let bid = self
             .ids
@@ -380,8 +402,8 @@ impl Agent {
             .stick
             .insert(&key, &value, 0)
             .map_err(|e| format!("writing the stick table: {e}"))?;
-        log::info!("table pin {service}: {client} -> {addr} by control command");
-        Ok(json!({ "service": service, "client": client, "backend": addr.to_string() }))
+        log::info!("table pin {service}: {shown} -> {addr} by control command");
+        Ok(json!({ "service": service, "client": shown, "backend": addr.to_string() }))
     }
 
     /// Counters of every service and backend: the `stats` answer, and what the metrics

@@ -296,7 +296,7 @@ mod tests {
     use super::*;
     use crate::spec::{
         BackendState, EncapSpec, Forwarding, HealthKind, HttpCheck, InsertOn, OuterSource,
-        Protocol, Scheduler, TlsCheck,
+        Protocol, Scheduler, StickOn, TlsCheck,
     };
 
     fn sa(s: &str) -> SocketAddr {
@@ -862,6 +862,47 @@ state = "maint"
                 other => panic!("{text}: {other}"),
             }
         }
+    }
+
+    #[test]
+    fn stick_on_takes_the_vips_family_and_round_trips() {
+        let v4 = "[[service]]\nname = \"web\"\nlisten = \"10.0.0.100:80\"\n";
+        let v6 = "[[service]]\nname = \"web\"\nlisten = \"[2001:db8::100]:80\"\n";
+        for (svc, on, want) in [
+            (v4, "src", StickOn::Src),
+            (v4, "src/24", StickOn::Network(24)),
+            (v4, "src/32", StickOn::Src),
+            (v4, "src,ipmask(16)", StickOn::Network(16)),
+            (v4, "src,ipmask(24,64)", StickOn::Network(24)),
+            (v6, "src/64", StickOn::Network(64)),
+            (v6, "src/128", StickOn::Src),
+            (v6, "src/24", StickOn::Network(24)),
+            (v6, "src,ipmask(24,48)", StickOn::Network(48)),
+        ] {
+            let c = parse(&format!("{svc}stick_on = \"{on}\"\n"), "lb.toml")
+                .unwrap_or_else(|e| panic!("{on}: {e}"));
+            assert_eq!(c.services[0].spec.stick_on, want, "{on}");
+            let again = parse(&c.to_toml(), "again.toml").unwrap();
+            assert_eq!(again.services[0].spec, c.services[0].spec, "{on}");
+            let plan = crate::plan::Ids::default().plan(&c.specs()).unwrap();
+            assert_eq!(plan.services[0].info.stick_prefix, want.prefix(), "{on}");
+        }
+        assert_eq!(
+            parse(v4, "lb.toml").unwrap().services[0].spec.stick_on,
+            StickOn::Src
+        );
+        check(
+            &format!("{v4}stick_on = \"src/48\"\n"),
+            4,
+            Some("service[0].stick_on"),
+            &["\"src/48\"", "IPv4", "from 1 to 32", "10.0.0.100:80"],
+        );
+        check(
+            &format!("{v6}stick_on = \"src,ipmask(24)\"\n"),
+            4,
+            Some("service[0].stick_on"),
+            &["only an IPv4 mask", "\"src,ipmask(24,64)\""],
+        );
     }
 
     #[test]

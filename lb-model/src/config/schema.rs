@@ -20,8 +20,8 @@ use super::{
     errors::{Invalid, Path},
     values::{
         BackendAddr, CaFile, Count, Expire, FamilyPrefix, Flag, GuePort, Host, HttpPath, InsertCap,
-        Interval, Listen, MaglevSize, Name, Period, ServerName, SourceKind, StatusCode, TableSize,
-        Weight,
+        Interval, Listen, MaglevSize, Name, Period, ServerName, SourceKind, StatusCode,
+        StickOnValue, TableSize, Weight,
     },
     BackendConfig, ServiceConfig, DEFAULT_HEALTH_TIMEOUT, DEFAULT_STICK_TABLE_SIZE,
 };
@@ -29,7 +29,7 @@ use crate::{
     duration,
     spec::{
         AdminState, BackendSpec, CheckKind, EncapSpec, Forwarding, HealthConfig, HealthKind,
-        HttpCheck, InsertOn, OuterSource, Protocol, Scheduler, ServiceSpec, TlsCheck,
+        HttpCheck, InsertOn, OuterSource, Protocol, Scheduler, ServiceSpec, StickOn, TlsCheck,
     },
     vocab::Shown,
 };
@@ -56,6 +56,8 @@ pub struct ServiceDoc {
     pub forwarding: Option<Forwarding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev_size: Option<Shown<MaglevSize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stick_on: Option<Shown<StickOnValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encap: Option<EncapDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,6 +248,10 @@ impl ServiceDoc {
             spec.maglev_size = Some(size.value.0);
         }
 
+        if let Some(on) = &self.stick_on {
+            spec.stick_on = stick_on(on, vip).map_err(|m| at(&["stick_on"], m))?;
+        }
+
         if let Some(e) = &self.encap {
             spec.encap = e.check(spec.forwarding)?;
         }
@@ -355,6 +361,10 @@ impl ServiceDoc {
                 (Scheduler::Maglev, Some(n)) => Some(Shown::new(MaglevSize(n))),
                 _ => None,
             },
+            stick_on: Some(Shown::new(match spec.stick_on {
+                StickOn::Src => StickOnValue::Src,
+                StickOn::Network(n) => StickOnValue::Prefix(n),
+            })),
             encap: spec
                 .forwarding
                 .is_encap()
@@ -394,6 +404,41 @@ impl ServiceDoc {
             ),
         }
     }
+}
+
+/// `stick_on` for a service on `vip`: the prefix taken from the VIP's family and checked
+/// against it; a full-length prefix is the full address.
+fn stick_on(on: &Shown<StickOnValue>, vip: SocketAddr) -> Result<StickOn, String> {
+    let (family, max, example) = if vip.is_ipv4() {
+        ("IPv4", 32, "src/24")
+    } else {
+        ("IPv6", 128, "src/64")
+    };
+    let len = match on.value {
+        StickOnValue::Src => return Ok(StickOn::Src),
+        StickOnValue::Prefix(n) => n,
+        StickOnValue::IpMask(n, _) if vip.is_ipv4() => n,
+        StickOnValue::IpMask(_, Some(m)) => m,
+        StickOnValue::IpMask(n, None) => {
+            return Err(format!(
+                "{} gives only an IPv4 mask, but the service listens on {vip} (IPv6): use \
+                 \"src/N\" with N from 1 to 128, e.g. \"src/64\", or \"src,ipmask({n},64)\"",
+                on.shown
+            ))
+        }
+    };
+    if len > max {
+        return Err(format!(
+            "{} is longer than an {family} address, and the service listens on {vip}: use \
+             \"src/N\" with N from 1 to {max} (the VIP's family), e.g. \"{example}\", or \"src\"",
+            on.shown
+        ));
+    }
+    Ok(if len == max {
+        StickOn::Src
+    } else {
+        StickOn::Network(len)
+    })
 }
 
 impl EncapDoc {

@@ -525,7 +525,62 @@ impl<const V4: bool> Serialize for FamilyPrefix<V4> {
     }
 }
 
+pub(crate) const STICK_ON_HELP: &str = "\"src\" (the client's address), \"src/N\" (its \
+    network: N of the VIP's family, 1..=32 for IPv4, 1..=128 for IPv6, e.g. \"src/24\" or \
+    \"src/64\") or HAProxy's \"src,ipmask(N[,M])\" (N for IPv4, M for IPv6)";
+
+/// `stick_on` as written: what a client sticks by. Its family checks need the VIP, so
+/// [`super::schema::ServiceDoc::check`] turns it into [`crate::spec::StickOn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StickOnValue {
+    /// `"src"`.
+    Src,
+    /// `"src/N"`, N of the VIP's family.
+    Prefix(u8),
+    /// `"src,ipmask(N)"` / `"src,ipmask(N,M)"`: N for an IPv4 VIP, M for an IPv6 one.
+    IpMask(u8, Option<u8>),
+}
+
+impl FromRaw for StickOnValue {
+    fn from_raw(raw: &Raw) -> Result<Self, String> {
+        let bad = || raw.refuse(STICK_ON_HELP);
+        let Some(text) = raw.as_str() else {
+            return Err(bad());
+        };
+        let t: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let len = |s: &str, max: u8| s.parse::<u8>().ok().filter(|n| (1..=max).contains(n));
+        if t == "src" {
+            return Ok(StickOnValue::Src);
+        }
+        if let Some(n) = t.strip_prefix("src/") {
+            return len(n, 128).map(StickOnValue::Prefix).ok_or_else(bad);
+        }
+        let masks = t
+            .strip_prefix("src,ipmask(")
+            .and_then(|m| m.strip_suffix(')'))
+            .ok_or_else(bad)?;
+        match masks.split_once(',') {
+            None => len(masks, 32).map(|n| StickOnValue::IpMask(n, None)),
+            Some((n, m)) => len(n, 32)
+                .zip(len(m, 128))
+                .map(|(n, m)| StickOnValue::IpMask(n, Some(m))),
+        }
+        .ok_or_else(bad)
+    }
+}
+display_serialize!(
+    StickOnValue,
+    |v| match v {
+        StickOnValue::Src => "src".to_string(),
+        StickOnValue::Prefix(n) => format!("src/{n}"),
+        StickOnValue::IpMask(n, None) => format!("src,ipmask({n})"),
+        StickOnValue::IpMask(n, Some(m)) => format!("src,ipmask({n},{m})"),
+    },
+    |s, ser| ser.collect_str(s)
+);
+
 crate::from_raw!(
+    StickOnValue,
     GuePort,
     Name,
     Listen,
@@ -548,6 +603,41 @@ crate::from_raw!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stick_on_forms() {
+        let read = |s: &str| StickOnValue::from_raw(&Raw::Str(s.into()));
+        assert_eq!(read("src"), Ok(StickOnValue::Src));
+        assert_eq!(read("src/24"), Ok(StickOnValue::Prefix(24)));
+        assert_eq!(read("src/128"), Ok(StickOnValue::Prefix(128)));
+        assert_eq!(read("src,ipmask(24)"), Ok(StickOnValue::IpMask(24, None)));
+        assert_eq!(
+            read("src, ipmask(24, 64)"),
+            Ok(StickOnValue::IpMask(24, Some(64)))
+        );
+        for bad in [
+            "src/0",
+            "src/129",
+            "src/",
+            "dst",
+            "src/24/8",
+            "src,ipmask(33)",
+            "src,ipmask(24,0)",
+            "src,ipmask(24",
+            "",
+        ] {
+            let e = read(bad).unwrap_err();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains("src/N"),
+                "{bad}: {e}"
+            );
+        }
+        let e = StickOnValue::from_raw(&Raw::Int(24)).unwrap_err();
+        assert!(e.contains("24") && e.contains("src/N"), "{e}");
+        for v in ["src", "src/24", "src,ipmask(24)", "src,ipmask(24,64)"] {
+            assert_eq!(read(v).unwrap().to_string(), v);
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -16,7 +16,7 @@ use crate::{
         Config, ServiceConfig,
     },
     plan,
-    spec::{family_name, BackendSpec},
+    spec::{family_name, BackendSpec, Prefix, StickOn},
     vocab::excerpt,
 };
 
@@ -182,7 +182,7 @@ pub fn check(config: &Config, req: &Request) -> Result<Option<Edit>, String> {
             Ok(None)
         }
         Request::TableLookup { service, client } => {
-            parse_client(find_service(config, service)?, client)?;
+            client_entry(find_service(config, service)?, client)?;
             Ok(None)
         }
         Request::TableClear {
@@ -194,7 +194,7 @@ pub fn check(config: &Config, req: &Request) -> Result<Option<Edit>, String> {
             match (client, backend) {
                 (Some(c), Some(b)) => return Err(client_and_backend(c, b)),
                 (Some(c), None) => {
-                    parse_client(s, c)?;
+                    client_entry(s, c)?;
                 }
                 (None, Some(b)) => {
                     find_backend(s, b)?;
@@ -209,7 +209,7 @@ pub fn check(config: &Config, req: &Request) -> Result<Option<Edit>, String> {
             backend,
         } => {
             let s = find_service(config, service)?;
-            parse_client(s, client)?;
+            client_entry(s, client)?;
             find_backend(s, backend)?;
             Ok(None)
         }
@@ -362,6 +362,44 @@ pub fn parse_client(service: &ServiceConfig, client: &str) -> Result<IpAddr, Str
         ));
     }
     Ok(ip)
+}
+
+/// The stick-table entry a `client` argument names in `service`: the network its
+/// clients share ([`StickOn::network`]: a host, /32 or /128, for `stick_on = "src"`).
+/// Accepted: an address of the VIP's family (its network is meant), or the network
+/// itself as `ADDR/LEN` with the service's length and no host bits.
+pub fn client_entry(service: &ServiceConfig, client: &str) -> Result<Prefix, String> {
+    let on = service.spec.stick_on;
+    let t = client.trim();
+    let Some((a, l)) = t.split_once('/') else {
+        return Ok(on.network(parse_client(service, t)?));
+    };
+    let ip = parse_client(service, a)?;
+    let want = on.network(ip).len;
+    let accepted = || match on {
+        StickOn::Src => format!(
+            "service {:?} sticks by the full address (stick_on = \"src\"): give an address, \
+             e.g. {ip}",
+            service.spec.name
+        ),
+        StickOn::Network(n) => format!(
+            "service {:?} sticks by /{n} networks (stick_on = \"src/{n}\"): give an address \
+             (its /{n} is meant) or a /{n} network, e.g. {}",
+            service.spec.name,
+            on.network(ip)
+        ),
+    };
+    // The length first (a network of another length is the likelier mistake), then the
+    // host bits.
+    if let Some(len) = l.trim().parse::<u8>().ok().filter(|n| *n != want) {
+        return Err(format!(
+            "{} is a /{len} network: {}",
+            excerpt(client, 60),
+            accepted()
+        ));
+    }
+    t.parse::<Prefix>()
+        .map_err(|e| format!("{e}; {}", accepted()))
 }
 
 /// A backend for `service` (`backend.add`), checked as a `[[service.backend]]` of that

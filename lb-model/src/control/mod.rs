@@ -7,8 +7,8 @@ pub mod check;
 pub mod protocol;
 
 pub use check::{
-    backend_needs_service, check, client_and_backend, find_backend, find_service, parse_client,
-    Edit,
+    backend_needs_service, check, client_and_backend, client_entry, find_backend, find_service,
+    parse_client, Edit,
 };
 pub use protocol::{
     commands, decode_line, encode_line, parse_request, too_long, usage, Request, Response,

@@ -17,10 +17,10 @@ use crate::{
     config::{
         errors::Path,
         schema::{BackendDoc, HealthDoc, Sections, ServiceDoc, StickTableDoc},
-        values::{Expire, Listen, Name, Weight},
+        values::{Expire, Listen, Name, StickOnValue, Weight},
     },
     spec::{AdminState, CheckKind, Forwarding, Protocol, Scheduler},
-    vocab::excerpt,
+    vocab::{excerpt, Shown},
 };
 
 /// Default control socket.
@@ -43,6 +43,8 @@ pub struct ServiceDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<Forwarding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stick_on: Option<Shown<StickOnValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire: Option<Expire>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<CheckKind>,
@@ -60,6 +62,7 @@ impl ServiceDef {
             scheduler: self.scheduler,
             forwarding: self.forwarding,
             maglev_size: None,
+            stick_on: self.stick_on.clone(),
             encap: None,
             stick_table: self.expire.map(|e| StickTableDoc {
                 expire: Some(e),
