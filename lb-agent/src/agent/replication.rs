@@ -49,7 +49,7 @@ impl StickSink {
                     continue;
                 }
             }
-            if let Err(e) = table.insert(k, v, 0) {
+            if let Err(e) = table.insert(&k, &v, 0) {
                 log::debug!("cluster: cannot write a replicated stick entry: {e}");
             } else {
                 self.written
@@ -153,6 +153,11 @@ impl Replication {
         }
     }
 
+    /// How often the table is scanned into the store.
+    pub fn scan_interval(&self) -> Duration {
+        self.scan_interval
+    }
+
     /// Events the data path could not emit (the ring was full), summed over CPUs.
     pub fn events_lost(&self) -> u64 {
         lock(&self.lost)
@@ -174,8 +179,11 @@ impl Replication {
     }
 
     async fn read_events(&self, ring: RingBuf<MapData>) -> Result<()> {
-        let mut fd = AsyncFd::with_interest(ring, tokio::io::Interest::READABLE)
-            .context("watching the STICK_EVENTS ring")?;
+        // SAFETY: the ring owns its map's file descriptor, which stays open and is not
+        // replaced while the `AsyncFd` holds the ring.
+        let mut fd =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("watching the STICK_EVENTS ring: {e}"))?;
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             let mut guard = fd.readable_mut().await?;
