@@ -299,6 +299,45 @@ mod tests {
             .is_none());
     }
 
+    /// Two nodes whose files list the backends in different orders (and so give them
+    /// different ids) build the same Maglev table: slot by slot, the same backend
+    /// address. That is what makes every node pick the same backend for a client no
+    /// entry names yet.
+    #[test]
+    fn maglev_tables_depend_on_addresses_and_weights_alone() {
+        let file = |order: &[usize]| {
+            let mut t = String::from(
+                "[[service]]\nname = \"web\"\nlisten = \"10.0.0.100:80\"\nforwarding = \"dsr\"\n\
+                 scheduler = \"maglev\"\nmaglev_size = 1009\n",
+            );
+            for &j in order {
+                t.push_str(&format!(
+                    "[[service.backend]]\naddress = \"192.168.1.{j}:80\"\nweight = {j}\n"
+                ));
+            }
+            parse(&t, "lb.toml").unwrap()
+        };
+        let table = |c: &Config| {
+            let plan = Ids::default().plan(&c.specs()).unwrap();
+            let addr: HashMap<u32, std::net::SocketAddr> =
+                plan.backends.iter().map(|b| (b.id, b.addr)).collect();
+            plan.services[0]
+                .ring
+                .iter()
+                .map(|id| addr[id])
+                .collect::<Vec<_>>()
+        };
+        let a = table(&file(&[1, 2, 3, 4]));
+        let b = table(&file(&[3, 1, 4, 2]));
+        assert_eq!(a.len(), 1009);
+        assert_eq!(
+            a, b,
+            "same addresses and weights, any order: the same table"
+        );
+        let c = table(&file(&[1, 2, 3, 5]));
+        assert_ne!(a, c, "another backend set: another table");
+    }
+
     #[test]
     fn the_map_keeps_a_later_sighting_of_the_same_backend() {
         let v = |b, t| StickValue {

@@ -30,6 +30,10 @@ use stickylb_tests::cluster_net::{
 use stickylb_tests::NameServer;
 
 const CLIENTS: usize = 100;
+/// Node `i`'s metrics endpoint (on its LAN address).
+fn metrics_addr(net: &ClusterNet, i: usize) -> SocketAddr {
+    SocketAddr::new(net.node(i).lan_v4.into(), 9478)
+}
 const CONNECTIONS: usize = 10;
 
 /// A running cluster: the network, the backends' servers, one agent per node.
@@ -96,11 +100,12 @@ impl Lab {
 
     fn start(&mut self, i: usize) {
         let cfg = self.config(i);
+        let metrics = metrics_addr(&self.net, i).to_string();
         let a = Agent::start(
             &self.net.node(i).ns,
             &[NODE_ROUTER_IF, NODE_LAN_IF],
             &cfg,
-            &[],
+            &["--metrics", &metrics],
         )
         .unwrap();
         self.agents.insert(i, a);
@@ -524,6 +529,53 @@ fn bad_peers_are_refused_and_the_agent_keeps_replicating() {
         out
     };
     assert!(text.contains("refused_handshakes"), "{text}");
+    // The metrics of a clustered node: every cluster metric the Grafana dashboard
+    // queries has samples (tests/tests/dashboard.rs checks the others on a single node).
+    let body = lab
+        .net
+        .node(1)
+        .ns
+        .enter(|| {
+            use std::io::Read as _;
+            let mut c = std::net::TcpStream::connect(metrics_addr(&lab.net, 1))?;
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .unwrap();
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/grafana/stickylb.json"),
+    )
+    .unwrap();
+    let mut queried = BTreeSet::new();
+    for (at, _) in dashboard.match_indices("stickylb_cluster_") {
+        let name: String = dashboard[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        queried.insert(name);
+    }
+    assert!(queried.len() >= 8, "{queried:?}");
+    let missing: Vec<_> = queried
+        .iter()
+        .filter(|m| {
+            !body
+                .lines()
+                .any(|l| l.starts_with(&format!("{m}{{")) || l.starts_with(&format!("{m} ")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries {missing:?}, not exported:\n{body}"
+    );
+    assert!(body.contains("stickylb_cluster_synced 1"), "{body}");
+    assert!(
+        body.lines().any(
+            |l| l.starts_with("stickylb_cluster_refused_handshakes_total") && !l.ends_with(" 0")
+        ),
+        "{body}"
+    );
 }
 
 #[test]
