@@ -262,7 +262,8 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             cfg,
             &agent.config,
             &agent.ids,
-            &layout.map(lb_common::MAP_STICK),
+            aya::maps::MapData::from_pin(layout.map(lb_common::MAP_STICK))
+                .context("opening the pinned stick table")?,
             ring,
             lost,
             real_capacity as usize,

@@ -34,7 +34,12 @@ pub struct StickSink {
     catalog: Arc<RwLock<Catalog>>,
     table: Mutex<HashMap<MapData, StickKey, StickValue>>,
     written: std::sync::atomic::AtomicU64,
+    /// Told of every batch once it is in the table (the benchmark's lag measurement).
+    probe: std::sync::OnceLock<Probe>,
 }
+
+/// See [`Replication::set_probe`].
+pub type Probe = Box<dyn Fn(&[Applied]) + Send + Sync>;
 
 impl StickSink {
     fn write(&self, entries: &[Applied]) {
@@ -56,6 +61,10 @@ impl StickSink {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        drop(table);
+        if let Some(p) = self.probe.get() {
+            p(entries);
+        }
     }
 }
 
@@ -72,6 +81,12 @@ pub struct Replication {
     sink: Arc<StickSink>,
     defs: Mutex<Vec<ServiceDef>>,
     lost: Mutex<PerCpuArray<MapData, u64>>,
+    /// Calls `probe` with every batch of peers' entries right after it is written into
+    /// the stick table (once; `cargo xtask bench` part 6 times the lag with it).
+    pub fn set_probe(&self, probe: Probe) {
+        let _ = self.sink.probe.set(probe);
+    }
+
     /// How often the table is scanned into the store.
     scan_interval: Duration,
     last_scan: Mutex<Option<Instant>>,
@@ -100,14 +115,12 @@ impl Replication {
         cfg: ClusterConfig,
         config: &Config,
         ids: &Ids,
-        stick_pin: &std::path::Path,
+        stick: MapData,
         ring: RingBuf<MapData>,
         lost: PerCpuArray<MapData, u64>,
         capacity: usize,
     ) -> Result<Arc<Replication>> {
-        let data = MapData::from_pin(stick_pin)
-            .with_context(|| format!("opening the pinned stick table {}", stick_pin.display()))?;
-        let table: HashMap<MapData, StickKey, StickValue> = match Map::from_map_data(data)? {
+        let table: HashMap<MapData, StickKey, StickValue> = match Map::from_map_data(stick)? {
             m @ (Map::LruHashMap(_) | Map::HashMap(_)) => m.try_into()?,
             _ => anyhow::bail!("the stick table is not a hash map"),
         };
@@ -116,6 +129,7 @@ impl Replication {
             catalog: catalog.clone(),
             table: Mutex::new(table),
             written: Default::default(),
+            probe: std::sync::OnceLock::new(),
         });
         let defs = lb_model::cluster::service_defs(config);
         let cluster = Cluster::start(cfg, &defs, sink.clone())

@@ -222,6 +222,12 @@ impl Agent {
                 excerpt(&running.join(", "), 120)
             ));
         }
+        if cfg.cluster != self.config.cluster {
+            log::warn!(
+                "{}: [cluster] changed; it is read when the agent starts (peers, credentials, listener): restart the agent to apply it (the services are applied now)",
+                self.opts.config.display()
+            );
+        }
         let previous = std::mem::replace(&mut self.config, cfg);
         let (prev_fp, prev_changes) = (self.config_fingerprint.clone(), self.changes);
         self.config_fingerprint = fingerprint(&bytes);
