@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{IterableMap as _, MapData};
+use aya::programs::TestRun as _;
 use lb_agent::{agent::replication::Replication, loader::LoadOptions};
 use lb_cluster::{ClientKey, ClusterConfig, PeerConfig};
 use lb_common::{addr_from_ip, StickKey, StickValue};
@@ -108,8 +109,8 @@ async fn node(cfg: ClusterConfig, config: &Config, capacity: u32) -> Result<Node
         .context("STICK_EVENTS_LOST")?
         .try_into()?;
     let stick = MapData::from_fd(lab.dp.stick.map().fd().as_fd().try_clone_to_owned()?)?;
-    let repl = Replication::start(cfg, config, &lab.ids, stick, ring, lost, capacity as usize)
-        .await?;
+    let repl =
+        Replication::start(cfg, config, &lab.ids, stick, ring, lost, capacity as usize).await?;
     Ok(Node { lab, repl })
 }
 
@@ -143,7 +144,7 @@ pub fn run(opts: &Options) -> Result<AgentsReport> {
 
 async fn run_async(opts: &Options) -> Result<AgentsReport> {
     let started = Instant::now();
-    let config = lb_model::config::parse(SERVICE, "bench")?;
+    let services = lb_model::config::parse(SERVICE, "bench")?;
     let pki = Pki::new()?;
     let (pa, pb, pc) = (free_port()?, free_port()?, free_port()?);
     let at = |p: u16| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), p);
@@ -155,8 +156,8 @@ async fn run_async(opts: &Options) -> Result<AgentsReport> {
     let cfg_b = config(&pki, "lb2", at(pb), "lb1", at(pa));
     let cfg_c = config(&pki, "lb3", at(pc), "lb1", at(pa));
     let capacity = (opts.resync_entries as u32 + 400_000).max(1 << 20);
-    let mut a = node(cfg_a, &config, capacity).await?;
-    let b = node(cfg_b, &config, capacity).await?;
+    let mut a = node(cfg_a, &services, capacity).await?;
+    let b = node(cfg_b, &services, capacity).await?;
     wait("B taught by A", Duration::from_secs(60), || {
         b.repl.cluster.status().peers.iter().all(|p| p.taught_us)
     })
@@ -215,15 +216,22 @@ async fn run_async(opts: &Options) -> Result<AgentsReport> {
             })?
         };
         let want = sent.len();
-        let _ = wait("B's map holds every new client", Duration::from_secs(30), || {
-            let m = arrived.lock().unwrap_or_else(|e| e.into_inner());
-            sent.iter().filter(|(c, _)| m.contains_key(c)).count() >= want
-        })
+        let _ = wait(
+            "B's map holds every new client",
+            Duration::from_secs(30),
+            || {
+                let m = arrived.lock().unwrap_or_else(|e| e.into_inner());
+                sent.iter().filter(|(c, _)| m.contains_key(c)).count() >= want
+            },
+        )
         .await;
         let m = arrived.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut lags: Vec<f64> = sent
             .iter()
-            .filter_map(|(c, t)| m.get(c).map(|at| at.saturating_duration_since(*t).as_secs_f64() * 1e3))
+            .filter_map(|(c, t)| {
+                m.get(c)
+                    .map(|at| at.saturating_duration_since(*t).as_secs_f64() * 1e3)
+            })
             .collect();
         lags.sort_by(f64::total_cmp);
         lag.push(MapLag {
@@ -233,8 +241,7 @@ async fn run_async(opts: &Options) -> Result<AgentsReport> {
             p50_ms: percentile(&lags, 0.5),
             p99_ms: percentile(&lags, 0.99),
             max_ms: lags.last().copied().unwrap_or(f64::NAN),
-            bytes_per_client: (peer_bytes(&a.repl, true) - bytes_before) as f64
-                / (n as f64), // C is not started yet: only B's link carries traffic
+            bytes_per_client: (peer_bytes(&a.repl, true) - bytes_before) as f64 / (n as f64), // C is not started yet: only B's link carries traffic
             events_lost: a.repl.events_lost() - lost_before,
         });
     }
@@ -273,7 +280,7 @@ async fn run_async(opts: &Options) -> Result<AgentsReport> {
     }
     let in_store = a.repl.cluster.status().entries as usize;
     let t = Instant::now();
-    let c = node(cfg_c, &config, capacity).await?;
+    let c = node(cfg_c, &services, capacity).await?;
     wait("C holds A's table", Duration::from_secs(300), || {
         c.repl.written() as usize >= in_store && c.repl.cluster.synced()
     })
@@ -304,7 +311,10 @@ impl AgentsReport {
         }
         out.push_str(&format!(
             "  resync of {} entries into an empty node's map: {:.2} s, {} bytes ({:.1} B/entry)\n",
-            self.resync.entries, self.resync.seconds, self.resync.bytes, self.resync.bytes_per_entry
+            self.resync.entries,
+            self.resync.seconds,
+            self.resync.bytes,
+            self.resync.bytes_per_entry
         ));
         out
     }

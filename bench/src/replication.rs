@@ -194,7 +194,13 @@ pub(crate) fn free_port() -> Result<u16> {
         .port())
 }
 
-pub(crate) fn config(pki: &Pki, me: &str, listen: SocketAddr, peer: &str, at: SocketAddr) -> ClusterConfig {
+pub(crate) fn config(
+    pki: &Pki,
+    me: &str,
+    listen: SocketAddr,
+    peer: &str,
+    at: SocketAddr,
+) -> ClusterConfig {
     ClusterConfig {
         node: me.into(),
         listen,

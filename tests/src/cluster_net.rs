@@ -731,17 +731,13 @@ pub fn node_config(
     Ok(t)
 }
 
+/// Per client address, the names of the backends that answered it.
+pub type Answers = std::collections::BTreeMap<Ipv4Addr, std::collections::BTreeSet<String>>;
+
 impl ClusterNet {
     /// `connections` TCP connections from each of `clients` (extra client addresses) to
     /// the VIP, client by client; the backend names that answered each, and the failures.
-    pub fn round(
-        &self,
-        clients: usize,
-        connections: usize,
-    ) -> Result<(
-        std::collections::BTreeMap<Ipv4Addr, std::collections::BTreeSet<String>>,
-        Vec<String>,
-    )> {
+    pub fn round(&self, clients: usize, connections: usize) -> Result<(Answers, Vec<String>)> {
         let vip = SocketAddr::new(VIP_V4.into(), SERVICE_PORT);
         let mut pairs = Vec::new();
         for _ in 0..connections {

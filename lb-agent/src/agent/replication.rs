@@ -81,12 +81,6 @@ pub struct Replication {
     sink: Arc<StickSink>,
     defs: Mutex<Vec<ServiceDef>>,
     lost: Mutex<PerCpuArray<MapData, u64>>,
-    /// Calls `probe` with every batch of peers' entries right after it is written into
-    /// the stick table (once; `cargo xtask bench` part 6 times the lag with it).
-    pub fn set_probe(&self, probe: Probe) {
-        let _ = self.sink.probe.set(probe);
-    }
-
     /// How often the table is scanned into the store.
     scan_interval: Duration,
     last_scan: Mutex<Option<Instant>>,
@@ -165,6 +159,12 @@ impl Replication {
             self.cluster.set_services(&defs);
             *current = defs;
         }
+    }
+
+    /// Calls `probe` with every batch of peers' entries right after it is written into
+    /// the stick table (once; `cargo xtask bench` part 6 times the lag with it).
+    pub fn set_probe(&self, probe: Probe) {
+        let _ = self.sink.probe.set(probe);
     }
 
     /// How often the table is scanned into the store.
