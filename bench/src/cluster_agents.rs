@@ -198,18 +198,25 @@ async fn run_async(opts: &Options) -> Result<AgentsReport> {
                 lab.ns.enter(|| {
                     let mut out = Vec::with_capacity(pkts.len());
                     let t0 = Instant::now();
-                    for (k, (i, p)) in pkts.iter().enumerate() {
-                        let due = Duration::from_secs_f64(k as f64 / rate as f64);
-                        while t0.elapsed() < due {
-                            std::hint::spin_loop();
+                    // Paced per millisecond (a sleep between batches, not a spin: the
+                    // reader and the sessions need the CPUs too).
+                    let per_ms = (rate / 1000).max(1) as usize;
+                    for (b, chunk) in pkts.chunks(per_ms).enumerate() {
+                        let due = Duration::from_secs_f64(b as f64 * per_ms as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                            std::thread::sleep(wait);
                         }
-                        let mut buf = vec![0u8; p.len() + 256];
-                        prog.test_run(aya::programs::TestRunOptions {
-                            data_in: Some(p),
-                            data_out: Some(&mut buf),
-                            ..Default::default()
-                        })?;
-                        out.push((ClientKey::host(IpAddr::V4(client(i + 1))), Instant::now()));
+                        for (i, p) in chunk {
+                            let mut buf = vec![0u8; p.len() + 256];
+                            // The entry is inserted during the run: its lag starts here.
+                            let at = Instant::now();
+                            prog.test_run(aya::programs::TestRunOptions {
+                                data_in: Some(p),
+                                data_out: Some(&mut buf),
+                                ..Default::default()
+                            })?;
+                            out.push((ClientKey::host(IpAddr::V4(client(i + 1))), at));
+                        }
                     }
                     Ok(out)
                 })
