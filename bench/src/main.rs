@@ -17,6 +17,7 @@
 //!
 //! Needs root (namespaces, BPF). Run it with `cargo xtask bench [--quick]`.
 
+mod cluster_agents;
 mod control_plane;
 mod netpath;
 mod replication;
@@ -87,6 +88,7 @@ struct Args {
     out_dir: Option<PathBuf>,
     /// Parts of the benchmark to run, comma-separated: 1 per-packet cost, 2 stick-table
     /// scale (runs part 1's baselines too), 3 network path, 4 control plane, 5 replication
+    /// (crate level), 6 replication through the agents' maps
     /// (default all).
     #[arg(long, value_delimiter = ',')]
     parts: Option<Vec<u8>>,
@@ -197,10 +199,10 @@ fn run(args: Args) -> Result<()> {
         cfg.runs, cfg.repeat, machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg
     );
 
-    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4, 5]);
+    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4, 5, 6]);
     ensure!(
-        parts.iter().all(|p| (1..=5).contains(p)),
-        "--parts takes 1, 2, 3, 4, 5"
+        parts.iter().all(|p| (1..=6).contains(p)),
+        "--parts takes 1, 2, 3, 4, 5, 6"
     );
     // The agent binary the network-path and control-plane parts run: next to this one.
     if std::env::var_os("STICKYLB_BIN").is_none() {
@@ -265,7 +267,20 @@ fn run(args: Args) -> Result<()> {
         None
     };
 
+    let agents = if parts.contains(&6) {
+        let opts = cluster_agents::Options {
+            rates: vec![1_000, 50_000],
+            seconds: if args.quick { 1.0 } else { 2.0 },
+            resync_entries: if args.quick { 200_000 } else { 1_000_000 },
+        };
+        println!("\npart 6, replication through the agents' maps ...");
+        Some(cluster_agents::run(&opts).context("part 6 (replication through the maps)")?)
+    } else {
+        None
+    };
+
     let mut report = Report::new(machine, cfg.clone(), results, scale, programs);
+    report.agents = agents;
     report.netpath = netpath;
     report.control = control;
     report.replication = replication;

@@ -179,6 +179,8 @@ pub struct Report {
     pub control: Option<ControlReport>,
     /// Part 5, when run.
     pub replication: Option<ReplicationReport>,
+    /// Part 6.
+    pub agents: Option<crate::cluster_agents::AgentsReport>,
 }
 
 /// Median over rounds of `f(a[i], b[i])`; `None` if the run counts differ.
@@ -250,6 +252,7 @@ impl Report {
             netpath: None,
             control: None,
             replication: None,
+            agents: None,
         }
     }
 
@@ -515,6 +518,9 @@ impl Report {
         if let Some(r) = &self.replication {
             out.push_str(&r.text());
         }
+        if let Some(r) = &self.agents {
+            out.push_str(&r.text());
+        }
         let _ = writeln!(out);
         for g in &self.goals {
             let _ = writeln!(
@@ -613,6 +619,9 @@ impl Report {
             out.push_str(&cp.markdown());
         }
         if let Some(r) = &self.replication {
+            out.push_str(&r.markdown());
+        }
+        if let Some(r) = &self.agents {
             out.push_str(&r.markdown());
         }
         let _ = writeln!(out, "\n| goal | measured | limit | |\n|---|---:|---:|---|");

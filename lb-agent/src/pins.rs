@@ -36,11 +36,14 @@ pub const LAYOUT_VERSION: u32 = 6;
 /// Default bpffs mount point (see module docs).
 pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
 /// Every map the agent pins.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 17] = [
     lb_common::MAP_SERVICE_INDEX,
     lb_common::MAP_SERVICE_INDEX_HEAD,
     lb_common::MAP_REPLY_FILTER,
     lb_common::MAP_JUMP,
+    // Events written while no agent reads them wait in the ring for the next one.
+    lb_common::MAP_STICK_EVENTS,
+    lb_common::MAP_STICK_EVENTS_LOST,
     lb_common::MAP_ENCAP_SOURCE,
     lb_common::MAP_INSERT_BUDGET,
     lb_common::MAP_FRAGMENTS,

@@ -7,19 +7,36 @@
 //! - [`wall_ms`]: `CLOCK_REALTIME` in milliseconds, for pick stamps (see
 //!   `store::Stamp`). Stamps only have to be comparable, not exact: a skewed clock makes
 //!   a node win or lose ties, never makes nodes disagree on the winner.
-//!
-//! Both are read from the project's one clock module, `lb_model::clock`.
 
 /// `CLOCK_MONOTONIC_COARSE` in milliseconds.
 pub fn mono_ms() -> u64 {
-    mono_ns() / 1_000_000
+    clock(libc::CLOCK_MONOTONIC_COARSE) / 1_000_000
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds (what the data path stores).
-pub use lb_model::clock::monotonic_ns as mono_ns;
+pub fn mono_ns() -> u64 {
+    clock(libc::CLOCK_MONOTONIC_COARSE)
+}
 
 /// `CLOCK_REALTIME` in milliseconds since the Unix epoch.
-pub use lb_model::clock::unix_ms as wall_ms;
+pub fn wall_ms() -> u64 {
+    clock(libc::CLOCK_REALTIME) / 1_000_000
+}
+
+fn clock(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(id, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@
 //!   helper.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod duration;

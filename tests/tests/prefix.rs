@@ -13,10 +13,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use lb_agent::{
-    agent::attach::{self, XdpMode},
+    agent::{
+        attach::{self, XdpMode},
+        neigh,
+    },
     dataplane::Dataplane,
     loader::{self, LoadOptions},
-    neighbours,
 };
 use lb_common::ip_from_addr;
 use lb_model::{
@@ -62,6 +64,7 @@ fn clients_of_one_network_reach_one_backend() -> Result<()> {
         clients: 0,
         vip_on_backend_lo: false,
         native_xdp: false,
+        ..Default::default()
     })?;
     let (c4, c6) = (v4_clients(), v6_clients());
     // The extra client addresses on the client's interface, routed back to it by the
@@ -117,8 +120,9 @@ fn clients_of_one_network_reach_one_backend() -> Result<()> {
         for ifname in &ifaces {
             attach::attach(&mut ebpf, ifname, XdpMode::Skb)?;
         }
-        for (ip, e) in neighbours::prime(&backend_ips) {
-            eprintln!("priming {ip}: {e}");
+        // No agent here: resolve the backends' next hops as it would (managed entries).
+        for (ip, e) in neigh::resolve_blocking(&backend_ips, Duration::from_secs(5)) {
+            eprintln!("resolving {ip}: {e}");
         }
         Ok(())
     })?;

@@ -9,6 +9,7 @@
 //! - [`interfaces`]: link events from netlink (an interface deleted or back).
 //! - [`neigh`]: the next hops the data path needs, kept resolved (managed neighbour
 //!   entries, the data path's reports of unresolved ones, start-time checks).
+//! - [`replication`]: `[cluster]`: the stick table replicated to peers (lb-cluster).
 //! - this module: options and the run loop.
 //!
 //! Lifecycle: mount bpffs → load the program with pinned maps (adopting a previous
@@ -21,6 +22,7 @@ pub mod attach;
 pub mod census;
 pub mod interfaces;
 pub mod neigh;
+pub mod replication;
 pub mod state;
 
 use std::{
@@ -144,8 +146,8 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         stick_table_size: stick_capacity,
         pin_dir: Some(layout.maps_dir()),
         debug: opts.debug,
-        // On once the agent replicates to a cluster (issue 12, phase 2).
-        stick_events: false,
+        // A cluster replicates what the data path decides: it emits events.
+        stick_events: config.cluster.is_some(),
         stick_events_bytes: None,
     })?;
     if opts.debug {
@@ -212,6 +214,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<Transition>();
     let health = HealthChecker::new(tx);
+    let (synced, synced_constant) = Agent::always_synced();
     let mut agent = Agent {
         attached: Vec::new(),
         ifindexes: BTreeMap::new(),
@@ -230,6 +233,9 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         stick_capacity: real_capacity,
         census: census.clone(),
         neigh: None,
+        replication: None,
+        synced,
+        _synced_constant: synced_constant,
     };
     // Health first with known states, then maps, then traffic.
     let targets = agent.targets();
@@ -249,6 +255,35 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             .sum::<usize>(),
         applying.elapsed().as_millis()
     );
+    if let Some(cfg) = agent.config.cluster.clone() {
+        // After the first commit (ids known), before traffic: entries the peers teach
+        // find their services and backends.
+        let ring: aya::maps::RingBuf<aya::maps::MapData> = agent
+            ._ebpf
+            .take_map(lb_common::MAP_STICK_EVENTS)
+            .context("map STICK_EVENTS missing from the object")?
+            .try_into()?;
+        let lost: aya::maps::PerCpuArray<aya::maps::MapData, u64> = agent
+            ._ebpf
+            .take_map(lb_common::MAP_STICK_EVENTS_LOST)
+            .context("map STICK_EVENTS_LOST missing from the object")?
+            .try_into()?;
+        let r = replication::Replication::start(
+            cfg,
+            &agent.config,
+            &agent.ids,
+            aya::maps::MapData::from_pin(layout.map(lb_common::MAP_STICK))
+                .context("opening the pinned stick table")?,
+            ring,
+            lost,
+            real_capacity as usize,
+        )
+        .await?;
+        census.scan_for(r.clone());
+        agent.synced = r.cluster.subscribe_synced();
+        agent._synced_constant = None;
+        agent.replication = Some(r);
+    }
     (agent.attached, agent.ifindexes) =
         attach::attach_all(&mut agent._ebpf, &layout, &opts.ifaces, opts.xdp_mode)?;
     // The next hops the data path needs: resolved now, then kept resolved. Its own handle

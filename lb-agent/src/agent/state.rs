@@ -47,9 +47,33 @@ pub struct Agent {
     pub(super) census: std::sync::Arc<super::census::StickCensus>,
     /// Keeps the next hops of the data path resolved (started once attached).
     pub(super) neigh: Option<neigh::Neighbours>,
+    /// `[cluster]`'s replication, when the configuration has one.
+    pub(super) replication: Option<std::sync::Arc<super::replication::Replication>>,
+    /// Whether this node holds the cluster's table (see [`Agent::synced`]).
+    pub(super) synced: tokio::sync::watch::Receiver<bool>,
+    /// Keeps the constant `true` of a node without `[cluster]` open.
+    pub(super) _synced_constant: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Agent {
+    /// Whether this node is synced with its cluster (every peer taught it its table, or
+    /// was waited for `sync_timeout`; docs/CLUSTER.md "Synced"): false until then, true
+    /// for good afterwards. A node without `[cluster]` is always synced (a constant
+    /// `true`). Issue 13 announces the VIP only once this is true.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.clone()
+    }
+
+    /// A receiver that is `true` for good (a node without `[cluster]`), with the sender
+    /// that keeps it open.
+    pub(super) fn always_synced() -> (
+        tokio::sync::watch::Receiver<bool>,
+        Option<tokio::sync::watch::Sender<bool>>,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        (rx, Some(tx))
+    }
+
     /// Health-check targets of the configuration.
     pub(super) fn targets(&self) -> Vec<Target> {
         let mut v = Vec::new();
@@ -109,6 +133,9 @@ impl Agent {
         let specs = self.specs();
         let plan = self.ids.plan(&specs)?;
         self.dp.apply(&plan)?;
+        if let Some(r) = &self.replication {
+            r.on_commit(&self.config, &self.ids);
+        }
         if let Some(n) = &self.neigh {
             n.set_needs(self.neigh_needs());
         }
@@ -204,6 +231,12 @@ impl Agent {
                 running.len(),
                 excerpt(&running.join(", "), 120)
             ));
+        }
+        if cfg.cluster != self.config.cluster {
+            log::warn!(
+                "{}: [cluster] changed; it is read when the agent starts (peers, credentials, listener): restart the agent to apply it (the services are applied now)",
+                self.opts.config.display()
+            );
         }
         let previous = std::mem::replace(&mut self.config, cfg);
         let (prev_fp, prev_changes) = (self.config_fingerprint.clone(), self.changes);

@@ -40,6 +40,10 @@ use crate::{
 pub struct FileDoc {
     #[serde(default, skip_serializing_if = "Sections::is_empty")]
     pub service: Sections<ServiceDoc>,
+    /// `[cluster]`: replication of the stick table to peers (docs/CLUSTER.md); checked by
+    /// [`lb_cluster::ClusterConfig::validate`] in [`super::parse`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<lb_cluster::ClusterConfig>,
 }
 
 /// One `[[service]]` section.
