@@ -39,6 +39,9 @@ pub struct Status {
     pub reloads: u64,
     /// Largest delay seen between a health check's due time and its start.
     pub health_max_lag_ms: u64,
+    /// Each VIP announced or why not (with `[announce]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::AnnounceStatus>,
 }
 
 /// An interface the agent attaches to.

@@ -105,6 +105,7 @@ impl Agent {
             control_changes: self.changes,
             reloads: self.reloads,
             health_max_lag_ms: u64::try_from(self.health.max_lag().as_millis()).unwrap_or(u64::MAX),
+            announce: self.announce.status(),
         }
     }
 
@@ -182,6 +183,19 @@ impl Agent {
                 client,
                 backend,
             } => self.table_pin(&service, &client, &backend),
+            Request::NodeDrain {} | Request::NodeUndrain {} => {
+                if self.config.announce.is_none() {
+                    return Err("this node announces nothing: node.drain and node.undrain \
+                                need an [announce] section in the config file (docs/CONFIG.md)"
+                        .into());
+                }
+                if matches!(req, Request::NodeDrain {}) {
+                    self.announce.drain(true)?;
+                } else {
+                    self.announce.undrain()?;
+                }
+                Ok(answer(&self.announce.status()))
+            }
             // Answered by `control::check` above.
             Request::ServiceAdd { .. }
             | Request::ServiceRemove { .. }

@@ -50,6 +50,8 @@ pub struct Agent {
     pub(super) stick_capacity: u32,
     /// The stick table's last count.
     pub(super) census: std::sync::Arc<super::census::StickCensus>,
+    /// VIP announcement and draining (`[announce]`).
+    pub(super) announce: std::sync::Arc<crate::announce::Announce>,
 }
 
 impl Agent {
@@ -258,6 +260,32 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// What the announcer needs: the `[announce]` section, and per VIP whether one of
+    /// its services has a backend taking traffic and its packets so far.
+    pub(super) fn announce_inputs(&self) -> Option<crate::announce::Inputs> {
+        let cfg = self.config.announce.clone()?;
+        let vips = lb_model::announce::vips(&cfg, &self.config.services)
+            .into_iter()
+            .map(|(vip, services)| crate::announce::VipInput {
+                vip,
+                any_healthy: services.iter().any(|s| {
+                    s.backends.iter().any(|b| {
+                        b.admin.effective(self.healthy(&s.spec.name, b.addr))
+                            != lb_model::spec::BackendState::Down
+                    })
+                }),
+                packets: services
+                    .iter()
+                    .filter_map(|s| self.ids.service_id(&s.spec.name))
+                    .filter_map(|id| self.dp.service_stats(id).ok())
+                    .map(|st| st.packets)
+                    .sum(),
+                services: services.iter().map(|s| s.spec.name.clone()).collect(),
+            })
+            .collect();
+        Some(crate::announce::Inputs { config: cfg, vips })
     }
 
     pub(super) fn on_transition(&mut self, t: Transition) {

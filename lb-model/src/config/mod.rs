@@ -44,6 +44,8 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<ServiceConfig>,
+    /// `[announce]`, when present.
+    pub announce: Option<crate::announce::AnnounceConfig>,
 }
 
 /// One `[[service]]` section.
@@ -81,6 +83,10 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let doc = FileDoc {
             service: Sections(self.services.iter().map(ServiceDoc::from_config).collect()),
+            announce: self
+                .announce
+                .as_ref()
+                .map(crate::announce::AnnounceDoc::from_config),
         };
         toml::to_string(&doc).expect("the schema serialises to TOML")
     }
@@ -120,7 +126,14 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         })?;
         services.push(service);
     }
-    let config = Config { services };
+    let announce = match &doc.announce {
+        Some(a) => Some(a.check(&services).map_err(|invalid| {
+            let path = Path::of(&["announce"]).join(&invalid.path);
+            field(text, origin, offset_of(text, &path), &path, invalid.message)
+        })?),
+        None => None,
+    };
+    let config = Config { services, announce };
     // A full plan rather than only `plan::validate`: some checks (two nat services sharing a
     // backend) are made while the map entries are computed.
     if let Err(error) = plan::Ids::default().plan(&config.specs()) {
@@ -366,7 +379,8 @@ state = "ready"               # ready | drain | maint
                         weight: 1,
                         admin: AdminState::Ready,
                     }],
-                }]
+                }],
+                announce: None,
             }
         );
         assert_eq!(c.specs(), vec![c.services[0].spec.clone()]);

@@ -52,7 +52,9 @@ pub fn check(config: &Config, req: &Request) -> Result<Option<Edit>, String> {
         Request::Status {}
         | Request::Reload { .. }
         | Request::Stats {}
-        | Request::ServiceList {} => Ok(None),
+        | Request::ServiceList {}
+        | Request::NodeDrain {}
+        | Request::NodeUndrain {} => Ok(None),
         Request::ServiceAdd { service } => {
             let sc = service_from_def(service)?;
             let name = sc.spec.name.clone();
