@@ -423,6 +423,7 @@ impl Agent {
         Stats {
             services,
             stick_table: self.stick_fill(&census),
+            announce: self.announce.status(),
         }
     }
 }
