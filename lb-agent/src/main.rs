@@ -52,6 +52,9 @@ enum Command {
         #[arg(long)]
         allow_empty: bool,
     },
+    /// The cluster (`[cluster]`): whether this node is synced, and every peer's state,
+    /// last message, entries sent and received, lag, resync progress, refusals.
+    Peers,
     /// Counters per service and backend.
     Stats {
         /// Repeat every second until interrupted.
@@ -337,6 +340,7 @@ fn main() -> ExitCode {
         Command::Check(args) => return file_outcome(lb_agent::offline::check(&args, cli.json)),
         Command::Import(args) => return file_outcome(lb_agent::offline::import(&args)),
         Command::Status => cmd("status", []),
+        Command::Peers => cmd("peers", []),
         Command::Reload { allow_empty } => cmd(
             "reload",
             [("allow_empty", allow_empty.then_some(Value::Bool(true)))],
@@ -614,6 +618,7 @@ fn print_human(cmd: &str, v: &Value) {
                 );
             }
         }
+        "peers" => print!("{}", lb_agent::control::peers_text(v)),
         "stats" => {
             for svc in v["services"].as_array().into_iter().flatten() {
                 println!(

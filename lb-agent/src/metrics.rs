@@ -171,6 +171,20 @@ impl Collector for Scrape {
         if let Some(a) = &stats.announce {
             gauges.extend(a.gauges());
         }
+        if let Some(c) = &stats.cluster {
+            for (g, v) in c.gauges() {
+                gauges.push((g, Vec::new(), v));
+            }
+            for p in &c.peers {
+                for (g, v) in p.gauges() {
+                    let mut labels = vec![("peer", p.name.clone())];
+                    if g == lb_model::stats::PEER_UP {
+                        labels.push(("state", p.state.clone()));
+                    }
+                    gauges.push((g, labels, v));
+                }
+            }
+        }
         families.extend(gauge_families(gauges));
         for f in &families {
             f.encode(&mut encoder)?;
@@ -256,6 +270,39 @@ mod tests {
                     "why": "no-healthy-backend", "since_ms": 5, "packets_per_s": 0.0, "drained": true }] },
         });
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn renders_the_cluster_per_node_and_per_peer() {
+        let mut stats = sample();
+        stats.cluster = Some(lb_model::stats::ClusterFigures {
+            synced: true,
+            conflicts: 3,
+            events_lost: 2,
+            peers: vec![lb_model::stats::PeerFigures {
+                name: "lb2".into(),
+                state: "up".into(),
+                entries_sent: 10,
+                lag_ms: 1500,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let text = render(stats);
+        for want in [
+            "stickylb_cluster_synced 1",
+            "stickylb_cluster_conflicts_total 3",
+            "stickylb_cluster_events_lost_total 2",
+            "stickylb_cluster_peer_up{peer=\"lb2\",state=\"up\"} 1",
+            "stickylb_cluster_peer_entries_sent_total{peer=\"lb2\"} 10",
+            "stickylb_cluster_peer_lag_seconds{peer=\"lb2\"} 1.5",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
+        assert!(
+            !render(sample()).contains("stickylb_cluster_"),
+            "a single node shows none"
+        );
     }
 
     #[test]

@@ -245,6 +245,16 @@ fn advice(cfg: &Config) -> Vec<String> {
     if cfg.services.is_empty() {
         out.push("no services: nothing is balanced".to_string());
     }
+    if cfg.cluster.is_some() {
+        for s in &cfg.services {
+            if s.spec.scheduler == lb_model::spec::Scheduler::RoundRobin {
+                out.push(format!(
+                    "service {:?}: round robin in a cluster: nodes may pin a new client differently until replication decides (counted as conflicts); use scheduler = \"maglev\" (docs/CLUSTER.md)",
+                    s.spec.name
+                ));
+            }
+        }
+    }
     for s in &cfg.services {
         let name = &s.spec.name;
         if s.backends.is_empty() {
@@ -325,6 +335,30 @@ pub fn summary_text(file: &Path, cfg: &Config) -> String {
             );
         }
     }
+    if let Some(c) = &cfg.cluster {
+        let _ = writeln!(
+            out,
+            "cluster: node {} listening on {} for {} peer(s){}; credentials ca {}, cert {}, key {} (read when the agent starts)",
+            c.node,
+            c.listen,
+            c.peers.len(),
+            if c.peers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    c.peers
+                        .iter()
+                        .map(|p| format!("{} at {}", p.name, p.address))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            c.ca.display(),
+            c.cert.display(),
+            c.key.display()
+        );
+    }
     for a in advice(cfg) {
         let _ = writeln!(out, "warning: {a}");
     }
@@ -379,6 +413,7 @@ pub fn summary_json(cfg: &Config) -> serde_json::Value {
         "ok": true,
         "services": services,
         "stick_table_size": cfg.services.iter().map(|s| u64::from(s.stick_table_size)).sum::<u64>(),
+        "cluster": cfg.cluster,
         "warnings": advice(cfg),
     })
 }

@@ -31,8 +31,11 @@ pub const LAYOUT_VERSION: u32 = 4;
 /// Default bpffs mount point (see module docs).
 pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
 /// Every map the agent pins.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 14] = [
     lb_common::MAP_JUMP,
+    // Events written while no agent reads them wait in the ring for the next one.
+    lb_common::MAP_STICK_EVENTS,
+    lb_common::MAP_STICK_EVENTS_LOST,
     lb_common::MAP_ENCAP_SOURCE,
     lb_common::MAP_INSERT_BUDGET,
     lb_common::MAP_FRAGMENTS,

@@ -20,6 +20,7 @@
 
 pub mod announce;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod duration;

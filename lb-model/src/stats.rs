@@ -19,6 +19,7 @@ use serde::{
 };
 
 use crate::spec::{AdminState, BackendState, Forwarding, Protocol, Scheduler};
+use serde_json::Value;
 
 /// The `status` answer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,160 @@ pub struct Stats {
     /// VIP announcement (with `[announce]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<crate::announce::AnnounceStatus>,
+    /// `[cluster]`'s figures, on a node that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// A cluster node's replication as the metrics show it (from `lb_cluster::ClusterStatus`
+/// and the agent's own counts).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterFigures {
+    pub synced: bool,
+    pub entries: u64,
+    pub conflicts: u64,
+    pub superseded: u64,
+    pub rejected: u64,
+    pub unknown_service: u64,
+    pub unknown_backend: u64,
+    pub local_picks: u64,
+    pub local_repairs: u64,
+    pub refreshes: u64,
+    pub rewrites: u64,
+    pub adopted: u64,
+    pub refused_handshakes: u64,
+    /// Events read from the data path's ring.
+    pub events_read: u64,
+    /// Events the data path dropped (ring full), summed over CPUs.
+    pub events_lost: u64,
+    /// Entries from peers written into the stick table.
+    pub entries_written: u64,
+    pub peers: Vec<PeerFigures>,
+}
+
+/// One peer's figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerFigures {
+    pub name: String,
+    /// `up` (both directions), `half`, `down`.
+    pub state: String,
+    pub entries_sent: u64,
+    pub entries_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub queued: u64,
+    pub lag_ms: u64,
+    pub resyncs: u64,
+    pub refusals: u64,
+    pub ignored_unknown: u64,
+    pub services_differ: bool,
+}
+
+impl ClusterFigures {
+    /// From the replication's status and the agent's counts.
+    pub fn new(
+        st: &lb_cluster::ClusterStatus,
+        events_read: u64,
+        events_lost: u64,
+        entries_written: u64,
+    ) -> ClusterFigures {
+        let c = &st.counters;
+        ClusterFigures {
+            synced: st.synced,
+            entries: st.entries,
+            conflicts: c.conflicts,
+            superseded: c.superseded,
+            rejected: c.rejected,
+            unknown_service: c.unknown_service,
+            unknown_backend: c.unknown_backend,
+            local_picks: c.local_picks,
+            local_repairs: c.local_repairs,
+            refreshes: c.refreshes,
+            rewrites: c.rewrites,
+            adopted: c.adopted,
+            refused_handshakes: st.refused_handshakes,
+            events_read,
+            events_lost,
+            entries_written,
+            peers: st
+                .peers
+                .iter()
+                .map(|p| PeerFigures {
+                    name: p.name.clone(),
+                    state: p.state.to_string(),
+                    entries_sent: p.entries_sent,
+                    entries_received: p.entries_received,
+                    bytes_sent: p.bytes_sent,
+                    bytes_received: p.bytes_received,
+                    queued: p.queued,
+                    lag_ms: p.lag_ms,
+                    resyncs: p.resyncs,
+                    refusals: p.refusals,
+                    ignored_unknown: p.ignored_unknown,
+                    services_differ: p.services_differ,
+                })
+                .collect(),
+        }
+    }
+
+    /// The node's values: (gauge, value).
+    pub fn gauges(&self) -> Vec<(Gauge, f64)> {
+        vec![
+            (CLUSTER_SYNCED, f64::from(u8::from(self.synced))),
+            (CLUSTER_ENTRIES, self.entries as f64),
+            (CLUSTER_CONFLICTS, self.conflicts as f64),
+            (CLUSTER_SUPERSEDED, self.superseded as f64),
+            (CLUSTER_REJECTED, self.rejected as f64),
+            (CLUSTER_UNKNOWN_SERVICE, self.unknown_service as f64),
+            (CLUSTER_UNKNOWN_BACKEND, self.unknown_backend as f64),
+            (CLUSTER_LOCAL_PICKS, self.local_picks as f64),
+            (CLUSTER_REPAIRS, self.local_repairs as f64),
+            (CLUSTER_REFRESHES, self.refreshes as f64),
+            (CLUSTER_REFUSED_HANDSHAKES, self.refused_handshakes as f64),
+            (CLUSTER_EVENTS, self.events_read as f64),
+            (CLUSTER_EVENTS_LOST, self.events_lost as f64),
+            (CLUSTER_WRITTEN, self.entries_written as f64),
+        ]
+    }
+}
+
+impl PeerFigures {
+    /// The peer's values: (gauge, value).
+    pub fn gauges(&self) -> Vec<(Gauge, f64)> {
+        vec![
+            (PEER_UP, f64::from(u8::from(self.state == "up"))),
+            (PEER_SENT, self.entries_sent as f64),
+            (PEER_RECEIVED, self.entries_received as f64),
+            (PEER_BYTES_SENT, self.bytes_sent as f64),
+            (PEER_BYTES_RECEIVED, self.bytes_received as f64),
+            (PEER_QUEUED, self.queued as f64),
+            (PEER_LAG, self.lag_ms as f64 / 1e3),
+            (PEER_RESYNCS, self.resyncs as f64),
+            (PEER_REFUSALS, self.refusals as f64),
+            (PEER_IGNORED, self.ignored_unknown as f64),
+            (
+                PEER_SERVICES_DIFFER,
+                f64::from(u8::from(self.services_differ)),
+            ),
+        ]
+    }
+}
+
+/// The `peers` answer: the replication's whole status (`lb_cluster::ClusterStatus` in its
+/// serde form, see docs/CLUSTER.md) and the agent's side of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Peers {
+    /// Whether the configuration has `[cluster]`.
+    pub clustered: bool,
+    /// Whether the node is synced (always, without `[cluster]`).
+    pub synced: bool,
+    pub events_read: u64,
+    pub events_lost: u64,
+    pub entries_written: u64,
+    pub scans: u64,
+    pub scan_interval_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
 }
 
 /// How full the stick table is.
@@ -228,7 +383,193 @@ pub const GAUGES: &[Gauge] = &[
     NODE_DRAINING,
     DAEMON_UP,
     BGP_SESSIONS_UP,
+    CLUSTER_SYNCED,
+    CLUSTER_ENTRIES,
+    CLUSTER_CONFLICTS,
+    CLUSTER_SUPERSEDED,
+    CLUSTER_REJECTED,
+    CLUSTER_UNKNOWN_SERVICE,
+    CLUSTER_UNKNOWN_BACKEND,
+    CLUSTER_LOCAL_PICKS,
+    CLUSTER_REPAIRS,
+    CLUSTER_REFRESHES,
+    CLUSTER_REFUSED_HANDSHAKES,
+    CLUSTER_EVENTS,
+    CLUSTER_EVENTS_LOST,
+    CLUSTER_WRITTEN,
+    PEER_UP,
+    PEER_SENT,
+    PEER_RECEIVED,
+    PEER_BYTES_SENT,
+    PEER_BYTES_RECEIVED,
+    PEER_QUEUED,
+    PEER_LAG,
+    PEER_RESYNCS,
+    PEER_REFUSALS,
+    PEER_IGNORED,
+    PEER_SERVICES_DIFFER,
 ];
+
+macro_rules! gauge {
+    ($id:ident, $name:literal, $counter:literal, $help:literal) => {
+        pub const $id: Gauge = Gauge {
+            name: $name,
+            help: $help,
+            counter: $counter,
+        };
+    };
+}
+
+gauge!(
+    CLUSTER_SYNCED,
+    "stickylb_cluster_synced",
+    false,
+    "1 once this node holds the cluster's table (every peer taught it, or was waited for)."
+);
+gauge!(
+    CLUSTER_ENTRIES,
+    "stickylb_cluster_store_entries",
+    false,
+    "Entries in the replicated store."
+);
+gauge!(
+    CLUSTER_CONFLICTS,
+    "stickylb_cluster_conflicts",
+    true,
+    "Two nodes pinned one client to different backends within the conflict window (resolved)."
+);
+gauge!(
+    CLUSTER_SUPERSEDED,
+    "stickylb_cluster_superseded",
+    true,
+    "Peers' later decisions that replaced an older one here (re-picks elsewhere)."
+);
+gauge!(
+    CLUSTER_REJECTED,
+    "stickylb_cluster_rejected",
+    true,
+    "Peers' values that lost to this node's (answered with ours)."
+);
+gauge!(
+    CLUSTER_UNKNOWN_SERVICE,
+    "stickylb_cluster_unknown_service",
+    true,
+    "Entries from peers naming a service this node does not have (ignored)."
+);
+gauge!(
+    CLUSTER_UNKNOWN_BACKEND,
+    "stickylb_cluster_unknown_backend",
+    true,
+    "Entries from peers naming a backend this node's service does not have (ignored)."
+);
+gauge!(
+    CLUSTER_LOCAL_PICKS,
+    "stickylb_cluster_local_picks",
+    true,
+    "This node's new entries and re-picks sent to the peers."
+);
+gauge!(
+    CLUSTER_REPAIRS,
+    "stickylb_cluster_repairs",
+    true,
+    "Entries the scan found that no event announced (lost events, restarts)."
+);
+gauge!(
+    CLUSTER_REFRESHES,
+    "stickylb_cluster_refreshes",
+    true,
+    "Last-seen refreshes sent (at most once per expire/4 per entry)."
+);
+gauge!(
+    CLUSTER_REFUSED_HANDSHAKES,
+    "stickylb_cluster_refused_handshakes",
+    true,
+    "Connections refused before a peer was known (credentials, not TLS, unknown name)."
+);
+gauge!(
+    CLUSTER_EVENTS,
+    "stickylb_cluster_events",
+    true,
+    "Stick-table events read from the data path's ring."
+);
+gauge!(
+    CLUSTER_EVENTS_LOST,
+    "stickylb_cluster_events_lost",
+    true,
+    "Stick-table events the data path dropped because the ring was full (the scan repairs them)."
+);
+gauge!(
+    CLUSTER_WRITTEN,
+    "stickylb_cluster_entries_written",
+    true,
+    "Entries from peers written into the stick table."
+);
+gauge!(
+    PEER_UP,
+    "stickylb_cluster_peer_up",
+    false,
+    "1 when both connections with the peer are up."
+);
+gauge!(
+    PEER_SENT,
+    "stickylb_cluster_peer_entries_sent",
+    true,
+    "Entries sent to the peer."
+);
+gauge!(
+    PEER_RECEIVED,
+    "stickylb_cluster_peer_entries_received",
+    true,
+    "Entries received from the peer."
+);
+gauge!(
+    PEER_BYTES_SENT,
+    "stickylb_cluster_peer_sent_bytes",
+    true,
+    "Bytes sent to the peer (TLS records)."
+);
+gauge!(
+    PEER_BYTES_RECEIVED,
+    "stickylb_cluster_peer_received_bytes",
+    true,
+    "Bytes received from the peer (TLS records)."
+);
+gauge!(
+    PEER_QUEUED,
+    "stickylb_cluster_peer_queued",
+    false,
+    "Entries queued for the peer."
+);
+gauge!(
+    PEER_LAG,
+    "stickylb_cluster_peer_lag_seconds",
+    false,
+    "Age of the oldest entry queued for the peer."
+);
+gauge!(
+    PEER_RESYNCS,
+    "stickylb_cluster_peer_resyncs",
+    true,
+    "Full teaches after the peer's queue overflowed."
+);
+gauge!(
+    PEER_REFUSALS,
+    "stickylb_cluster_peer_refusals",
+    true,
+    "Sessions of the peer ended for breaking the protocol."
+);
+gauge!(
+    PEER_IGNORED,
+    "stickylb_cluster_peer_ignored_unknown",
+    true,
+    "Entries from the peer for services or backends this node does not have."
+);
+gauge!(
+    PEER_SERVICES_DIFFER,
+    "stickylb_cluster_peer_services_differ",
+    false,
+    "1 when the peer's service definitions differ from this node's."
+);
 
 pub const BACKEND_WEIGHT: Gauge = Gauge {
     name: "stickylb_backend_weight",
@@ -457,6 +798,7 @@ pub(crate) mod tests {
                 census_age_ms: 0,
             },
             announce: None,
+            cluster: None,
         }
     }
 

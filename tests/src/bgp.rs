@@ -30,7 +30,9 @@ use serde_json::Value;
 
 use crate::{
     agent::Agent,
-    cluster_net::{ClusterNet, ClusterOpts, Node, NODE_LAN_IF, NODE_ROUTER_IF, VIP_V4},
+    cluster_net::{
+        ClusterNet, ClusterOpts, Node, Pki, NODE_LAN_IF, NODE_ROUTER_IF, PEER_PORT, VIP_V4,
+    },
     netns::Netns,
     servers::{connect_from, tcp_fetch_all},
     NameServer,
@@ -244,6 +246,9 @@ pub struct LabOpts {
     pub with_second: bool,
     /// Start the nodes' BIRD (false: the agents run without their daemon).
     pub node_birds: bool,
+    /// `[cluster]` on every node with these members (node indexes, present or not) and
+    /// this `sync_timeout`: a node announces only once synced.
+    pub cluster: Option<(Vec<usize>, Duration)>,
 }
 
 impl Default for LabOpts {
@@ -255,6 +260,7 @@ impl Default for LabOpts {
             detection: Detection::default(),
             with_second: false,
             node_birds: true,
+            cluster: None,
         }
     }
 }
@@ -276,6 +282,7 @@ pub struct BgpCluster {
     pub net: ClusterNet,
     pub opts: LabOpts,
     pub dir: PathBuf,
+    pki: Option<Pki>,
 }
 
 impl Drop for BgpCluster {
@@ -318,6 +325,10 @@ impl BgpCluster {
             "router",
             &router_conf(&nodes, opts.detection),
         )?;
+        let pki = match opts.cluster {
+            Some(_) => Some(Pki::new()?),
+            None => None,
+        };
         let mut lab = BgpCluster {
             runs: BTreeMap::new(),
             router,
@@ -325,6 +336,7 @@ impl BgpCluster {
             net,
             opts,
             dir,
+            pki,
         };
         for i in 1..=lab.opts.nodes {
             lab.start_node(i)?;
@@ -342,7 +354,7 @@ impl BgpCluster {
     }
 
     /// The agents' config file.
-    pub fn agent_config(&self, i: usize) -> String {
+    pub fn agent_config(&self, i: usize) -> Result<String> {
         let be: Vec<String> = self
             .net
             .backends()
@@ -367,7 +379,30 @@ impl BgpCluster {
             "[announce]\ninterface = \"lo\"\ndrain_timeout = \"10s\"\ndaemon_socket = \"{}\"\n",
             self.dir.join(format!("node{i}.ctl")).display()
         ));
-        c
+        if let (Some((members, sync)), Some(pki)) = (&self.opts.cluster, &self.pki) {
+            let me = self.net.node(i);
+            let (cert, key) = pki.issue(&me.name)?;
+            let peers: Vec<String> = members
+                .iter()
+                .filter(|&&k| k != i)
+                .map(|&k| {
+                    format!("{{ name = \"node{k}\", address = \"198.18.50.{k}:{PEER_PORT}\" }}")
+                })
+                .collect();
+            c.push_str(&format!(
+                "[cluster]\nnode = \"{}\"\nlisten = \"{}\"\npeers = [ {} ]\nca = \"{}\"\n\
+                 cert = \"{}\"\nkey = \"{}\"\nheartbeat = \"500ms\"\npeer_timeout = \"3s\"\n\
+                 sync_timeout = \"{}ms\"\n",
+                me.name,
+                me.peer_addr(),
+                peers.join(", "),
+                pki.ca_path().display(),
+                cert.display(),
+                key.display(),
+                sync.as_millis()
+            ));
+        }
+        Ok(c)
     }
 
     /// Starts node `i`'s BIRD (with `node_birds`) and agent.
@@ -390,7 +425,7 @@ impl BgpCluster {
         let agent = Agent::start(
             &n.ns,
             &[NODE_ROUTER_IF, NODE_LAN_IF],
-            &self.agent_config(i),
+            &self.agent_config(i)?,
             &["--metrics", "off"],
         )?;
         self.runs.insert(

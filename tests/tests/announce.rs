@@ -6,10 +6,9 @@
 //! Outages are measured and printed, never asserted on time (the machine is shared);
 //! the timeouts below are only generous bounds for readiness.
 //!
-//! Test 5 of the issue (a node added announces only after it is synced) needs the
-//! cluster's `synced` signal: the announcer is tested with a fed watch in
-//! `lb-agent/src/announce` (an unsynced node assigns nothing); here, a node added to the
-//! running cluster announces, takes traffic, and moves nobody.
+//! Test 5 runs the nodes with `[cluster]` (replication, `synced`); the others without
+//! (Maglev over equal backend sets moves nobody on its own). The announcer's rule is also
+//! tested with a fed `synced` watch in `lb-agent/src/announce`.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -258,19 +257,56 @@ fn a_node_without_backends_for_one_service_withdraws_that_vip_only() {
     lab.wait_fib(VIP2_V4, &[1, 2, 3], CONVERGE).unwrap();
 }
 
-/// Test 5 (without the cluster's sync): a node added announces, takes its share, and
-/// moves nobody (Maglev, equal backend sets).
+/// Test 5: a node added announces only once synced with its peers, then takes its
+/// share and moves nobody. The members list names node 5, which never comes, so a node
+/// is synced only at `sync_timeout` (its other peers taught it before): the window in
+/// which it must not announce is long enough to see.
 #[test]
-fn an_added_node_announces_and_moves_nobody() {
-    let mut lab = lab(LabOpts {
-        nodes: 2,
+fn an_added_node_announces_only_after_sync_and_moves_nobody() {
+    let sync = Duration::from_secs(6);
+    let t0 = Instant::now();
+    let mut lab = BgpCluster::start(LabOpts {
+        nodes: 3,
+        clients: 50,
+        cluster: Some((vec![1, 2, 3, 4, 5], sync)),
         ..Default::default()
-    });
+    })
+    .unwrap();
+    let a = lab.announce_status(1).unwrap();
+    if t0.elapsed() < sync {
+        assert_eq!(a["synced"], false, "{a}");
+        assert_eq!(a["vips"][0]["why"], "not-synced", "{a}");
+    }
+    lab.wait_fib(VIP_V4, &[1, 2, 3], CONVERGE).unwrap();
+    let first = t0.elapsed();
+    println!(
+        "first nodes announced {} ms after start (sync_timeout {sync:?})",
+        first.as_millis()
+    );
+    assert!(first >= sync, "announced before sync: {first:?}");
     let clients = lab.clients();
     let before = pinned(&lab, &clients, 2);
+    let t1 = Instant::now();
     let i = lab.add_node().unwrap();
-    let took = lab.wait_fib(VIP_V4, &[1, 2, i], CONVERGE).unwrap();
-    println!("node{i} added: in the FIB after {took:?}");
+    let a = lab.announce_status(i).unwrap();
+    let started = t1.elapsed();
+    if started < sync {
+        assert_eq!(a["synced"], false, "{a}");
+        assert_eq!(a["vips"][0]["why"], "not-synced", "{a}");
+        assert_eq!(a["vips"][0]["assigned"], false, "{a}");
+        assert!(!lab.fib(VIP_V4).unwrap().contains(&lab.net.node(i).v4));
+    }
+    let took = lab.wait_fib(VIP_V4, &[1, 2, 3, i], CONVERGE).unwrap();
+    println!(
+        "node{i} added: in the FIB {} ms after it started",
+        (t1.elapsed()).as_millis()
+    );
+    assert!(
+        t1.elapsed() >= sync,
+        "node{i} announced before sync ({took:?})"
+    );
+    let a = lab.announce_status(i).unwrap();
+    assert_eq!(a["synced"], true, "{a}");
     let p0 = lab.node_packets("web");
     let after = pinned(&lab, &clients, 2);
     let p1 = lab.node_packets("web");

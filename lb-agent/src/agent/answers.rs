@@ -18,8 +18,8 @@ use lb_model::{
     control::{self, Request},
     spec::HealthKind,
     stats::{
-        BackendRow, Counters, Health, Interface, ServiceListRow, ServiceRow, Stats, Status,
-        StickFill,
+        BackendRow, ClusterFigures, Counters, Health, Interface, Peers, ServiceListRow, ServiceRow,
+        Stats, Status, StickFill,
     },
 };
 use serde_json::{json, Value};
@@ -126,6 +126,7 @@ impl Agent {
             Request::Status {} => Ok(answer(&self.status())),
             Request::Reload { allow_empty } => self.reload(allow_empty),
             Request::Stats {} => Ok(answer(&self.stats())),
+            Request::Peers {} => Ok(answer(&self.peers())),
             Request::ServiceList {} => {
                 let rows: Vec<ServiceListRow> = self
                     .config
@@ -424,6 +425,36 @@ impl Agent {
             services,
             stick_table: self.stick_fill(&census),
             announce: self.announce.status(),
+            cluster: self.replication.as_ref().map(|r| {
+                ClusterFigures::new(
+                    &r.cluster.status(),
+                    r.events.load(std::sync::atomic::Ordering::Relaxed),
+                    r.events_lost(),
+                    r.written(),
+                )
+            }),
+        }
+    }
+
+    /// The `peers` answer.
+    pub fn peers(&self) -> Peers {
+        let Some(r) = &self.replication else {
+            return Peers {
+                clustered: false,
+                synced: true,
+                ..Default::default()
+            };
+        };
+        let status = r.cluster.status();
+        Peers {
+            clustered: true,
+            synced: status.synced,
+            events_read: r.events.load(std::sync::atomic::Ordering::Relaxed),
+            events_lost: r.events_lost(),
+            entries_written: r.written(),
+            scans: r.scans.load(std::sync::atomic::Ordering::Relaxed),
+            scan_interval_ms: u64::try_from(r.scan_interval().as_millis()).unwrap_or(u64::MAX),
+            status: serde_json::to_value(&status).ok(),
         }
     }
 }

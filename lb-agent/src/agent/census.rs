@@ -5,7 +5,9 @@
 //! and `top` read the last count and say how old it is.
 //!
 //! The walk runs every second, but never more often than ten times the time the last one
-//! took, so that a table of millions costs at most a tenth of one CPU. Hand-written: aya
+//! took, so that a table of millions costs at most a tenth of one CPU. In a cluster the same
+//! walk is replication's periodic scan (`replication::Replication::scan`, every
+//! `scan_interval`): one walk of the table serves both. Hand-written: aya
 //! 0.16 has no batch lookup; the syscall is the kernel's documented `bpf(2)` command.
 
 use std::{
@@ -48,6 +50,8 @@ impl Census {
 pub struct StickCensus {
     map: MapData,
     latest: Mutex<Census>,
+    /// Set in a cluster: the walk also scans the table into replication's store.
+    replication: std::sync::OnceLock<Arc<super::replication::Replication>>,
 }
 
 impl StickCensus {
@@ -58,7 +62,13 @@ impl StickCensus {
         Ok(Arc::new(Self {
             map,
             latest: Mutex::new(Census::default()),
+            replication: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Makes every walk due as a replication scan also a scan.
+    pub fn scan_for(&self, r: Arc<super::replication::Replication>) {
+        let _ = self.replication.set(r);
     }
 
     /// The last count (empty before the first).
@@ -70,10 +80,18 @@ impl StickCensus {
     pub fn count(&self) -> Census {
         let started = Instant::now();
         let mut c = Census::default();
+        let mut scan = self
+            .replication
+            .get()
+            .filter(|r| r.scan_due())
+            .map(|r| r.scan());
         let mut tally = |k: &StickKey, v: &StickValue| {
             c.entries += 1;
             *c.by_service.entry(k.service_id).or_default() += 1;
             *c.by_backend.entry(v.backend_id).or_default() += 1;
+            if let Some(s) = scan.as_mut() {
+                s.entry(k, v);
+            }
         };
         if let Err(e) = lookup_batch(self.map.fd().as_fd(), &mut tally) {
             log::debug!("batch walk of the stick table failed ({e}); walking it entry by entry");
@@ -82,11 +100,15 @@ impl StickCensus {
                 c.entries += 1;
                 *c.by_service.entry(k.service_id).or_default() += 1;
                 *c.by_backend.entry(v.backend_id).or_default() += 1;
+                if let Some(s) = scan.as_mut() {
+                    s.entry(k, v);
+                }
             };
             if let Err(e) = walk_one_by_one(&self.map, &mut tally) {
                 log::warn!("cannot count the stick table: {e:#}");
             }
         }
+        drop(scan);
         c.took = started.elapsed();
         c.at = Some(Instant::now());
         *lock(&self.latest) = c.clone();

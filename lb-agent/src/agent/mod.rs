@@ -7,6 +7,7 @@
 //! - [`attach`]: attaching the program to interfaces (the XDP mode, pinned links).
 //! - [`census`]: the stick table's fill, counted in the background.
 //! - [`interfaces`]: link events from netlink (an interface deleted or back).
+//! - [`replication`]: `[cluster]`: the stick table replicated to peers (lb-cluster).
 //! - this module: options and the run loop.
 //!
 //! Lifecycle: mount bpffs → load the program with pinned maps (adopting a previous
@@ -18,6 +19,7 @@ pub mod answers;
 pub mod attach;
 pub mod census;
 pub mod interfaces;
+pub mod replication;
 pub mod state;
 
 use std::{
@@ -141,8 +143,8 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         stick_table_size: stick_capacity,
         pin_dir: Some(layout.maps_dir()),
         debug: opts.debug,
-        // On once the agent replicates to a cluster (issue 12, phase 2).
-        stick_events: false,
+        // A cluster replicates what the data path decides: it emits events.
+        stick_events: config.cluster.is_some(),
         stick_events_bytes: None,
     })?;
     if opts.debug {
@@ -204,6 +206,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     let announce = Arc::new(crate::announce::Announce::new(&opts.state_dir));
     let (tx, mut rx) = mpsc::unbounded_channel::<Transition>();
     let health = HealthChecker::new(tx);
+    let (synced, synced_constant) = Agent::always_synced();
     let mut agent = Agent {
         attached: Vec::new(),
         ifindexes: BTreeMap::new(),
@@ -222,6 +225,9 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         stick_capacity: real_capacity,
         census: census.clone(),
         announce: announce.clone(),
+        replication: None,
+        synced,
+        _synced_constant: synced_constant,
     };
     // Health first with known states, then maps, then traffic.
     let targets = agent.targets();
@@ -241,6 +247,34 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             .sum::<usize>(),
         applying.elapsed().as_millis()
     );
+    if let Some(cfg) = agent.config.cluster.clone() {
+        // After the first commit (ids known), before traffic: entries the peers teach
+        // find their services and backends.
+        let ring: aya::maps::RingBuf<aya::maps::MapData> = agent
+            ._ebpf
+            .take_map(lb_common::MAP_STICK_EVENTS)
+            .context("map STICK_EVENTS missing from the object")?
+            .try_into()?;
+        let lost: aya::maps::PerCpuArray<aya::maps::MapData, u64> = agent
+            ._ebpf
+            .take_map(lb_common::MAP_STICK_EVENTS_LOST)
+            .context("map STICK_EVENTS_LOST missing from the object")?
+            .try_into()?;
+        let r = replication::Replication::start(
+            cfg,
+            &agent.config,
+            &agent.ids,
+            &layout.map(lb_common::MAP_STICK),
+            ring,
+            lost,
+            real_capacity as usize,
+        )
+        .await?;
+        census.scan_for(r.clone());
+        agent.synced = r.cluster.subscribe_synced();
+        agent._synced_constant = None;
+        agent.replication = Some(r);
+    }
     (agent.attached, agent.ifindexes) =
         attach::attach_all(&mut agent._ebpf, &layout, &opts.ifaces, opts.xdp_mode)?;
     let agent: SharedAgent = Arc::new(Mutex::new(agent));
@@ -289,10 +323,9 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         });
     }
     {
-        // VIPs announced through the routing daemon ([announce]). Without [cluster] the
-        // node is always synced.
-        let (synced_tx, synced) = tokio::sync::watch::channel(true);
-        std::mem::forget(synced_tx);
+        // VIPs announced through the routing daemon ([announce]), only once the node is
+        // synced with its cluster peers (at once without [cluster]).
+        let synced = lock(&agent).synced();
         let a = agent.clone();
         let inputs: crate::announce::InputsFn = Box::new(move || lock(&a).announce_inputs());
         let addrs = crate::announce::Netlink::open()?;

@@ -52,9 +52,33 @@ pub struct Agent {
     pub(super) census: std::sync::Arc<super::census::StickCensus>,
     /// VIP announcement and draining (`[announce]`).
     pub(super) announce: std::sync::Arc<crate::announce::Announce>,
+    /// `[cluster]`'s replication, when the configuration has one.
+    pub(super) replication: Option<std::sync::Arc<super::replication::Replication>>,
+    /// Whether this node holds the cluster's table (see [`Agent::synced`]).
+    pub(super) synced: tokio::sync::watch::Receiver<bool>,
+    /// Keeps the constant `true` of a node without `[cluster]` open.
+    pub(super) _synced_constant: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Agent {
+    /// Whether this node is synced with its cluster (every peer taught it its table, or
+    /// was waited for `sync_timeout`; docs/CLUSTER.md "Synced"): false until then, true
+    /// for good afterwards. A node without `[cluster]` is always synced (a constant
+    /// `true`). Issue 13 announces the VIP only once this is true.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.clone()
+    }
+
+    /// A receiver that is `true` for good (a node without `[cluster]`), with the sender
+    /// that keeps it open.
+    pub(super) fn always_synced() -> (
+        tokio::sync::watch::Receiver<bool>,
+        Option<tokio::sync::watch::Sender<bool>>,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        (rx, Some(tx))
+    }
+
     /// Health-check targets of the configuration.
     pub(super) fn targets(&self) -> Vec<Target> {
         let mut v = Vec::new();
@@ -114,6 +138,9 @@ impl Agent {
         let specs = self.specs();
         let plan = self.ids.plan(&specs)?;
         self.dp.apply(&plan)?;
+        if let Some(r) = &self.replication {
+            r.on_commit(&self.config, &self.ids);
+        }
         let dsr: Vec<IpAddr> = self
             .config
             .services

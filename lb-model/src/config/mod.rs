@@ -46,6 +46,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// `[announce]`, when present.
     pub announce: Option<crate::announce::AnnounceConfig>,
+    /// `[cluster]`; `None`: a single node (no events, no listener).
+    pub cluster: Option<lb_cluster::ClusterConfig>,
 }
 
 /// One `[[service]]` section.
@@ -87,6 +89,7 @@ impl Config {
                 .announce
                 .as_ref()
                 .map(crate::announce::AnnounceDoc::from_config),
+            cluster: self.cluster.clone(),
         };
         toml::to_string(&doc).expect("the schema serialises to TOML")
     }
@@ -133,13 +136,66 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         })?),
         None => None,
     };
-    let config = Config { services, announce };
+    if let Some(cluster) = &doc.cluster {
+        check_cluster(cluster, &services).map_err(|(path, message)| {
+            field(text, origin, offset_of(text, &path), &path, message)
+        })?;
+    }
+    let config = Config {
+        services,
+        cluster: doc.cluster,
+        announce,
+    };
     // A full plan rather than only `plan::validate`: some checks (two nat services sharing a
     // backend) are made while the map entries are computed.
     if let Err(error) = plan::Ids::default().plan(&config.specs()) {
         return Err(plan_error(text, origin, &config, error));
     }
     Ok(config)
+}
+
+/// `[cluster]`'s own checks ([`lb_cluster::ClusterConfig::validate`]), and what a cluster
+/// asks of the services: `forwarding = "nat"` is refused beside `[cluster]` (replies would
+/// have to come back through a node; stickylb supports DSR in a cluster, see
+/// docs/CLUSTER.md). Returns the field's path and the message.
+fn check_cluster(
+    cluster: &lb_cluster::ClusterConfig,
+    services: &[ServiceConfig],
+) -> Result<(), (Path, String)> {
+    if let Err(e) = cluster.validate() {
+        let mut path = Path::of(&["cluster"]);
+        for part in e.field.split('.') {
+            match part.split_once('[') {
+                Some((key, rest)) => {
+                    path = path.key(key);
+                    if let Ok(i) = rest.trim_end_matches(']').parse() {
+                        path = path.index(i);
+                    }
+                }
+                None => path = path.key(part),
+            }
+        }
+        return Err((path, format!("{}: {}", e.value, e.accepted)));
+    }
+    if let Some(i) = services
+        .iter()
+        .position(|s| s.spec.forwarding == crate::spec::Forwarding::Nat)
+    {
+        return Err((
+            Path::of(&["service"]).index(i).key("forwarding"),
+            format!(
+                "\"nat\" (service {:?}) cannot be used with [cluster]: a NAT reply must come back \
+                 through a node, and stickylb supports DSR in a cluster; use forwarding = \"dsr\", \
+                 \"ipip\" or \"gue\" (docs/CLUSTER.md), or remove [cluster]",
+                s_name(&services[i])
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn s_name(s: &ServiceConfig) -> &str {
+    &s.spec.name
 }
 
 fn field(text: &str, origin: &str, offset: usize, path: &Path, message: String) -> ConfigError {
@@ -381,6 +437,7 @@ state = "ready"               # ready | drain | maint
                     }],
                 }],
                 announce: None,
+                cluster: None,
             }
         );
         assert_eq!(c.specs(), vec![c.services[0].spec.clone()]);
@@ -1134,5 +1191,82 @@ forwarding = "ipip"
             }
         }
         assert!(blocks >= 1);
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    //! `[cluster]` mounted in the file: read, written back, refused by field.
+    use super::*;
+
+    const SERVICE: &str = "[[service]]\nname = \"web\"\nlisten = \"10.0.0.100:80\"\n\
+        forwarding = \"dsr\"\nscheduler = \"maglev\"\n\
+        [[service.backend]]\naddress = \"192.168.1.2:80\"\n";
+
+    fn cluster(extra: &str) -> String {
+        format!(
+            "{SERVICE}\n[cluster]\nnode = \"lb1\"\nlisten = \"10.0.0.1:7946\"\n\
+             peers = [ {{ name = \"lb2\", address = \"10.0.0.2:7946\" }} ]\n\
+             ca = \"/etc/stickylb/ca.pem\"\ncert = \"/etc/stickylb/lb1.pem\"\n\
+             key = \"/etc/stickylb/lb1.key\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn absent_is_a_single_node() {
+        assert_eq!(parse(SERVICE, "lb.toml").unwrap().cluster, None);
+    }
+
+    #[test]
+    fn read_and_written_back() {
+        let c = parse(&cluster("peer_timeout = \"7s\"\n"), "lb.toml").unwrap();
+        let k = c.cluster.as_ref().expect("mounted");
+        assert_eq!(k.node, "lb1");
+        assert_eq!(k.peers.len(), 1);
+        assert_eq!(k.peer_timeout, Duration::from_secs(7));
+        assert_eq!(k.heartbeat, Duration::from_secs(1), "defaults apply");
+        let again = parse(&c.to_toml(), "runtime.toml").unwrap();
+        assert_eq!(again, c, "to_toml keeps [cluster]:\n{}", c.to_toml());
+    }
+
+    #[test]
+    fn refusals_name_the_cluster_field() {
+        for (extra, field_name, says) in [
+            (
+                "peer_timeout = \"1s\"\n",
+                "cluster.peer_timeout",
+                "at least twice the heartbeat",
+            ),
+            ("queue = 5\n", "cluster.queue", "1024 to 16777216"),
+            (
+                "heartbeat = \"soon\"\n",
+                "cluster.heartbeat",
+                "not a duration",
+            ),
+            ("colour = 1\n", "cluster", "colour"),
+        ] {
+            let e = parse(&cluster(extra), "lb.toml").expect_err(extra);
+            let msg = e.to_string();
+            assert!(
+                e.field().is_some_and(|f| f.starts_with(field_name)),
+                "{extra:?}: {msg}"
+            );
+            assert!(msg.contains(says), "{extra:?}: {msg}");
+        }
+        let bad_peer = cluster("").replace("name = \"lb2\"", "name = \"lb1\"");
+        let e = parse(&bad_peer, "lb.toml").unwrap_err();
+        assert_eq!(e.field(), Some("cluster.peers[0].name"), "{e}");
+        assert!(e.to_string().contains("other than this node's own"), "{e}");
+    }
+
+    #[test]
+    fn nat_is_refused_in_a_cluster_naming_both() {
+        let text = cluster("").replace("forwarding = \"dsr\"\n", "");
+        let e = parse(&text, "lb.toml").unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.field(), Some("service[0].forwarding"), "{msg}");
+        for s in ["\"nat\"", "[cluster]", "\"dsr\"", "\"ipip\"", "\"gue\""] {
+            assert!(msg.contains(s), "{msg} does not say {s}");
+        }
     }
 }

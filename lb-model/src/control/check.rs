@@ -52,6 +52,7 @@ pub fn check(config: &Config, req: &Request) -> Result<Option<Edit>, String> {
         Request::Status {}
         | Request::Reload { .. }
         | Request::Stats {}
+        | Request::Peers {}
         | Request::ServiceList {}
         | Request::NodeDrain {}
         | Request::NodeUndrain {} => Ok(None),

@@ -108,6 +108,9 @@ pub enum Request {
     },
     #[serde(rename = "stats")]
     Stats {},
+    /// The cluster: this node's sync state and every peer (`[cluster]`, docs/CLUSTER.md).
+    #[serde(rename = "peers")]
+    Peers {},
     #[serde(rename = "service.list")]
     ServiceList {},
     #[serde(rename = "service.add")]
@@ -206,6 +209,7 @@ pub const USAGE: &[(&str, &str)] = &[
         r#"{"cmd":"reload"} or {"cmd":"reload","allow_empty":true}"#,
     ),
     ("stats", r#"{"cmd":"stats"}"#),
+    ("peers", r#"{"cmd":"peers"}"#),
     ("service.list", r#"{"cmd":"service.list"}"#),
     (
         "service.add",
