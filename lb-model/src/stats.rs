@@ -643,9 +643,12 @@ pub const BGP_SESSIONS_UP: Gauge = Gauge {
     counter: false,
 };
 
+/// Labels of one sample: `(name, value)`.
+pub type Labels = Vec<(&'static str, String)>;
+
 impl crate::announce::AnnounceStatus {
     /// The values of the announcement gauges, with their labels.
-    pub fn gauges(&self) -> Vec<(Gauge, Vec<(&'static str, String)>, f64)> {
+    pub fn gauges(&self) -> Vec<(Gauge, Labels, f64)> {
         let b = |x: bool| f64::from(u8::from(x));
         let mut v = vec![(NODE_DRAINING, Vec::new(), b(self.draining))];
         if self.daemon.socket.is_some() {

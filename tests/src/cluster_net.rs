@@ -741,6 +741,7 @@ pub fn node_config(
 impl ClusterNet {
     /// `connections` TCP connections from each of `clients` (extra client addresses) to
     /// the VIP, client by client; the backend names that answered each, and the failures.
+    #[allow(clippy::type_complexity)]
     pub fn round(
         &self,
         clients: usize,
