@@ -334,7 +334,13 @@ mod tests {
     /// and its sample, so a new counter in `lb-common` shows up without a change here.
     #[test]
     fn every_counter_is_exposed_from_its_definition() {
-        let text = render(sample());
+        // A cluster node with a peer, so that every family has a sample.
+        let mut stats = sample();
+        stats.cluster = Some(lb_model::stats::ClusterFigures {
+            peers: vec![lb_model::stats::PeerFigures::default()],
+            ..Default::default()
+        });
+        let text = render(stats);
         for c in ServiceStats::COUNTERS {
             assert!(
                 text.contains(&format!("# HELP {} {}", c.family, c.help)),

@@ -361,7 +361,8 @@ impl BgpCluster {
             .iter()
             .map(|b| format!("[[service.backend]]\naddress = \"{}\"\n", b.v4))
             .collect();
-        let health = "health = { kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 2 }\n";
+        // Tolerant of a loaded machine: a check timing out once or twice moves nobody.
+        let health = "health = { kind = \"tcp\", interval = \"300ms\", timeout = \"250ms\", rise = 2, fall = 3 }\n";
         let mut c = format!(
             "[[service]]\nname = \"web\"\nlisten = \"{VIP_V4}:{PORT}\"\nscheduler = \"maglev\"\n\
              forwarding = \"dsr\"\n{health}{}",

@@ -207,10 +207,7 @@ impl Announce {
             interface: cfg.interface.clone(),
             synced: st.synced,
             draining: st.draining,
-            drained: st.draining
-                && vips
-                    .iter()
-                    .all(|v| !v.assigned && (v.drained || v.packets_per_s == 0.0)),
+            drained: st.draining && vips.iter().all(|v| !v.assigned && v.drained),
             daemon: st.daemon.clone(),
             vips,
         })
