@@ -15,10 +15,10 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    index, Backend, BackendStats, CounterSet, EncapSource, Endpoint, ReverseValue, ServiceInfo, ServiceSlot,
-    ServiceStats, StickKey, StickValue, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_REPLY_FILTER,
-    MAP_REVERSE, MAP_RING, MAP_RR_CURSOR, MAP_SERVICES, MAP_SERVICE_INDEX, MAP_SERVICE_INDEX_HEAD,
-    MAP_SERVICE_STATS, MAP_STICK, RING_REGION, SERVICE_INDEX_SLOTS,
+    index, Backend, BackendStats, CounterSet, EncapSource, Endpoint, ReverseValue, ServiceInfo,
+    ServiceSlot, ServiceStats, StickKey, StickValue, MAP_BACKENDS, MAP_BACKEND_STATS,
+    MAP_REPLY_FILTER, MAP_REVERSE, MAP_RING, MAP_RR_CURSOR, MAP_SERVICES, MAP_SERVICE_INDEX,
+    MAP_SERVICE_INDEX_HEAD, MAP_SERVICE_STATS, MAP_STICK, RING_REGION, SERVICE_INDEX_SLOTS,
 };
 
 use lb_model::plan::{BackendEntry, Plan, ServiceEntry};

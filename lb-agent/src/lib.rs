@@ -5,6 +5,7 @@
 //!
 //! - [`agent`]: `stickylb run`: state, the control requests' answers, attaching, the
 //!   neighbours the data path needs, the run loop.
+//! - [`announce`]: VIPs assigned for the routing daemon to announce, draining.
 //! - [`loader`], [`pins`]: the embedded program, its maps pinned in bpffs, attaching.
 //! - [`dataplane`]: writes a plan into the maps and reads counters / stick entries.
 //! - [`decap`]: `stickylb decap`, the backends' side of L3 DSR (`ipip`, `gue`).
@@ -17,6 +18,7 @@
 //! - [`exit`], [`extras`]: the CLI's exit codes, completions and manual pages.
 
 pub mod agent;
+pub mod announce;
 pub mod control;
 pub mod dataplane;
 pub mod decap;

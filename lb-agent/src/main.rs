@@ -70,6 +70,10 @@ enum Command {
     /// Show, look up, clear or pin stick-table entries.
     #[command(subcommand)]
     Table(TableCmd),
+    /// Drain this node (withdraw every announced VIP, keep forwarding what still arrives)
+    /// or undrain it (`[announce]`).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Live view of services and backends: health, state, rates, pinned clients, stick-table fill.
     Top(lb_agent::top::TopArgs),
     /// On a backend of an `ipip` / `gue` service: attach (or with --detach remove) the
@@ -192,6 +196,15 @@ enum BackendCmd {
         address: String,
         state: String,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Withdraw every VIP from the routing daemon; the data path keeps forwarding what
+    /// still arrives; `status` says when each VIP has drained. Kept across agent restarts.
+    Drain,
+    /// Announce the VIPs again (where the node is synced and has healthy backends).
+    Undrain,
 }
 
 #[derive(Subcommand)]
@@ -474,6 +487,8 @@ fn main() -> ExitCode {
                 ("backend", backend.map(Value::from)),
             ],
         ),
+        Command::Node(NodeCmd::Drain) => cmd("node.drain", []),
+        Command::Node(NodeCmd::Undrain) => cmd("node.undrain", []),
         Command::Table(TableCmd::Pin {
             service,
             client,

@@ -169,6 +169,9 @@ impl Collector for Scrape {
         for (g, v) in stats.gauges() {
             gauges.push((g, Vec::new(), v));
         }
+        if let Some(a) = &stats.announce {
+            gauges.extend(a.gauges());
+        }
         if let Some(c) = &stats.cluster {
             for (g, v) in c.gauges() {
                 gauges.push((g, Vec::new(), v));
@@ -259,6 +262,13 @@ mod tests {
                     "check": { "up": true, "consecutive_ok": 1, "consecutive_fail": 0, "last_latency_us": 1500,
                         "last_error": null, "checks": 1, "failures": 0, "transitions": 4, "last_change_unix_ms": 0 } }] }],
             "stick_table": { "entries": 2, "capacity": 200000 },
+            "announce": { "interface": "lo", "synced": true, "draining": false, "drained": false,
+                "daemon": { "socket": "/run/bird/bird.ctl", "state": "running",
+                    "sessions": [{ "name": "uplink", "proto": "BGP", "state": "up", "info": "Established" }] },
+                "vips": [{ "vip": "10.0.0.100", "services": ["web"], "assigned": true, "announced": true,
+                    "since_ms": 5, "packets_per_s": 12.5, "drained": false },
+                    { "vip": "10.0.0.101", "services": ["api"], "assigned": false, "announced": false,
+                    "why": "no-healthy-backend", "since_ms": 5, "packets_per_s": 0.0, "drained": true }] },
         });
         let mut stats: Stats = serde_json::from_value(json).unwrap();
         stats.neighbours = Some(lb_model::stats::Neighbours {
@@ -315,6 +325,12 @@ mod tests {
             "stickylb_backend_new_clients_total{service=\"web\",backend=\"10.0.0.2:80\"} 2",
             "stickylb_backend_up{service=\"web\",backend=\"10.0.0.2:80\",state=\"ready\",health=\"up\"} 1",
             "stickylb_backend_check_latency_seconds{service=\"web\",backend=\"10.0.0.2:80\"} 0.0015",
+            "stickylb_vip_announced{vip=\"10.0.0.100\",reason=\"\"} 1",
+            "stickylb_vip_announced{vip=\"10.0.0.101\",reason=\"no-healthy-backend\"} 0",
+            "stickylb_vip_packets_per_second{vip=\"10.0.0.100\"} 12.5",
+            "stickylb_bgp_sessions_established 1",
+            "stickylb_routing_daemon_up 1",
+            "stickylb_node_draining 0",
             "stickylb_stick_table_capacity 200000",
             "stickylb_backend_flaps_total{service=\"web\",backend=\"10.0.0.2:80\"} 4",
             "stickylb_service_pinned_clients{service=\"web\"} 7",

@@ -345,6 +345,23 @@ pub fn summary_text(file: &Path, cfg: &Config) -> String {
             );
         }
     }
+    if let Some(a) = &cfg.announce {
+        let vips = lb_model::announce::vips(a, &cfg.services);
+        let _ = writeln!(
+            out,
+            "announce: {} VIP(s) on {} ({}), drain_timeout {}{}",
+            vips.len(),
+            a.interface,
+            vips.iter()
+                .map(|(v, _)| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            lb_model::duration::format(a.drain_timeout),
+            a.daemon_socket
+                .as_ref()
+                .map_or_else(String::new, |p| format!(", daemon socket {}", p.display()))
+        );
+    }
     if let Some(c) = &cfg.cluster {
         let _ = writeln!(
             out,
@@ -425,6 +442,15 @@ pub fn summary_json(cfg: &Config) -> serde_json::Value {
         "services": services,
         "stick_table_size": cfg.services.iter().map(|s| u64::from(s.stick_table_size)).sum::<u64>(),
         "cluster": cfg.cluster,
+        "announce": cfg.announce.as_ref().map(|a| json!({
+            "interface": a.interface,
+            "vips": lb_model::announce::vips(a, &cfg.services)
+                .iter()
+                .map(|(v, s)| json!({ "vip": v.to_string(), "services": s.iter().map(|x| x.spec.name.clone()).collect::<Vec<_>>() }))
+                .collect::<Vec<_>>(),
+            "drain_timeout": lb_model::duration::format(a.drain_timeout),
+            "daemon_socket": a.daemon_socket.as_ref().map(|p| p.display().to_string()),
+        })),
         "warnings": advice(cfg),
     })
 }

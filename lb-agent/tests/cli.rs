@@ -151,6 +151,38 @@ fn check_warns_about_services_that_serve_nobody() {
     );
 }
 
+#[test]
+fn check_shows_what_is_announced_and_refuses_a_bad_announce_section() {
+    let base = "[[service]]\nname = \"web\"\nlisten = \"10.0.0.1:80\"\n\
+                [[service.backend]]\naddress = \"10.0.0.2\"\n";
+    let f = Scratch::new(
+        "a.toml",
+        &format!(
+            "{base}[announce]\ninterface = \"vips\"\ndaemon_socket = \"/run/bird/bird.ctl\"\n"
+        ),
+    );
+    let (code, out, err) = stickylb(&["check", f.path()], "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("announce: 1 VIP(s) on vips (10.0.0.1), drain_timeout 30s, daemon socket /run/bird/bird.ctl"),
+        "{out}"
+    );
+    let (_, out, _) = stickylb(&["check", "--json", f.path()], "");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["announce"]["vips"][0]["services"][0], "web", "{v}");
+    let f = Scratch::new(
+        "b.toml",
+        &format!("{base}[announce]\nservices = [\"api\"]\n"),
+    );
+    let (code, _, err) = stickylb(&["check", f.path()], "");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("b.toml:7:")
+            && err.contains("field `announce.services[0]`: \"api\" is not a service of this file"),
+        "{err}"
+    );
+}
+
 const FAITHFUL: &str = "defaults\n    mode tcp\n    timeout connect 5s\n\
     frontend f\n    bind 192.0.2.1:80\n    default_backend b\n\
     backend b\n    stick-table type ip size 100k expire 30m\n    stick on src\n\

@@ -159,7 +159,11 @@ mod build {
             Endpoint {
                 addr,
                 port: (port.wrapping_add(i as u16)).to_be(),
-                proto: if i.is_multiple_of(2) { PROTO_TCP } else { PROTO_UDP },
+                proto: if i.is_multiple_of(2) {
+                    PROTO_TCP
+                } else {
+                    PROTO_UDP
+                },
                 family,
             }
         }
@@ -168,12 +172,19 @@ mod build {
         fn every_service_is_found_and_nothing_else() {
             let mut services = Vec::new();
             for i in 0..MAX_SERVICES {
-                let family = if i.is_multiple_of(3) { FAMILY_V6 } else { FAMILY_V4 };
+                let family = if i.is_multiple_of(3) {
+                    FAMILY_V6
+                } else {
+                    FAMILY_V4
+                };
                 let info = ServiceInfo {
                     id: i,
                     ..Default::default()
                 };
-                services.push((key(i, if i.is_multiple_of(5) { 0 } else { 80 }, family), info));
+                services.push((
+                    key(i, if i.is_multiple_of(5) { 0 } else { 80 }, family),
+                    info,
+                ));
             }
             services.sort_by_key(|(k, _)| *k);
             services.dedup_by_key(|(k, _)| *k);

@@ -13,9 +13,12 @@
 //! - [`import`]: HAProxy, ipvsadm and keepalived configurations translated into this
 //!   model (`stickylb import`), what does not translate reported with its line.
 //! - [`stats`]: the one stats schema of `stats` answers, the metrics endpoint and `top`.
+//! - [`announce`]: the `[announce]` section, when a VIP is announced to the routing
+//!   daemon, the drain meter, BIRD's `show protocols`, the `status` rows.
 //! - [`duration`], [`clock`], [`sync`]: the one duration grammar, the clocks, the lock
 //!   helper.
 
+pub mod announce;
 pub mod clock;
 pub mod cluster;
 pub mod config;

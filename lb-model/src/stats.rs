@@ -46,6 +46,9 @@ pub struct Status {
     /// Problems with this setup that stop traffic, each with its fix.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Each VIP announced or why not (with `[announce]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::AnnounceStatus>,
 }
 
 /// An interface the agent attaches to.
@@ -83,6 +86,9 @@ pub struct Stats {
     /// As in [`Status::warnings`].
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// VIP announcement (with `[announce]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::AnnounceStatus>,
     /// `[cluster]`'s figures, on a node that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterFigures>,
@@ -418,6 +424,12 @@ pub const GAUGES: &[Gauge] = &[
     NEIGHBOUR_RESOLVED,
     NEIGHBOUR_RESOLVE_MAX,
     SETUP_WARNINGS,
+    VIP_ANNOUNCED,
+    VIP_ASSIGNED,
+    VIP_PACKETS_RATE,
+    NODE_DRAINING,
+    DAEMON_UP,
+    BGP_SESSIONS_UP,
     CLUSTER_SYNCED,
     CLUSTER_ENTRIES,
     CLUSTER_CONFLICTS,
@@ -691,6 +703,76 @@ impl Stats {
     }
 }
 
+pub const VIP_ANNOUNCED: Gauge = Gauge {
+    name: "stickylb_vip_announced",
+    help: "1 when the VIP is assigned for the routing daemon and the daemon (when watched) has a BGP session up; the reason label says why not.",
+    counter: false,
+};
+pub const VIP_ASSIGNED: Gauge = Gauge {
+    name: "stickylb_vip_assigned",
+    help: "1 when the VIP's address is on the announce interface.",
+    counter: false,
+};
+pub const VIP_PACKETS_RATE: Gauge = Gauge {
+    name: "stickylb_vip_packets_per_second",
+    help: "Packets per second for the VIP's services over the last second (what a drain waits to fall to 0).",
+    counter: false,
+};
+pub const NODE_DRAINING: Gauge = Gauge {
+    name: "stickylb_node_draining",
+    help: "1 while the node is draining (node drain, or SIGTERM).",
+    counter: false,
+};
+pub const DAEMON_UP: Gauge = Gauge {
+    name: "stickylb_routing_daemon_up",
+    help: "1 when the routing daemon answers on its control socket (daemon_socket).",
+    counter: false,
+};
+pub const BGP_SESSIONS_UP: Gauge = Gauge {
+    name: "stickylb_bgp_sessions_established",
+    help: "BGP sessions of the routing daemon in state Established.",
+    counter: false,
+};
+
+/// Labels of one sample: `(name, value)`.
+pub type Labels = Vec<(&'static str, String)>;
+
+impl crate::announce::AnnounceStatus {
+    /// The values of the announcement gauges, with their labels.
+    pub fn gauges(&self) -> Vec<(Gauge, Labels, f64)> {
+        let b = |x: bool| f64::from(u8::from(x));
+        let mut v = vec![(NODE_DRAINING, Vec::new(), b(self.draining))];
+        if self.daemon.socket.is_some() {
+            let up = self.daemon.state == crate::announce::DaemonStatus::RUNNING;
+            v.push((DAEMON_UP, Vec::new(), b(up)));
+            let n = self
+                .daemon
+                .sessions
+                .iter()
+                .filter(|s| s.established())
+                .count();
+            v.push((BGP_SESSIONS_UP, Vec::new(), n as f64));
+        }
+        for r in &self.vips {
+            let vip = vec![("vip", r.vip.to_string())];
+            let mut why = vip.clone();
+            why.push((
+                "reason",
+                r.why.map_or_else(String::new, |w| {
+                    serde_json::to_value(w)
+                        .ok()
+                        .and_then(|x| x.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                }),
+            ));
+            v.push((VIP_ANNOUNCED, why, b(r.announced)));
+            v.push((VIP_ASSIGNED, vip.clone(), b(r.assigned)));
+            v.push((VIP_PACKETS_RATE, vip, r.packets_per_s));
+        }
+        v
+    }
+}
+
 impl BackendRow {
     /// Whether the backend takes traffic (up, or draining its own clients).
     pub fn takes_traffic(&self) -> bool {
@@ -817,6 +899,7 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
             warnings: vec!["IPv4 forwarding is off".into()],
+            announce: None,
             cluster: None,
         }
     }

@@ -512,6 +512,13 @@ impl ClusterNet {
         self.write_route()
     }
 
+    /// Removes the static VIP routes and forgets the nexthops: a routing daemon on the
+    /// router owns the VIP's route from then on (issue 13, `crate::bgp`).
+    pub fn clear_static_routes(&mut self) -> Result<()> {
+        self.nexthops.clear();
+        self.write_route()
+    }
+
     /// Takes node `i` out of the VIP's nexthops (its traffic moves to the others).
     pub fn remove_nexthop(&mut self, i: usize) -> Result<()> {
         self.nexthops.retain(|&n| n != i);

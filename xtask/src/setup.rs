@@ -29,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "lintian",
     "systemd",
+    // The cluster's routing daemon (issue 13): BIRD 2 on every node and on the test
+    // router (`tests/tests/announce.rs`, `cargo xtask demo --cluster`).
+    "bird2",
 ];
 
 /// Components of the pinned toolchain.

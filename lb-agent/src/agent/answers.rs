@@ -108,6 +108,7 @@ impl Agent {
             health_max_lag_ms: u64::try_from(self.health.max_lag().as_millis()).unwrap_or(u64::MAX),
             neighbours,
             warnings,
+            announce: self.announce.status(),
         }
     }
 
@@ -186,6 +187,19 @@ impl Agent {
                 client,
                 backend,
             } => self.table_pin(&service, &client, &backend),
+            Request::NodeDrain {} | Request::NodeUndrain {} => {
+                if self.config.announce.is_none() {
+                    return Err("this node announces nothing: node.drain and node.undrain \
+                                need an [announce] section in the config file (docs/CONFIG.md)"
+                        .into());
+                }
+                if matches!(req, Request::NodeDrain {}) {
+                    self.announce.drain(true)?;
+                } else {
+                    self.announce.undrain()?;
+                }
+                Ok(answer(&self.announce.status()))
+            }
             // Answered by `control::check` above.
             Request::ServiceAdd { .. }
             | Request::ServiceRemove { .. }
@@ -438,6 +452,7 @@ impl Agent {
             stick_table: self.stick_fill(&census),
             neighbours,
             warnings,
+            announce: self.announce.status(),
             cluster: self.replication.as_ref().map(|r| {
                 ClusterFigures::new(
                     &r.cluster.status(),

@@ -212,6 +212,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             log::warn!("the pinned stick table holds {real_capacity} entries; the config asks for {stick_capacity}: `stickylb detach` and restart to resize (clients are then re-picked)");
         }
     }
+    let announce = Arc::new(crate::announce::Announce::new(&opts.state_dir));
     let (tx, mut rx) = mpsc::unbounded_channel::<Transition>();
     let health = HealthChecker::new(tx);
     let (synced, synced_constant) = Agent::always_synced();
@@ -233,6 +234,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         stick_capacity: real_capacity,
         census: census.clone(),
         neigh: None,
+        announce: announce.clone(),
         replication: None,
         synced,
         _synced_constant: synced_constant,
@@ -340,6 +342,20 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             }
         });
     }
+    {
+        // VIPs announced through the routing daemon ([announce]), only once the node is
+        // synced with its cluster peers (at once without [cluster]).
+        let synced = lock(&agent).synced();
+        let a = agent.clone();
+        let inputs: crate::announce::InputsFn = Box::new(move || lock(&a).announce_inputs());
+        let addrs = crate::announce::Netlink::open()?;
+        tokio::spawn(crate::announce::run(
+            announce.clone(),
+            crate::announce::Announcer { addrs },
+            Arc::new(inputs),
+            synced,
+        ));
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -355,6 +371,23 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
                     log::error!("SIGHUP: {e}");
                 }
             }
+        }
+    }
+    let drain_timeout = lock(&agent)
+        .config
+        .announce
+        .as_ref()
+        .map(|a| a.drain_timeout);
+    if let Some(timeout) = drain_timeout {
+        // Withdraw, let the traffic move away (the data path keeps forwarding it), then
+        // exit; a second signal exits at once.
+        if let Err(e) = announce.drain(false) {
+            log::error!("{e}");
+        }
+        tokio::select! {
+            _ = crate::announce::wait_drained(&announce, timeout) => {}
+            _ = term.recv() => log::warn!("second signal: exiting without waiting for the drain"),
+            _ = int.recv() => log::warn!("second signal: exiting without waiting for the drain"),
         }
     }
     let _ = std::fs::remove_file(&opts.socket);

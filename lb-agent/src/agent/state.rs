@@ -47,6 +47,8 @@ pub struct Agent {
     pub(super) census: std::sync::Arc<super::census::StickCensus>,
     /// Keeps the next hops of the data path resolved (started once attached).
     pub(super) neigh: Option<neigh::Neighbours>,
+    /// VIP announcement and draining (`[announce]`).
+    pub(super) announce: std::sync::Arc<crate::announce::Announce>,
     /// `[cluster]`'s replication, when the configuration has one.
     pub(super) replication: Option<std::sync::Arc<super::replication::Replication>>,
     /// Whether this node holds the cluster's table (see [`Agent::synced`]).
@@ -301,6 +303,32 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// What the announcer needs: the `[announce]` section, and per VIP whether one of
+    /// its services has a backend taking traffic and its packets so far.
+    pub(super) fn announce_inputs(&self) -> Option<crate::announce::Inputs> {
+        let cfg = self.config.announce.clone()?;
+        let vips = lb_model::announce::vips(&cfg, &self.config.services)
+            .into_iter()
+            .map(|(vip, services)| crate::announce::VipInput {
+                vip,
+                any_healthy: services.iter().any(|s| {
+                    s.backends.iter().any(|b| {
+                        b.admin.effective(self.healthy(&s.spec.name, b.addr))
+                            != lb_model::spec::BackendState::Down
+                    })
+                }),
+                packets: services
+                    .iter()
+                    .filter_map(|s| self.ids.service_id(&s.spec.name))
+                    .filter_map(|id| self.dp.service_stats(id).ok())
+                    .map(|st| st.packets)
+                    .sum(),
+                services: services.iter().map(|s| s.spec.name.clone()).collect(),
+            })
+            .collect();
+        Some(crate::announce::Inputs { config: cfg, vips })
     }
 
     pub(super) fn on_transition(&mut self, t: Transition) {

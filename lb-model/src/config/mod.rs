@@ -44,6 +44,8 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<ServiceConfig>,
+    /// `[announce]`, when present.
+    pub announce: Option<crate::announce::AnnounceConfig>,
     /// `[cluster]`; `None`: a single node (no events, no listener).
     pub cluster: Option<lb_cluster::ClusterConfig>,
 }
@@ -83,6 +85,10 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let doc = FileDoc {
             service: Sections(self.services.iter().map(ServiceDoc::from_config).collect()),
+            announce: self
+                .announce
+                .as_ref()
+                .map(crate::announce::AnnounceDoc::from_config),
             cluster: self.cluster.clone(),
         };
         toml::to_string(&doc).expect("the schema serialises to TOML")
@@ -123,6 +129,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         })?;
         services.push(service);
     }
+    let announce = match &doc.announce {
+        Some(a) => Some(a.check(&services).map_err(|invalid| {
+            let path = Path::of(&["announce"]).join(&invalid.path);
+            field(text, origin, offset_of(text, &path), &path, invalid.message)
+        })?),
+        None => None,
+    };
     if let Some(cluster) = &doc.cluster {
         check_cluster(cluster, &services).map_err(|(path, message)| {
             field(text, origin, offset_of(text, &path), &path, message)
@@ -131,6 +144,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let config = Config {
         services,
         cluster: doc.cluster,
+        announce,
     };
     // A full plan rather than only `plan::validate`: some checks (two nat services sharing a
     // backend) are made while the map entries are computed.
@@ -422,6 +436,7 @@ state = "ready"               # ready | drain | maint
                         admin: AdminState::Ready,
                     }],
                 }],
+                announce: None,
                 cluster: None,
             }
         );

@@ -40,6 +40,9 @@ use crate::{
 pub struct FileDoc {
     #[serde(default, skip_serializing_if = "Sections::is_empty")]
     pub service: Sections<ServiceDoc>,
+    /// `[announce]`: VIPs announced through the node's routing daemon (issue 13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::AnnounceDoc>,
     /// `[cluster]`: replication of the stick table to peers (docs/CLUSTER.md); checked by
     /// [`lb_cluster::ClusterConfig::validate`] in [`super::parse`].
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -53,7 +53,9 @@ pub fn check(config: &Config, req: &Request) -> Result<Option<Edit>, String> {
         | Request::Reload { .. }
         | Request::Stats {}
         | Request::Peers {}
-        | Request::ServiceList {} => Ok(None),
+        | Request::ServiceList {}
+        | Request::NodeDrain {}
+        | Request::NodeUndrain {} => Ok(None),
         Request::ServiceAdd { service } => {
             let sc = service_from_def(service)?;
             let name = sc.spec.name.clone();

@@ -169,6 +169,12 @@ pub enum Request {
         client: String,
         backend: String,
     },
+    /// Withdraw every announced VIP and keep forwarding what still arrives (`[announce]`).
+    #[serde(rename = "node.drain")]
+    NodeDrain {},
+    /// Announce again what the rule allows.
+    #[serde(rename = "node.undrain")]
+    NodeUndrain {},
 }
 
 /// A response line.
@@ -249,6 +255,8 @@ pub const USAGE: &[(&str, &str)] = &[
         "table.pin",
         r#"{"cmd":"table.pin","service":"web","client":"10.0.0.1","backend":"192.168.1.2:80"}"#,
     ),
+    ("node.drain", r#"{"cmd":"node.drain"}"#),
+    ("node.undrain", r#"{"cmd":"node.undrain"}"#),
 ];
 
 /// The names of all commands, for refusals: `status, reload, …`.
@@ -378,6 +386,8 @@ mod tests {
                 limit: Some(10),
             },
             Request::Reload { allow_empty: true },
+            Request::NodeDrain {},
+            Request::NodeUndrain {},
         ];
         for r in reqs {
             let line = encode_line(&r);
