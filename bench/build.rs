@@ -1,11 +1,8 @@
 //! Builds the benchmark's XDP programs (`lb-bench-ebpf`) for the BPF target with aya-build
-//! and the pinned toolchain, as `lb-userspace/build.rs` does for the data path.
+//! and the pinned toolchain, as `lb-agent/build.rs` does for the data path.
 
 use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
-
-/// The toolchain the eBPF crates are built with (LLVM 22, matching bpf-linker).
-const EBPF_TOOLCHAIN: &str = "1.98.0";
 
 fn main() -> anyhow::Result<()> {
     // `-Z build-std=core` for the BPF target needs unstable cargo flags on a stable
@@ -16,6 +13,12 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    // The pinned toolchain: `[workspace.metadata.stickylb] toolchain` of the root manifest.
+    println!("cargo::rerun-if-changed=../Cargo.toml");
+    let toolchain = metadata.workspace_metadata["stickylb"]["toolchain"]
+        .as_str()
+        .context("the root Cargo.toml has no [workspace.metadata.stickylb] toolchain")?
+        .to_string();
     let ebpf = metadata
         .packages
         .into_iter()
@@ -31,6 +34,6 @@ fn main() -> anyhow::Result<()> {
             root_dir: root.as_str(),
             ..Default::default()
         }],
-        Toolchain::Custom(EBPF_TOOLCHAIN),
+        Toolchain::Custom(&toolchain),
     )
 }

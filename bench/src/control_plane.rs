@@ -24,11 +24,9 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
+use lb_agent::{control, pins::PinLayout};
 use lb_common::{Backend, Endpoint, ServiceInfo, MAP_BACKENDS, MAP_SERVICES};
-use lb_userspace::{
-    control::{self, Request},
-    pins::PinLayout,
-};
+use lb_model::{config::values::Weight, control::Request};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use stickylb_tests::{
@@ -200,7 +198,7 @@ pub fn run(opts: &Options) -> Result<ControlReport> {
                 let req = Request::BackendWeight {
                     service: svc.into(),
                     address: target.to_string(),
-                    weight,
+                    weight: Weight(weight),
                 };
                 let socket = agent.socket.clone();
                 let t0 = Instant::now();

@@ -17,6 +17,7 @@
 //!
 //! Needs root (namespaces, BPF). Run it with `cargo xtask bench [--quick]`.
 
+mod cluster_agents;
 mod control_plane;
 mod netpath;
 mod replication;
@@ -33,12 +34,15 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::{maps::IterableMap as _, programs::Xdp};
 use clap::Parser;
-use lb_common::{ServiceStats, StickKey, StickValue, PROGRAM_NAME};
-use lb_userspace::{
+use lb_agent::{
     dataplane::Dataplane,
     loader::{self, LoadOptions},
+};
+use lb_common::{ServiceStats, StickKey, StickValue, PROGRAM_NAME};
+use lb_model::{
+    clock::monotonic_ns,
     plan::Ids,
-    spec::{Forwarding, Scheduler, ServiceSpec},
+    spec::{Forwarding, Scheduler, ServiceSpec, StickOn},
 };
 use stickylb_tests::{
     lab::{Lab, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -84,6 +88,7 @@ struct Args {
     out_dir: Option<PathBuf>,
     /// Parts of the benchmark to run, comma-separated: 1 per-packet cost, 2 stick-table
     /// scale (runs part 1's baselines too), 3 network path, 4 control plane, 5 replication
+    /// (crate level), 6 replication through the agents' maps
     /// (default all).
     #[arg(long, value_delimiter = ',')]
     parts: Option<Vec<u8>>,
@@ -119,6 +124,9 @@ const VIP_IPIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 103);
 const VIP_GUE4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 104);
 const VIP_IPIP6: &str = "fd00:100::103";
 const VIP_GUE6: &str = "fd00:100::104";
+/// Services sticking by network (`stick_on = "src/24"` / `"src/64"`): the masking's cost.
+const VIP_NET4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 105);
+const VIP_NET6: &str = "fd00:100::105";
 const VIP_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -191,10 +199,10 @@ fn run(args: Args) -> Result<()> {
         cfg.runs, cfg.repeat, machine.nproc, machine.cpu_model, machine.kernel, machine.loadavg
     );
 
-    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4, 5]);
+    let parts = args.parts.clone().unwrap_or_else(|| vec![1, 2, 3, 4, 5, 6]);
     ensure!(
-        parts.iter().all(|p| (1..=5).contains(p)),
-        "--parts takes 1, 2, 3, 4, 5"
+        parts.iter().all(|p| (1..=6).contains(p)),
+        "--parts takes 1, 2, 3, 4, 5, 6"
     );
     // The agent binary the network-path and control-plane parts run: next to this one.
     if std::env::var_os("STICKYLB_BIN").is_none() {
@@ -202,7 +210,7 @@ fn run(args: Args) -> Result<()> {
         let bin = exe.with_file_name("stickylb");
         ensure!(
             bin.exists() || !(parts.contains(&3) || parts.contains(&4)),
-            "{} not found: build it (`cargo build --release -p lb-userspace --bins`, \
+            "{} not found: build it (`cargo build --release -p lb-agent --bins`, \
              or run through `cargo xtask bench`)",
             bin.display()
         );
@@ -259,7 +267,20 @@ fn run(args: Args) -> Result<()> {
         None
     };
 
+    let agents = if parts.contains(&6) {
+        let opts = cluster_agents::Options {
+            rates: vec![1_000, 50_000],
+            seconds: if args.quick { 1.0 } else { 2.0 },
+            resync_entries: if args.quick { 200_000 } else { 1_000_000 },
+        };
+        println!("\npart 6, replication through the agents' maps ...");
+        Some(cluster_agents::run(&opts).context("part 6 (replication through the maps)")?)
+    } else {
+        None
+    };
+
     let mut report = Report::new(machine, cfg.clone(), results, scale, programs);
+    report.agents = agents;
     report.netpath = netpath;
     report.control = control;
     report.replication = replication;
@@ -525,6 +546,18 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
             &hit4,
         ),
         (
+            "lru_insert",
+            "LRU hash insert (new key, table full: evicts)",
+            wrapper::LRU_INSERT,
+            &hit4,
+        ),
+        (
+            "percpu",
+            "per-CPU array lookup + increment",
+            wrapper::PERCPU,
+            &hit4,
+        ),
+        (
             "fib",
             "bpf_fib_lookup (IPv4, to a backend)",
             wrapper::FIB,
@@ -556,6 +589,24 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
             hit6,
             XDP_REDIRECT,
             lb(Expect::Hit, nat6),
+        ),
+        // The same hits in services sticking by network: the masking of the client
+        // address before the key is built (the rest of the path is the same).
+        Case::new(
+            "hit_v4_net",
+            "IPv4 NAT, sticky hit, stick_on src/24",
+            Stickylb,
+            request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_NET4)),
+            XDP_REDIRECT,
+            lb(Expect::Hit, main.sid("net4")?),
+        ),
+        Case::new(
+            "hit_v6_net",
+            "IPv6 NAT, sticky hit, stick_on src/64",
+            Stickylb,
+            request(CLIENT6.parse()?, VIP_NET6.parse()?),
+            XDP_REDIRECT,
+            lb(Expect::Hit, main.sid("net6")?),
         ),
         Case::new(
             "hit_dsr",
@@ -790,16 +841,23 @@ fn services() -> Vec<ServiceSpec> {
     let gue6 = l3dsr("gue6", VIP_GUE6.parse().expect("VIP"), Forwarding::Gue);
     let vip6: IpAddr = VIP_NAT6.parse().expect("VIP");
     let mut nat6 = ServiceSpec::new("nat6", SocketAddr::new(vip6, VIP_PORT));
+    let mut net4 = ServiceSpec::new("net4", SocketAddr::new(IpAddr::V4(VIP_NET4), VIP_PORT));
+    net4.stick_on = StickOn::Network(24);
+    let vip_net6: IpAddr = VIP_NET6.parse().expect("VIP");
+    let mut net6 = ServiceSpec::new("net6", SocketAddr::new(vip_net6, VIP_PORT));
+    net6.stick_on = StickOn::Network(64);
     for n in 2..=4 {
         nat4 = nat4.backend(v4(n, BACKEND_PORT));
         mag4 = mag4.backend(v4(n, BACKEND_PORT + 1));
         dsr4 = dsr4.backend(v4(n, VIP_PORT));
         let b6: IpAddr = format!("fd00:1::{n}").parse().expect("backend");
         nat6 = nat6.backend(SocketAddr::new(b6, BACKEND_PORT));
+        net4 = net4.backend(v4(n, BACKEND_PORT + 2));
+        net6 = net6.backend(SocketAddr::new(b6, BACKEND_PORT + 2));
     }
     // The insert cap (125k new entries per CPU per second by default) would turn most of
     // a million new clients into the unpinned path: measure the insert itself.
-    let mut all = vec![nat4, mag4, nat6, dsr4, ipip4, gue4, ipip6, gue6];
+    let mut all = vec![nat4, mag4, nat6, dsr4, ipip4, gue4, ipip6, gue6, net4, net6];
     for s in &mut all {
         s.insert_cap = 0;
     }
@@ -1149,17 +1207,6 @@ fn stick_key(sid: u32, i: u32) -> StickKey {
         service_id: sid,
         client: [u32::from_ne_bytes(ip), 0, 0, 0],
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE in nanoseconds, the data path's clock (`bpf_ktime_get_coarse_ns`).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `memlock` and `max_entries` of a BPF map from `/proc/self/fdinfo/<fd>`: the memory

@@ -149,12 +149,12 @@ fn pick(svc: &ServiceDef, n: u32, kind: ObservedKind) -> Observed {
 }
 
 /// A CA and two node certificates in a temporary directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Result<Pki> {
+    pub(crate) fn new() -> Result<Pki> {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
             KeyUsagePurpose,
@@ -170,7 +170,7 @@ impl Pki {
         ];
         let ca = p.self_signed(&ca_key)?;
         std::fs::write(dir.path().join("ca.pem"), ca.pem())?;
-        for name in ["lb1", "lb2"] {
+        for name in ["lb1", "lb2", "lb3"] {
             let key = KeyPair::generate()?;
             let mut p = CertificateParams::new(vec![name.to_string()])?;
             p.extended_key_usages = vec![
@@ -188,13 +188,19 @@ impl Pki {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn config(pki: &Pki, me: &str, listen: SocketAddr, peer: &str, at: SocketAddr) -> ClusterConfig {
+pub(crate) fn config(
+    pki: &Pki,
+    me: &str,
+    listen: SocketAddr,
+    peer: &str,
+    at: SocketAddr,
+) -> ClusterConfig {
     ClusterConfig {
         node: me.into(),
         listen,
@@ -226,7 +232,7 @@ async fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Re
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -179,6 +179,8 @@ pub struct Report {
     pub control: Option<ControlReport>,
     /// Part 5, when run.
     pub replication: Option<ReplicationReport>,
+    /// Part 6.
+    pub agents: Option<crate::cluster_agents::AgentsReport>,
 }
 
 /// Median over rounds of `f(a[i], b[i])`; `None` if the run counts differ.
@@ -250,6 +252,7 @@ impl Report {
             netpath: None,
             control: None,
             replication: None,
+            agents: None,
         }
     }
 
@@ -303,13 +306,18 @@ impl Report {
             ("hit_dsr", "IPv4 DSR hit ≤ 2× wrapper + MAC swap", 2.0),
             (
                 "new_v4_rr",
-                "new client (round-robin) ≤ 3× wrapper + MAC swap",
-                3.0,
+                "new client (round-robin) ≤ 4× wrapper + MAC swap",
+                4.0,
             ),
             (
                 "new_v4_maglev",
-                "new client (Maglev) ≤ 3× wrapper + MAC swap",
-                3.0,
+                "new client (Maglev) ≤ 4× wrapper + MAC swap",
+                4.0,
+            ),
+            (
+                "other_v4",
+                "non-service traffic ≤ 1.5× wrapper + MAC swap",
+                1.5,
             ),
         ] {
             if let Some(r) = ratio(key, &self.cases) {
@@ -510,6 +518,9 @@ impl Report {
         if let Some(r) = &self.replication {
             out.push_str(&r.text());
         }
+        if let Some(r) = &self.agents {
+            out.push_str(&r.text());
+        }
         let _ = writeln!(out);
         for g in &self.goals {
             let _ = writeln!(
@@ -608,6 +619,9 @@ impl Report {
             out.push_str(&cp.markdown());
         }
         if let Some(r) = &self.replication {
+            out.push_str(&r.markdown());
+        }
+        if let Some(r) = &self.agents {
             out.push_str(&r.markdown());
         }
         let _ = writeln!(out, "\n| goal | measured | limit | |\n|---|---:|---:|---|");

@@ -23,6 +23,8 @@ pub const KTIME: &str = "bench_ktime";
 pub const KTIME_COARSE: &str = "bench_ktime_coarse";
 pub const HASH: &str = "bench_hash";
 pub const LRU: &str = "bench_lru";
+pub const LRU_INSERT: &str = "bench_lru_insert";
+pub const PERCPU: &str = "bench_percpu";
 pub const FIB: &str = "bench_fib";
 
 /// Largest fixture the wrapper can restore.
@@ -95,14 +97,25 @@ impl Bench {
         let mut ebpf = EbpfLoader::new()
             .load(BENCH_OBJECT)
             .context("loading the lb-bench-ebpf object")?;
-        for name in [WRAPPER, PASS, MACSWAP, KTIME, KTIME_COARSE, HASH, LRU, FIB] {
+        for name in [
+            WRAPPER,
+            PASS,
+            MACSWAP,
+            KTIME,
+            KTIME_COARSE,
+            HASH,
+            LRU,
+            LRU_INSERT,
+            PERCPU,
+            FIB,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing"))?
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
-        let mut decap = lb_userspace::decap::load(
+        let mut decap = lb_agent::decap::load(
             &lb_common::DecapConfig {
                 flags: 0,
                 gue_port: lb_common::DEFAULT_GUE_PORT.to_be(),
@@ -111,7 +124,7 @@ impl Bench {
             &[],
             None,
         )?;
-        lb_userspace::decap::xdp_program(&mut decap)?;
+        lb_agent::decap::xdp_program(&mut decap)?;
         let fixture = Array::try_from(ebpf.take_map("FIXTURE").context("map FIXTURE")?)?;
         let target = ProgramArray::try_from(ebpf.take_map("TARGET").context("map TARGET")?)?;
         Ok(Bench {

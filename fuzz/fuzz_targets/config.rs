@@ -1,4 +1,4 @@
-//! The config parser (`lb_userspace::config::parse`) on arbitrary text.
+//! The config parser (`lb_model::config::parse`) on arbitrary text.
 //!
 //! Invariants: it never panics; a refusal names the origin and a line inside the text
 //! (`fuzz.toml:LINE:...`) and is not empty; an accepted configuration re-renders with
@@ -8,16 +8,21 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stickylb_fuzz::config::{self, ConfigError};
+use lb_model::{
+    config::{self, values::parse_size, ConfigError},
+    duration,
+};
 
 fuzz_target!(|data: &[u8]| {
     // The agent refuses a file that is not UTF-8 before parsing it.
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    // The value parsers on their own, as the control commands use them.
-    let _ = config::parse_duration(text);
-    let _ = config::parse_size(text);
+    // The value parsers on their own, as the control commands and the CLI use them.
+    if let Ok(d) = duration::parse(text) {
+        assert_eq!(duration::parse(&duration::format(d)), Ok(d), "{text:?}");
+    }
+    let _ = parse_size(text);
     match config::parse(text, "fuzz.toml") {
         Ok(c) => {
             let out = c.to_toml();

@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use stickylb_fuzz::{
+use lb_model::{
     config,
     import::{self, Features, Level, Options},
 };

@@ -216,6 +216,10 @@ mod program {
     #[map]
     static LRU: LruHashMap<[u32; 5], [u64; 2]> = LruHashMap::with_max_entries(1024, 0);
 
+    /// Like stickylb's per-service counters: 16 per-CPU slots of 64 bytes.
+    #[map]
+    static PERCPU: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(16, 0);
+
     const AF_INET: u8 = 2;
 
     /// (source, destination) of an untagged IPv4 frame, as the 32-bit words in memory.
@@ -269,6 +273,23 @@ mod program {
         verdict(HASH.get_ptr(&[dst, 0, 0, 0, 0, 0]).is_some())
     }
 
+    /// One per-CPU array lookup and a counter increment (stickylb's counters, its route
+    /// cache): what the verifier inlines, for comparison with the hash lookups.
+    #[xdp]
+    pub fn bench_percpu(ctx: XdpContext) -> u32 {
+        let Some((_, dst)) = ipv4(&ctx) else {
+            return xdp_action::XDP_PASS;
+        };
+        match PERCPU.get_ptr_mut(dst >> 24 & 15) {
+            Some(v) => {
+                // SAFETY: per-CPU slot of this CPU.
+                unsafe { (*v)[0] += 1 };
+                xdp_action::XDP_TX
+            }
+            None => xdp_action::XDP_DROP,
+        }
+    }
+
     /// One lookup in an LRU hash keyed like the stick table (a sticky hit's lookup).
     #[xdp]
     pub fn bench_lru(ctx: XdpContext) -> u32 {
@@ -276,6 +297,30 @@ mod program {
             return xdp_action::XDP_PASS;
         };
         verdict(LRU.get_ptr_mut(&[0, src, 0, 0, 0]).is_some())
+    }
+
+    /// A table like `LRU`, larger, for `bench_lru_insert`: every run adds a new key, so
+    /// once full each insert evicts (as the new-client cases do).
+    #[map]
+    static LRU_INSERT: LruHashMap<[u32; 5], [u64; 2]> = LruHashMap::with_max_entries(65536, 0);
+
+    /// This CPU's next key for `bench_lru_insert`.
+    #[map]
+    static INSERT_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+    /// One insert of a new key into an LRU hash keyed like the stick table (a new client's
+    /// insert, the table full: the kernel evicts to make room).
+    #[xdp]
+    pub fn bench_lru_insert(_ctx: XdpContext) -> u32 {
+        let Some(seq) = INSERT_SEQ.get_ptr_mut(0) else {
+            return xdp_action::XDP_DROP;
+        };
+        // SAFETY: per-CPU slot of this CPU.
+        let n = unsafe {
+            *seq = (*seq).wrapping_add(1);
+            *seq
+        };
+        verdict(LRU_INSERT.insert(&[0, n, 0, 0, 0], &[0, 0], 0).is_ok())
     }
 
     /// One `bpf_fib_lookup` of the packet's IPv4 source → destination (what stickylb

@@ -94,6 +94,16 @@ pub const BACKEND_DOWN: u8 = 3;
 pub const MAX_SERVICES: u32 = 128;
 pub const MAX_BACKENDS: u32 = 16384;
 
+/// Slots of one region of `SERVICE_INDEX` (a power of two, at least 4 × `MAX_SERVICES`
+/// so that linear probing stays short). The map holds two regions (double buffering:
+/// userspace fills the inactive one, then flips `SERVICE_INDEX_HEAD`).
+pub const SERVICE_INDEX_SLOTS: u32 = 512;
+/// Most slots the data path probes from a key's home slot in `SERVICE_INDEX`; the
+/// builder picks a seed under which every key lies within this many.
+pub const SERVICE_INDEX_PROBES: u32 = 4;
+/// 64-bit words of `REPLY_FILTER` (a bitmap of 65 536 bits over backend addresses).
+pub const REPLY_FILTER_WORDS: u32 = 1024;
+
 /// Slots reserved in the `RING` map for one selection table. Each service owns two such
 /// regions (double buffering: userspace fills the inactive one, then flips
 /// [`crate::ServiceInfo::ring_offset`]), so a half-written table is never used.
@@ -141,6 +151,11 @@ pub const MAP_NEIGH_SEEN: &str = "NEIGH_SEEN";
 pub const MAP_NEIGH_EVENTS: &str = "NEIGH_EVENTS";
 pub const MAP_ENCAP_SOURCE: &str = "ENCAP_SOURCE";
 pub const MAP_STICK_EVENTS: &str = "STICK_EVENTS";
+/// Exact VIP table of the hit path (`ServiceSlot`s) and its head word (`index_head`).
+pub const MAP_SERVICE_INDEX: &str = "SERVICE_INDEX";
+pub const MAP_SERVICE_INDEX_HEAD: &str = "SERVICE_INDEX_HEAD";
+/// Bitmap over the addresses of `REVERSE` keys: "could this be a NAT reply?".
+pub const MAP_REPLY_FILTER: &str = "REPLY_FILTER";
 pub const MAP_STICK_EVENTS_LOST: &str = "STICK_EVENTS_LOST";
 /// The data path's switch for stick-table events (`.rodata`, set at load time): 0 = no
 /// events (a single node: the verifier removes the code), 1 = emit them.

@@ -72,7 +72,7 @@ pub fn udp_nonzero(check: u16) -> u16 {
     }
 }
 
-#[cfg(all(test, feature = "user"))]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
 

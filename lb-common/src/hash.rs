@@ -8,7 +8,7 @@ use crate::Addr;
 pub const CLIENT_HASH_SEED: u32 = 0x5354_4b59;
 
 #[inline(always)]
-fn fmix32(mut h: u32) -> u32 {
+pub(crate) fn fmix32(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -46,7 +46,7 @@ pub fn encap_hash(addr: &Addr, port: u16) -> u32 {
     )
 }
 
-#[cfg(all(test, feature = "user"))]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
 

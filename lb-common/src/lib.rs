@@ -1,25 +1,31 @@
-//! Shared between the XDP data path (`lb-ebpf`) and userspace (`lb-userspace`).
+//! Shared between the XDP data path (`lb-ebpf`) and userspace (`lb-model`, `lb-agent`).
 //!
 //! This crate owns:
-//! - the `#[repr(C)]` keys and values of every BPF map ([`maps`]),
+//! - the `#[repr(C)]` keys and values of every BPF map ([`maps`]), with each data-path
+//!   counter defined once, name and help text included ([`counters`]),
 //! - the constants both sides must agree on ([`consts`]),
 //! - pure logic that both sides run: checksum arithmetic ([`csum`]), the client hash
-//!   ([`hash`]), the stickiness decision ([`sticky`]), and — userspace only, behind the
-//!   `user` feature — the selection-table builders ([`maglev`], [`wrr`]).
+//!   ([`hash`]), the stickiness decision ([`sticky`]), the exact service index and the
+//!   reply filter ([`index`]), and — userspace only, behind the
+//!   `std` feature — the selection-table builders ([`maglev`], [`wrr`]).
 //!
-//! It is `no_std`; the `user` feature adds `std`, the builders and `aya::Pod` impls.
-#![cfg_attr(not(feature = "user"), no_std)]
+//! It is `no_std`; the `std` feature adds `std`, the builders and address conversions
+//! (what the pure model crate `lb-model` needs), `user` adds the `aya::Pod` impls too.
+#![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod consts;
+pub mod counters;
 pub mod csum;
 pub mod hash;
+pub mod index;
 pub mod maps;
 pub mod sticky;
 
-#[cfg(feature = "user")]
+#[cfg(feature = "std")]
 pub mod maglev;
-#[cfg(feature = "user")]
+#[cfg(feature = "std")]
 pub mod wrr;
 
 pub use consts::*;
+pub use counters::CounterSet;
 pub use maps::*;

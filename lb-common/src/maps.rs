@@ -32,7 +32,10 @@ pub struct ServiceInfo {
     pub scheduler: u8,
     /// [`crate::SVC_SYN_ONLY`], [`crate::SVC_SRC_HASH`].
     pub flags: u8,
-    pub _pad: u8,
+    /// Stickiness by network (`stick_on = "src/N"`): the prefix length, of the VIP's
+    /// family, the client address is masked to before the stick key is built and the
+    /// client hashed (1..=32 for IPv4, 1..=128 for IPv6); 0 = the full address.
+    pub stick_prefix: u8,
     /// Length of the active selection table; 0 = no backend takes new clients.
     pub ring_len: u32,
     /// First slot of the active selection table in `RING`.
@@ -47,6 +50,16 @@ pub struct ServiceInfo {
     /// GUE destination port (network order); 0 for the other modes.
     pub gue_port: u16,
     pub _pad2: u16,
+}
+
+/// One slot of `SERVICE_INDEX`, the exact table the data path finds a service in (one
+/// array read per probe instead of a hash lookup; see [`crate::index`]). A slot whose
+/// `key.family` is 0 is empty. 64 bytes: one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    pub key: Endpoint,
+    pub info: ServiceInfo,
 }
 
 /// Value of `ENCAP_SOURCE` (indexed by service id), read when the service has
@@ -79,7 +92,9 @@ pub struct Backend {
     pub weight: u32,
 }
 
-/// Key of the stick table `STICK` (LRU hash shared by all CPUs).
+/// Key of the stick table `STICK` (LRU hash shared by all CPUs). `client` is the
+/// client's address masked to the service's `stick_prefix` (the network's first address),
+/// built only by [`crate::sticky::stick_key`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StickKey {
@@ -146,114 +161,77 @@ pub struct FragCandidates {
     pub count: u32,
 }
 
-/// Per-CPU counters of one service (`SERVICE_STATS`, indexed by service id).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServiceStats {
-    /// Client→service packets and bytes forwarded.
-    pub packets: u64,
-    pub bytes: u64,
-    /// Clients with no entry that got a first pick.
-    pub new_clients: u64,
-    /// Entries re-picked because they had expired.
-    pub repick_expired: u64,
-    /// Entries re-picked because their backend was down, removed or reassigned.
-    pub repick_down: u64,
-    /// Dropped: no backend takes new clients.
-    pub drop_no_backend: u64,
-    /// Dropped: the FIB has no route (unreachable, blackhole, prohibit) or redirect failed.
-    pub drop_no_route: u64,
-    /// Passed to the kernel: a NAT packet to a backend whose next hop has no neighbour
-    /// entry yet (the kernel forwards it and resolves the neighbour; the agent is told),
-    /// or one the FIB gives no fast path (larger than the route's MTU, say).
-    pub fib_miss: u64,
-    /// Passed to the kernel: TTL / hop limit would expire (the kernel sends the ICMP error).
-    pub pass_ttl: u64,
-    /// Backend→client NAT replies rewritten and forwarded.
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-    /// ICMP errors about a client's flow (fragmentation needed, packet too big,
-    /// unreachable) steered to the backend that owns the client.
-    pub icmp_to_backend: u64,
-    /// ICMP errors about this service with no live client entry: passed to the kernel.
-    pub icmp_unmatched: u64,
-    /// IPv4 fragments forwarded (first fragments with the flow, later ones by the
-    /// client's entry).
-    pub frag_forwarded: u64,
-    /// Non-first fragments with no (or an ambiguous) client entry: passed to the kernel.
-    pub frag_unmatched: u64,
-    /// New clients served by source hash without an entry: a TCP packet other than a
-    /// SYN under `insert_on = "syn"`.
-    pub unpinned_not_syn: u64,
-    /// New clients served by source hash without an entry: this CPU's `insert_cap` for
-    /// the current second was used up.
-    pub unpinned_over_cap: u64,
-    /// Encapsulating services: client packets that would exceed the egress MTU once
-    /// encapsulated, answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
-    /// (MTU minus the overhead), sent back to the client.
-    pub too_big_answered: u64,
-    /// Encapsulating services: client packets over the MTU that cannot be answered
-    /// (IPv4 without DF, an IPv6 inner packet whose answer would go below 1280, a packet
-    /// too short to quote), dropped.
-    pub drop_too_big: u64,
-    /// Dropped: the next hop has no neighbour entry yet, and the packet could not be
-    /// queued for it (no XDP metadata; an encapsulating service's packet, not yet
-    /// encapsulated) nor handed to the kernel's routing (a NAT reply, whose source is the
-    /// VIP, possibly a local address; a DSR packet, which the kernel would route by the
-    /// VIP). The agent is told and resolves the next hop: only first packets are lost.
-    pub drop_no_neigh: u64,
-    /// Packets whose next hop had no neighbour entry yet (NAT replies, DSR), fully
-    /// rewritten and handed to the tc program, which has the kernel's neighbour layer
-    /// send them once the next hop answers (`bpf_redirect_neigh`): delayed, not lost.
-    pub neigh_queued: u64,
-    /// Next-hop reports lost because the report ring (`NEIGH_EVENTS`) was full; the next
-    /// miss to that next hop reports it again.
-    pub neigh_report_lost: u64,
-}
-
-/// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BackendStats {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_clients: u64,
-}
-
-impl ServiceStats {
-    /// Adds another CPU's counters to these.
-    pub fn accumulate(&mut self, o: &ServiceStats) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.new_clients += o.new_clients;
-        self.repick_expired += o.repick_expired;
-        self.repick_down += o.repick_down;
-        self.drop_no_backend += o.drop_no_backend;
-        self.drop_no_route += o.drop_no_route;
-        self.fib_miss += o.fib_miss;
-        self.pass_ttl += o.pass_ttl;
-        self.reply_packets += o.reply_packets;
-        self.reply_bytes += o.reply_bytes;
-        self.icmp_to_backend += o.icmp_to_backend;
-        self.icmp_unmatched += o.icmp_unmatched;
-        self.frag_forwarded += o.frag_forwarded;
-        self.frag_unmatched += o.frag_unmatched;
-        self.unpinned_not_syn += o.unpinned_not_syn;
-        self.unpinned_over_cap += o.unpinned_over_cap;
-        self.too_big_answered += o.too_big_answered;
-        self.drop_too_big += o.drop_too_big;
-        self.drop_no_neigh += o.drop_no_neigh;
-        self.neigh_queued += o.neigh_queued;
-        self.neigh_report_lost += o.neigh_report_lost;
+crate::counters! {
+    /// Per-CPU counters of one service (`SERVICE_STATS`, indexed by service id).
+    pub struct ServiceStats {
+        /// Client→service packets and bytes forwarded.
+        packets: "stickylb_service_packets", Packets, "Client packets forwarded to a backend.";
+        bytes: "stickylb_service_bytes", Bytes, "Client bytes forwarded to a backend.";
+        /// Clients with no entry that got a first pick.
+        new_clients: "stickylb_service_new_clients", NewClients, "Clients without an entry that got a first pick.";
+        /// Entries re-picked because they had expired.
+        repick_expired: "stickylb_service_repicks" [reason = "expired"], Repicks, "Clients re-picked, by reason.";
+        /// Entries re-picked because their backend was down, removed or reassigned.
+        repick_down: "stickylb_service_repicks" [reason = "backend_down"], Repicks, "Clients re-picked, by reason.";
+        /// Dropped: no backend takes new clients.
+        drop_no_backend: "stickylb_service_drops" [reason = "no_backend"], Drops, "Packets dropped or passed, by reason.";
+        /// Dropped: the FIB has no route (unreachable, blackhole, prohibit) or redirect failed.
+        drop_no_route: "stickylb_service_drops" [reason = "no_route"], Drops, "Packets dropped or passed, by reason.";
+        /// Passed to the kernel: a NAT packet to a backend whose next hop has no neighbour
+        /// entry yet (the kernel forwards it and resolves the neighbour; the agent is told),
+        /// or one the FIB gives no fast path (larger than the route's MTU, say).
+        fib_miss: "stickylb_service_fib_miss", Passed, "NAT packets to a backend handed to the kernel because the FIB had no neighbour yet (the kernel resolves it) or no fast path.";
+        /// Passed to the kernel: TTL / hop limit would expire (the kernel sends the ICMP error).
+        pass_ttl: "stickylb_service_drops" [reason = "ttl_passed"], Passed, "Packets dropped or passed, by reason.";
+        /// Backend→client NAT replies rewritten and forwarded.
+        reply_packets: "stickylb_service_reply_packets", None, "NAT replies rewritten to the VIP.";
+        reply_bytes: "stickylb_service_reply_bytes", None, "Bytes of NAT replies rewritten to the VIP.";
+        /// ICMP errors about a client's flow (fragmentation needed, packet too big,
+        /// unreachable) steered to the backend that owns the client.
+        icmp_to_backend: "stickylb_service_icmp_to_backend", None, "ICMP errors about a client's flow steered to its backend.";
+        /// ICMP errors about this service with no live client entry: passed to the kernel.
+        icmp_unmatched: "stickylb_service_icmp_unmatched", None, "ICMP errors about the service with no live client entry, passed to the kernel.";
+        /// IPv4 fragments forwarded (first fragments with the flow, later ones by the
+        /// client's entry).
+        frag_forwarded: "stickylb_service_fragments_forwarded", None, "IPv4 fragments forwarded (first ones with the flow, later ones by the client's entry).";
+        /// Non-first fragments with no (or an ambiguous) client entry: passed to the kernel.
+        frag_unmatched: "stickylb_service_fragments_unmatched", None, "Later IPv4 fragments without a single live client entry, passed to the kernel.";
+        /// New clients served by source hash without an entry: a TCP packet other than a
+        /// SYN under `insert_on = "syn"`.
+        unpinned_not_syn: "stickylb_service_unpinned_not_syn", None, "New clients served by source hash without an entry: TCP packet other than a SYN under insert_on = \"syn\".";
+        /// New clients served by source hash without an entry: this CPU's `insert_cap` for
+        /// the current second was used up.
+        unpinned_over_cap: "stickylb_service_unpinned_over_cap", None, "New clients served by source hash without an entry: the per-CPU insert_cap for the second was used up.";
+        /// Encapsulating services: client packets that would exceed the egress MTU once
+        /// encapsulated, answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
+        /// (MTU minus the overhead), sent back to the client.
+        too_big_answered: "stickylb_service_too_big_answered", None, "Encapsulating services: client packets over the egress MTU once encapsulated, answered with ICMP fragmentation needed / packet too big.";
+        /// Encapsulating services: client packets over the MTU that cannot be answered
+        /// (IPv4 without DF, an IPv6 inner packet whose answer would go below 1280, a packet
+        /// too short to quote), dropped.
+        drop_too_big: "stickylb_service_drop_too_big", Drops, "Encapsulating services: packets over the egress MTU once encapsulated that could not be answered (IPv4 without DF, fragments, ICMP errors), dropped.";
+        /// Dropped: the next hop has no neighbour entry yet, and the packet could not be
+        /// queued for it (no XDP metadata; an encapsulating service's packet, not yet
+        /// encapsulated) nor handed to the kernel's routing (a NAT reply, whose source is the
+        /// VIP, possibly a local address; a DSR packet, which the kernel would route by the
+        /// VIP). The agent is told and resolves the next hop: only first packets are lost.
+        drop_no_neigh: "stickylb_service_drops" [reason = "no_neighbour"], Drops, "Packets dropped or passed, by reason.";
+        /// Packets whose next hop had no neighbour entry yet (NAT replies, DSR), fully
+        /// rewritten and handed to the tc program, which has the kernel's neighbour layer
+        /// send them once the next hop answers (`bpf_redirect_neigh`): delayed, not lost.
+        neigh_queued: "stickylb_service_neigh_queued", None, "Packets whose next hop was not resolved yet, sent through the kernel's neighbour queue (delayed, not lost).";
+        /// Next-hop reports lost because the report ring (`NEIGH_EVENTS`) was full; the next
+        /// miss to that next hop reports it again.
+        neigh_report_lost: "stickylb_service_neigh_report_lost", None, "Unresolved next hops the data path could not report (report ring full).";
     }
 }
 
-impl BackendStats {
-    /// Adds another CPU's counters to these.
-    pub fn accumulate(&mut self, o: &BackendStats) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.new_clients += o.new_clients;
+crate::counters! {
+    /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
+    pub struct BackendStats {
+        packets: "stickylb_backend_packets", Packets, "Packets forwarded to the backend.";
+        bytes: "stickylb_backend_bytes", Bytes, "Bytes forwarded to the backend.";
+        new_clients: "stickylb_backend_new_clients", NewClients, "Clients picked for the backend.";
     }
 }
 
@@ -263,6 +241,7 @@ mod pod {
     // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for ServiceSlot {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for StickKey {}
     unsafe impl aya::Pod for StickValue {}
@@ -282,7 +261,7 @@ mod pod {
     unsafe impl aya::Pod for StickEvent {}
 }
 
-#[cfg(feature = "user")]
+#[cfg(feature = "std")]
 mod addr_conv {
     use super::Addr;
     use crate::consts;
@@ -332,7 +311,7 @@ mod addr_conv {
     }
 }
 
-#[cfg(feature = "user")]
+#[cfg(feature = "std")]
 pub use addr_conv::{addr_from_ip, ip_from_addr};
 
 /// Per-CPU new-entry budget of one service (`INSERT_BUDGET`, indexed by service id): how
@@ -391,18 +370,18 @@ pub struct DecapKey {
     pub _pad: [u8; 3],
 }
 
-/// Per-CPU counters of the decapsulation program (`DECAP_STATS`, one slot).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DecapStats {
-    /// Outer headers stripped, inner packet passed up.
-    pub decapsulated: u64,
-    /// Encapsulated packets left untouched: outer destination not local (strict), outer
-    /// IPv4 options or fragments, inner not IP of the claimed family.
-    pub passed: u64,
-    /// Encapsulated packets dropped: lengths that lie (outer length beyond the frame,
-    /// inner length beyond the outer payload), nested tunnels.
-    pub dropped: u64,
+crate::counters! {
+    /// Per-CPU counters of the decapsulation program (`DECAP_STATS`, one slot).
+    pub struct DecapStats {
+        /// Outer headers stripped, inner packet passed up.
+        decapsulated: "stickylb_decap_decapsulated", Packets, "Outer headers stripped, inner packet passed up.";
+        /// Encapsulated packets left untouched: outer destination not local (strict), outer
+        /// IPv4 options or fragments, inner not IP of the claimed family.
+        passed: "stickylb_decap_passed", Passed, "Encapsulated packets left untouched (outer destination not local, IPv4 options or fragments, inner packet not of its family).";
+        /// Encapsulated packets dropped: lengths that lie (outer length beyond the frame,
+        /// inner length beyond the outer payload), nested tunnels.
+        dropped: "stickylb_decap_dropped", Drops, "Encapsulated packets dropped (lying lengths, nested tunnels).";
+    }
 }
 
 /// A next hop on an interface: the key of `NEIGH_SEEN` (when the data path last reported

@@ -1,8 +1,52 @@
 //! The stickiness decision: given a client's stick-table entry and the backend it points
 //! at, does the client stay there or get a fresh pick? Shared by the data path and the
-//! userspace `table lookup`, and unit-tested here.
+//! userspace `table lookup`, and unit-tested here. Also the one place a stick key is
+//! built ([`stick_key`]): the client address masked to the service's prefix
+//! (`stick_on = "src/N"`), so that every address of one client network shares an entry
+//! and a Maglev pick.
 
-use crate::{Backend, StickValue, BACKEND_DRAIN, BACKEND_UP, MAX_REFRESH_NS};
+use crate::{
+    Addr, Backend, ServiceInfo, StickKey, StickValue, BACKEND_DRAIN, BACKEND_UP, MAX_REFRESH_NS,
+};
+
+/// `addr` with every bit past the first `prefix` cleared (the network's first address);
+/// `prefix` 0 = the address unchanged. Words are in network order (see [`Addr`]); an IPv4
+/// address (word 0) masked with a prefix up to 32 keeps words 1..3 zero.
+#[inline(always)]
+pub fn mask_client(addr: &Addr, prefix: u8) -> Addr {
+    if prefix == 0 {
+        return *addr;
+    }
+    let mut out = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        let left = prefix as u32;
+        let bits = if left <= 32 * i as u32 {
+            0
+        } else if left - 32 * i as u32 >= 32 {
+            32
+        } else {
+            left - 32 * i as u32
+        };
+        // bits 0..=32: a shift of 32..=0 of a u64 (never by 64), its low word the mask.
+        let mask = (u64::MAX << (32 - bits)) as u32;
+        out[i] = addr[i] & mask.to_be();
+        i += 1;
+    }
+    out
+}
+
+/// The stick-table key of `client` for `svc`: the service id and the client address
+/// masked to the service's [`ServiceInfo::stick_prefix`]. The data path builds every key
+/// here (normal path, ICMP errors, fragments), and hashes `key.client` for a Maglev pick,
+/// so that a client network agrees on one backend on every node.
+#[inline(always)]
+pub fn stick_key(svc: &ServiceInfo, client: &Addr) -> StickKey {
+    StickKey {
+        service_id: svc.id,
+        client: mask_client(client, svc.stick_prefix),
+    }
+}
 
 /// What to do with a client. The discriminant is the reason code the data path's debug
 /// log prints (`stickylb run --debug`; the message spells out the codes).
@@ -90,7 +134,7 @@ pub fn needs_refresh(entry: &StickValue, now_ns: u64, refresh_ns: u64) -> bool {
     now_ns.saturating_sub(entry.last_seen_ns) >= refresh_ns
 }
 
-#[cfg(all(test, feature = "user"))]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
     use crate::{BACKEND_DOWN, BACKEND_UNUSED};
@@ -101,6 +145,69 @@ mod tests {
             service_id,
             ..Default::default()
         }
+    }
+
+    fn v4(s: &str) -> Addr {
+        let ip: std::net::Ipv4Addr = s.parse().unwrap();
+        [u32::from_ne_bytes(ip.octets()), 0, 0, 0]
+    }
+
+    fn v6(s: &str) -> Addr {
+        let o = s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        core::array::from_fn(|i| u32::from_ne_bytes(o[4 * i..4 * i + 4].try_into().unwrap()))
+    }
+
+    #[test]
+    fn masks_to_the_network() {
+        assert_eq!(mask_client(&v4("10.1.2.3"), 0), v4("10.1.2.3"));
+        assert_eq!(mask_client(&v4("10.1.2.3"), 32), v4("10.1.2.3"));
+        assert_eq!(mask_client(&v4("10.1.2.3"), 24), v4("10.1.2.0"));
+        assert_eq!(mask_client(&v4("10.1.2.255"), 23), v4("10.1.2.0"));
+        assert_eq!(mask_client(&v4("10.1.3.255"), 23), v4("10.1.2.0"));
+        assert_eq!(mask_client(&v4("255.255.255.255"), 1), v4("128.0.0.0"));
+        assert_eq!(mask_client(&v4("10.1.2.3"), 8), v4("10.0.0.0"));
+        let a = v6("2001:db8:1:2:aaaa:bbbb:cccc:dddd");
+        assert_eq!(mask_client(&a, 128), a);
+        assert_eq!(mask_client(&a, 64), v6("2001:db8:1:2::"));
+        assert_eq!(mask_client(&a, 48), v6("2001:db8:1::"));
+        assert_eq!(mask_client(&a, 56), v6("2001:db8:1::"));
+        assert_eq!(mask_client(&a, 60), v6("2001:db8:1::"));
+        assert_eq!(mask_client(&a, 63), v6("2001:db8:1:2::"));
+        assert_eq!(mask_client(&a, 96), v6("2001:db8:1:2:aaaa:bbbb::"));
+        assert_eq!(mask_client(&a, 97), v6("2001:db8:1:2:aaaa:bbbb:8000:0"));
+        assert_eq!(mask_client(&a, 1), v6("::"));
+        // Against u128 arithmetic for every length.
+        let full = u128::from(a_ip(&a));
+        for n in 1..=128u8 {
+            let want = full & !(u128::MAX.checked_shr(n as u32).unwrap_or(0));
+            assert_eq!(
+                a_ip(&mask_client(&a, n)),
+                std::net::Ipv6Addr::from(want),
+                "/{n}"
+            );
+        }
+    }
+
+    fn a_ip(a: &Addr) -> std::net::Ipv6Addr {
+        let mut o = [0u8; 16];
+        for (i, w) in a.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        o.into()
+    }
+
+    #[test]
+    fn stick_key_masks_by_the_service_prefix() {
+        let mut svc = ServiceInfo {
+            id: 7,
+            ..Default::default()
+        };
+        assert_eq!(stick_key(&svc, &v4("10.1.2.3")).client, v4("10.1.2.3"));
+        svc.stick_prefix = 24;
+        let k = stick_key(&svc, &v4("10.1.2.3"));
+        assert_eq!((k.service_id, k.client), (7, v4("10.1.2.0")));
+        assert_eq!(k, stick_key(&svc, &v4("10.1.2.200")));
+        assert_ne!(k, stick_key(&svc, &v4("10.1.3.3")));
     }
 
     #[test]

@@ -140,7 +140,8 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         st.drop_no_backend += 1;
         return xdp_action::XDP_DROP;
     }
-    let bst = stats::backend(backend_id);
+    // One lookup of the backend's counters for the whole packet.
+    let mut bst = stats::backend(backend_id);
     match verdict {
         Verdict::Hit => {}
         Verdict::New => st.new_clients += 1,
@@ -153,7 +154,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
         verdict,
         Verdict::New | Verdict::RepickExpired | Verdict::RepickDown
     ) {
-        if let Some(b) = bst {
+        if let Some(b) = bst.as_deref_mut() {
             b.new_clients += 1;
         }
     }
@@ -176,7 +177,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, p: &Parsed, svc: &ServiceInfo) -> 
             if p.frag == FRAG_FIRST {
                 st.frag_forwarded += 1;
             }
-            if let Some(b) = stats::backend(backend_id) {
+            if let Some(b) = bst {
                 b.packets += 1;
                 b.bytes += len;
             }

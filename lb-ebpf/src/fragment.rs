@@ -9,8 +9,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     csum,
-    sticky::{judge, Verdict},
-    Backend, Endpoint, ServiceInfo, StickKey, FRAG_CANDIDATES, FWD_DSR,
+    sticky::{judge, stick_key, Verdict},
+    Backend, Endpoint, ServiceInfo, FRAG_CANDIDATES, FWD_DSR,
 };
 
 use crate::{
@@ -54,10 +54,7 @@ pub fn process(ctx: &XdpContext, p: &Parsed) -> u32 {
         if first == u32::MAX {
             first = candidate.id;
         }
-        let key = StickKey {
-            service_id: candidate.id,
-            client: p.src,
-        };
+        let key = stick_key(&candidate, &p.src);
         let Some(e) = (unsafe { STICK.get(&key) }) else {
             continue;
         };

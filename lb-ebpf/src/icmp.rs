@@ -18,8 +18,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     csum,
-    sticky::{judge, Verdict},
-    Addr, Backend, Endpoint, ServiceInfo, StickKey, FAMILY_V4, FWD_DSR, PROTO_TCP, PROTO_UDP,
+    sticky::{judge, stick_key, Verdict},
+    Addr, Backend, Endpoint, ServiceInfo, FAMILY_V4, FWD_DSR, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -228,13 +228,8 @@ fn owner(
     };
     let st = stats::service(svc.id)?;
     let now = stats::now_ns();
-    let found = unsafe {
-        STICK.get(&StickKey {
-            service_id: svc.id,
-            client,
-        })
-    }
-    .and_then(|e| {
+    // The quoted destination is the client: its entry is keyed by its network.
+    let found = unsafe { STICK.get(&stick_key(&svc, &client)) }.and_then(|e| {
         let b = BACKENDS.get(e.backend_id)?;
         // Only encapsulation reaches a backend of the other family.
         (judge(e, Some(b), svc.id, now, svc.expiry_ns) == Verdict::Hit

@@ -7,14 +7,28 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BackendStats, CachedRoute, EncapSource, Endpoint, FragCandidates, InsertBudget,
-    NeighKey, ReverseValue, ServiceInfo, ServiceStats, StickKey, StickValue,
+    NeighKey, ReverseValue, ServiceInfo, ServiceSlot, ServiceStats, StickKey, StickValue,
     DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, NEIGH_EVENTS_BYTES, NEIGH_SEEN_ENTRIES,
-    RING_SLOTS, STICK_EVENTS_BYTES,
+    REPLY_FILTER_WORDS, RING_SLOTS, SERVICE_INDEX_SLOTS, STICK_EVENTS_BYTES,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
 #[map]
 pub static SERVICES: HashMap<Endpoint, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// The services again, as the exact table the data path reads (`lb_common::index`): two
+/// regions of `SERVICE_INDEX_SLOTS` slots, the active one named by `SERVICE_INDEX_HEAD`.
+#[map]
+pub static SERVICE_INDEX: Array<ServiceSlot> = Array::with_max_entries(2 * SERVICE_INDEX_SLOTS, 0);
+
+/// Slot 0: the service index's head word (active region and seed, `index::head`).
+#[map]
+pub static SERVICE_INDEX_HEAD: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Bitmap over the addresses of `REVERSE` keys (`index::reply_bit`): traffic from an
+/// address without its bit is no NAT reply, and skips the `REVERSE` lookups.
+#[map]
+pub static REPLY_FILTER: Array<u64> = Array::with_max_entries(REPLY_FILTER_WORDS, 0);
 
 /// Backend id → backend.
 #[map]

@@ -7,7 +7,7 @@
 //! an event for the agent to replicate; the hit path emits nothing.
 
 use lb_common::{
-    sticky::{is_connection_start, judge, needs_refresh, take_insert_budget, Verdict},
+    sticky::{is_connection_start, judge, needs_refresh, stick_key, take_insert_budget, Verdict},
     Backend, ServiceInfo, StickEvent, StickKey, StickValue, PROTO_TCP, STICK_EVENT_DOWN,
     STICK_EVENT_EXPIRED, STICK_EVENT_NEW, SVC_SYN_ONLY,
 };
@@ -22,11 +22,10 @@ use crate::{
 /// `None`: a pick was needed and no backend takes new clients.
 #[inline(always)]
 pub fn resolve(svc: &ServiceInfo, p: &Parsed, now: u64) -> Option<(u32, Backend, Verdict)> {
-    let client = &p.src;
-    let key = StickKey {
-        service_id: svc.id,
-        client: *client,
-    };
+    // The client as the table knows it: its address masked to the service's prefix
+    // (`stick_on = "src/N"`); the pick hashes the same, so a client network agrees.
+    let key = stick_key(svc, &p.src);
+    let client = &key.client;
     let verdict = match STICK.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: pointer to the map value, valid for this program run; concurrent

@@ -33,7 +33,7 @@ pub fn stickylb_bin() -> Result<PathBuf> {
         .context("test executable has no parent")?;
     let bin = dir.join("stickylb");
     if !bin.exists() {
-        bail!("{} not found: build it first (`cargo build -p lb-userspace`, or run through cargo xtask test)", bin.display());
+        bail!("{} not found: build it first (`cargo build -p lb-agent`, or run through cargo xtask test)", bin.display());
     }
     Ok(bin)
 }
@@ -48,7 +48,7 @@ pub fn ensure_test_bpffs() -> Result<()> {
         return Ok(());
     }
     let path = Path::new(TEST_BPFFS);
-    if !lb_userspace::pins::is_bpffs(path) {
+    if !lb_agent::pins::is_bpffs(path) {
         std::fs::create_dir_all(path)?;
         let out = Command::new("mount")
             .args(["-t", "bpf", "bpf", TEST_BPFFS])

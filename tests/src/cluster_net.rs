@@ -34,6 +34,11 @@
 //!   the LAN: node i's peer address is `198.18.50.i:`[`PEER_PORT`].
 //! - `rp_filter` is off everywhere (replies from the VIP arrive at the router from the
 //!   LAN, requests for it leave towards the nodes).
+//!
+//! For the agent-level cluster tests (tests/tests/cluster.rs) it also owns a cluster
+//! CA ([`Pki`], rcgen), each node's configuration ([`node_config`]: one DSR service on
+//! the VIP over the chosen backends, with or without `[cluster]`), and a round of client
+//! connections recording which backend answered each client ([`ClusterNet::round`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -507,6 +512,13 @@ impl ClusterNet {
         self.write_route()
     }
 
+    /// Removes the static VIP routes and forgets the nexthops: a routing daemon on the
+    /// router owns the VIP's route from then on (issue 13, `crate::bgp`).
+    pub fn clear_static_routes(&mut self) -> Result<()> {
+        self.nexthops.clear();
+        self.write_route()
+    }
+
     /// Takes node `i` out of the VIP's nexthops (its traffic moves to the others).
     pub fn remove_nexthop(&mut self, i: usize) -> Result<()> {
         self.nexthops.retain(|&n| n != i);
@@ -599,5 +611,160 @@ impl ClusterNet {
         v.extend(self.nodes.iter().map(|n| n.ns.name().to_owned()));
         v.extend(self.backends.iter().map(|b| b.ns.name().to_owned()));
         v
+    }
+}
+
+/// A cluster CA and one certificate per node (DNS name = node name), as PEM files.
+pub struct Pki {
+    pub dir: std::path::PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new() -> Result<Pki> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(DnType::CommonName, "stickylb test cluster CA");
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = p.self_signed(&ca_key)?;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "stickylb-pki-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("ca.pem"), ca.pem())?;
+        Ok(Pki { dir, ca, ca_key })
+    }
+
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Certificate and key files for `name` (made on first use).
+    pub fn issue(&self, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let cert = self.dir.join(format!("{name}.pem"));
+        let key = self.dir.join(format!("{name}.key"));
+        if cert.exists() {
+            return Ok((cert, key));
+        }
+        let kp = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![name.to_string()])?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let c = p.signed_by(&kp, &self.ca, &self.ca_key)?;
+        std::fs::write(&cert, c.pem())?;
+        std::fs::write(&key, kp.serialize_pem())?;
+        Ok((cert, key))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The service every node of a cluster test balances: the IPv4 VIP on [`SERVICE_PORT`],
+/// DSR, over `backends` (1-based backend index, weight).
+#[derive(Clone, Debug)]
+pub struct ServiceSetup {
+    /// `"maglev"` or `"roundrobin"`.
+    pub scheduler: &'static str,
+    pub backends: Vec<(usize, u32)>,
+}
+
+/// The port of the test service (DSR: the backends listen on it too).
+pub const SERVICE_PORT: u16 = 80;
+
+/// Node `i`'s configuration: the service, and with `cluster` (the CA and the node
+/// indexes of the whole cluster) a `[cluster]` naming every other node as a peer.
+pub fn node_config(
+    net: &ClusterNet,
+    i: usize,
+    service: &ServiceSetup,
+    cluster: Option<(&Pki, &[usize])>,
+) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut t = format!(
+        "[[service]]\nname = \"web\"\nlisten = \"{VIP_V4}:{SERVICE_PORT}\"\nscheduler = \"{}\"\n\
+         forwarding = \"dsr\"\nstick_table = {{ size = 20000, expire = \"10m\" }}\n",
+        service.scheduler
+    );
+    for (j, w) in &service.backends {
+        let _ = write!(
+            t,
+            "[[service.backend]]\naddress = \"{}:{SERVICE_PORT}\"\nweight = {w}\n",
+            net.backend(*j).v4
+        );
+    }
+    if let Some((pki, members)) = cluster {
+        let me = net.node(i);
+        let (cert, key) = pki.issue(&me.name)?;
+        let peers: Vec<String> = members
+            .iter()
+            .filter(|&&k| k != i)
+            .map(|&k| {
+                format!(
+                    "{{ name = \"node{k}\", address = \"{}:{PEER_PORT}\" }}",
+                    lan_v4(k)
+                )
+            })
+            .collect();
+        let _ = write!(
+            t,
+            "\n[cluster]\nnode = \"{}\"\nlisten = \"{}\"\npeers = [ {} ]\nca = \"{}\"\ncert = \"{}\"\n\
+             key = \"{}\"\nheartbeat = \"500ms\"\npeer_timeout = \"3s\"\nsync_timeout = \"3s\"\n",
+            me.name,
+            me.peer_addr(),
+            peers.join(", "),
+            pki.ca_path().display(),
+            cert.display(),
+            key.display()
+        );
+    }
+    Ok(t)
+}
+
+/// Per client address, the names of the backends that answered it.
+pub type Answers = std::collections::BTreeMap<Ipv4Addr, std::collections::BTreeSet<String>>;
+
+impl ClusterNet {
+    /// `connections` TCP connections from each of `clients` (extra client addresses) to
+    /// the VIP, client by client; the backend names that answered each, and the failures.
+    pub fn round(&self, clients: usize, connections: usize) -> Result<(Answers, Vec<String>)> {
+        let vip = SocketAddr::new(VIP_V4.into(), SERVICE_PORT);
+        let mut pairs = Vec::new();
+        for _ in 0..connections {
+            for c in self.client_v4.iter().take(clients) {
+                pairs.push((IpAddr::from(*c), vip));
+            }
+        }
+        let answers = crate::tcp_fetch_all(&self.client, &pairs, Duration::from_secs(5))?;
+        let mut by =
+            std::collections::BTreeMap::<Ipv4Addr, std::collections::BTreeSet<String>>::new();
+        let mut failed = Vec::new();
+        for ((src, _), a) in pairs.iter().zip(answers) {
+            let IpAddr::V4(src) = src else { continue };
+            match a {
+                Ok(name) => {
+                    by.entry(*src).or_default().insert(name);
+                }
+                Err(e) => failed.push(format!("{e:#}")),
+            }
+        }
+        Ok((by, failed))
     }
 }

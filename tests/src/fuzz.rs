@@ -44,6 +44,11 @@
 //!
 //! A client's backend must never change during a run (no configuration changes, no
 //! expiry, all picking backends up): the oracle remembers every client's backend.
+//! Services that stick by network (`stick_on = "src/N"`: /24, /20, /12 and /64, /60,
+//! /100) key the entry by the client address masked to the prefix, which the oracle
+//! computes on its own by integer arithmetic: every client of the network (the quoted
+//! client of an ICMP error, the source of a later fragment) must find that one entry, and
+//! the network's backend never changes.
 //!
 //! Reproduce a failure with the printed seed: `STICKYLB_FUZZ_SEED=<seed>` and the same
 //! `STICKYLB_FUZZ_PACKETS` / `STICKYLB_FUZZ_THREADS` (each worker is deterministic).
@@ -58,11 +63,9 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::IpNumber;
+use lb_agent::loader;
 use lb_common::{ServiceStats, BACKEND_DRAIN, BACKEND_UP};
-use lb_userspace::{
-    loader,
-    spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec},
-};
+use lb_model::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec, StickOn};
 
 use crate::{
     lab::{backend_mac, Lab, CLIENT_GW_MAC, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -153,8 +156,33 @@ struct Svc {
     backends: Vec<(IpAddr, u16)>,
     /// Every backend down: every new client is dropped (`drop_no_backend`).
     all_down: bool,
+    /// Stickiness by network (`stick_on = "src/N"`): clients share the entry (and the
+    /// backend) of their address masked to this many bits; 0 = the full address.
+    stick_prefix: u8,
     /// Filled once the lab is configured.
     id: u32,
+}
+
+/// The network a client sticks by: its address with the bits past `prefix` cleared
+/// (`prefix` 0 = the address itself), by integer arithmetic on the address.
+fn stick_network(client: IpAddr, prefix: u8) -> IpAddr {
+    if prefix == 0 {
+        return client;
+    }
+    match client {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+    }
 }
 
 impl Svc {
@@ -296,6 +324,7 @@ fn services() -> Vec<Svc> {
             encap: None,
             backends,
             all_down: false,
+            stick_prefix: 0,
             id: 0,
         };
         let h = |n| host(v6f, n);
@@ -307,14 +336,18 @@ fn services() -> Vec<Svc> {
             false,
             vec![(h(2), 8080), (h(3), 8080), (h(4), 8080)],
         ));
-        out.push(mk(
+        // Stickiness by network, on a byte boundary (/24, /64) and inside a byte or a
+        // word (/20, /60; /12, /100) of Maglev, L2 DSR and IPIP services.
+        let mut udp_nat = mk(
             "udp-nat",
             a,
             53,
             PROTO_UDP,
             false,
             vec![(h(2), 5353), (h(3), 5353)],
-        ));
+        );
+        udp_nat.stick_prefix = if v6f { 64 } else { 24 };
+        out.push(udp_nat);
         out.push(mk(
             "tcp-dsr",
             a,
@@ -331,14 +364,16 @@ fn services() -> Vec<Svc> {
             false,
             vec![(h(3), 0), (h(4), 0)],
         ));
-        out.push(mk(
+        let mut any_dsr = mk(
             "tcp-any-dsr",
             b,
             0,
             PROTO_TCP,
             true,
             vec![(h(2), 0), (h(4), 0)],
-        ));
+        );
+        any_dsr.stick_prefix = if v6f { 60 } else { 20 };
+        out.push(any_dsr);
         let mut down = mk(
             "down",
             a,
@@ -368,6 +403,7 @@ fn services() -> Vec<Svc> {
             vec![(h(2), 85), (h(3), 85)],
         );
         ipip.encap = Some(false);
+        ipip.stick_prefix = if v6f { 100 } else { 12 };
         out.push(ipip);
         let mut gue = mk(
             "udp-gue",
@@ -410,6 +446,9 @@ fn spec(s: &Svc) -> ServiceSpec {
     if s.name.starts_with("udp-nat") || s.name.starts_with("tcp-any-dsr") {
         spec.scheduler = Scheduler::Maglev;
         spec.maglev_size = Some(251);
+    }
+    if s.stick_prefix != 0 {
+        spec.stick_on = StickOn::Network(s.stick_prefix);
     }
     // No expiry: a client's backend must never change during a run.
     spec.expire = None;
@@ -2405,7 +2444,7 @@ impl Alt {
 /// The lab (program, maps) as a worker uses it.
 struct Env<'a> {
     xdp: &'a aya::programs::Xdp,
-    dp: &'a lb_userspace::dataplane::Dataplane,
+    dp: &'a lb_agent::dataplane::Dataplane,
     fx0_mac: [u8; 6],
     fx1_mac: [u8; 6],
     fx0_ifindex: u32,
@@ -2596,8 +2635,11 @@ impl Worker<'_> {
     }
 
     /// The client's live stick entry in service `i`: (backend id, backend). An entry
-    /// must point at a backend of the service that is up or draining.
+    /// must point at a backend of the service that is up or draining. A service sticking
+    /// by network keys it by the client's network, which the memory remembers: every
+    /// client of a network must find the one entry, and it never moves.
     fn entry(&mut self, i: usize, client: IpAddr) -> Result<Option<(u32, BackendInfo)>, String> {
+        let client = stick_network(client, self.svc(i).stick_prefix);
         let (addr, _) = lb_common::addr_from_ip(client);
         let key = lb_common::StickKey {
             service_id: self.svc(i).id,

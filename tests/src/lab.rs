@@ -18,10 +18,12 @@ use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use lb_common::{ip_from_addr, BackendStats, NeighMiss, ServiceStats, StickKey, StickValue};
-use lb_userspace::{
+use lb_agent::{
     dataplane::Dataplane,
     loader::{self, LoadOptions},
+};
+use lb_common::{ip_from_addr, BackendStats, NeighMiss, ServiceStats, StickKey, StickValue};
+use lb_model::{
     plan::{Ids, Plan},
     spec::ServiceSpec,
 };

@@ -12,6 +12,7 @@
 //! `Drop`, so tests can run in parallel, re-run, and panic safely.
 
 pub mod agent;
+pub mod bgp;
 pub mod cluster_net;
 pub mod fuzz;
 pub mod lab;

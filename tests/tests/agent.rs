@@ -204,7 +204,10 @@ fn control_commands_change_traffic_as_documented() {
         .ctl(&["backend", "state", "web", &backend_addr(&s, 2), "up"])
         .unwrap();
     assert_eq!(code, 1);
-    assert!(out.contains("use ready, drain or maint"), "{out}");
+    assert!(
+        out.contains("use \\\"ready\\\", \\\"drain\\\" or \\\"maint\\\""),
+        "{out}"
+    );
     let (code, _, _) = s.agent.ctl(&["backend", "frobnicate"]).unwrap();
     assert_eq!(code, 2);
     s.agent.ok(&["status"]).unwrap();
@@ -534,5 +537,69 @@ fn metrics_endpoint_and_debug_log() {
     assert!(
         log.contains("-> backend"),
         "no data-path debug line in the log:\n{log}"
+    );
+}
+
+/// `stick_on = "src/24"` through the real agent and CLI: the extra client addresses
+/// (198.18.0.10 onwards) are one /24, so they share one entry and one backend; the table
+/// commands name that entry by the network and accept any of its addresses.
+#[test]
+fn table_commands_speak_networks() {
+    let s = setup(4, "stick_on = \"src/24\"").unwrap();
+    let clients: Vec<usize> = (0..4).collect();
+    let first = all_answered(&round(&s, false, &clients));
+    let backends: std::collections::BTreeSet<&String> = first.values().collect();
+    assert_eq!(backends.len(), 1, "one network, one backend: {first:?}");
+    let table = s.agent.ok(&["table", "show", "web"]).unwrap();
+    assert_eq!(table["total"], 1, "{table}");
+    assert_eq!(table["entries"][0]["client"], "198.18.0.0/24", "{table}");
+    let c2 = s.topo.client_v4s()[2].to_string();
+    let look = s.agent.ok(&["table", "lookup", "web", &c2]).unwrap();
+    assert_eq!(look["network"], "198.18.0.0/24", "{look}");
+    assert_eq!(look["next_packet"], "stays on its backend", "{look}");
+    // Pin the network elsewhere: every address of it follows.
+    let was: &str = first[&0].as_str();
+    let target = (1..=3)
+        .find(|i| format!("backend-{i}") != was)
+        .expect("another backend");
+    let pinned = s
+        .agent
+        .ok(&[
+            "table",
+            "pin",
+            "web",
+            "198.18.0.0/24",
+            &backend_addr(&s, target),
+        ])
+        .unwrap();
+    assert_eq!(pinned["client"], "198.18.0.0/24", "{pinned}");
+    let moved = all_answered(&round(&s, false, &clients));
+    assert!(
+        moved.values().all(|b| *b == format!("backend-{target}")),
+        "the pinned network did not follow: {moved:?}"
+    );
+    // Another prefix length is refused, naming the service's.
+    let (code, out, _) = s
+        .agent
+        .ctl(&["table", "clear", "web", "--client", "198.18.0.0/16"])
+        .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/24 network"), "{out}");
+    // Clearing by any address of the network removes the network's entry.
+    let c3 = s.topo.client_v4s()[3].to_string();
+    let cleared = s
+        .agent
+        .ok(&["table", "clear", "web", "--client", &c3])
+        .unwrap();
+    assert_eq!(cleared["removed"], 1, "{cleared}");
+    let table = s.agent.ok(&["table", "show", "web"]).unwrap();
+    assert_eq!(table["total"], 0, "{table}");
+    // The full-address IPv6 service keeps host entries.
+    let _ = all_answered(&round(&s, true, &[0]));
+    let table = s.agent.ok(&["table", "show", "web6"]).unwrap();
+    assert_eq!(
+        table["entries"][0]["client"],
+        s.topo.client_v6s()[0].to_string(),
+        "{table}"
     );
 }

@@ -11,10 +11,8 @@ use std::{
     time::Duration,
 };
 
-use lb_userspace::{
-    loader::LoadOptions,
-    spec::{InsertOn, Protocol, Scheduler, ServiceSpec},
-};
+use lb_agent::loader::LoadOptions;
+use lb_model::spec::{InsertOn, Protocol, Scheduler, ServiceSpec};
 use stickylb_tests::{
     lab::{pin_to_cpu0, Lab, XDP_REDIRECT},
     packets::{Pkt, L4},

@@ -4,15 +4,15 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use etherparse::IpNumber;
 use lb_common::{
     ip_from_addr, NeighMiss, QueueMeta, FAMILY_V4, FAMILY_V6, MISS_DSR_TO_BACKEND,
-    MISS_ENCAP_TO_BACKEND, MISS_NAT_TO_BACKEND, MISS_REPLY, QUEUE_MAGIC,
+    MISS_ENCAP_TO_BACKEND, MISS_NAT_TO_BACKEND, MISS_REPLY, NEIGH_REPORT_NS, QUEUE_MAGIC,
 };
-use lb_userspace::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec};
+use lb_model::spec::{BackendState, Forwarding, Protocol, Scheduler, ServiceSpec, StickOn};
 use stickylb_tests::{
     lab::{backend_mac, Lab, CLIENT_GW_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     packets::{requote, Icmp, Pkt, Raw, L4},
@@ -788,6 +788,7 @@ fn backend_without_neighbour_is_queued_and_reported() {
         svc = svc.backend(SocketAddr::new(flow.backend(5), BACKEND_PORT));
         let plan = lab.configure(&[svc.clone()]).unwrap();
         let req = flow.request(1);
+        let first_report = Instant::now();
         let (action, out) = send(&mut lab, &req);
         assert_eq!(action, XDP_PASS, "{flow:?}");
         let b5 = flow.backend(5);
@@ -810,11 +811,20 @@ fn backend_without_neighbour_is_queued_and_reported() {
         assert_eq!(events[0].why, MISS_NAT_TO_BACKEND);
         assert_eq!(events[0].service_id, plan.services[0].info.id);
         assert_ne!(events[0].at_ns, 0);
-        // A burst to the same next hop makes no more reports (rate limit per next hop).
+        // A burst to the same next hop makes no more reports (rate limit per next hop):
+        // none while it lasts under NEIGH_REPORT_NS, at most one per NEIGH_REPORT_NS on a
+        // machine so loaded that the burst takes longer.
         for c in 2..20 {
             assert_eq!(send(&mut lab, &flow.request(c)).0, XDP_PASS);
         }
-        assert!(lab.neigh_events().is_empty(), "{flow:?}: burst reported");
+        let allowed = (first_report.elapsed().as_nanos() / u128::from(NEIGH_REPORT_NS)) as usize;
+        let burst = lab.neigh_events();
+        assert!(
+            burst.len() <= allowed,
+            "{flow:?}: burst reported {} times in {:?}: {burst:?}",
+            burst.len(),
+            first_report.elapsed()
+        );
         assert_eq!(lab.service_stats("web").unwrap().neigh_queued, 19);
         // DSR cannot hand the packet to the kernel's routing (it would route by the
         // VIP): it goes to the neighbour queue, untouched, with the next hop in the XDP
@@ -1433,7 +1443,7 @@ fn fragments_of_an_all_ports_service() {
 /// The program loaded with stick-table events on (cluster replication), its ring buffer
 /// taken for reading.
 fn events_lab() -> (Lab, aya::maps::RingBuf<aya::maps::MapData>) {
-    let mut lab = Lab::with_options(&lb_userspace::loader::LoadOptions {
+    let mut lab = Lab::with_options(&lb_agent::loader::LoadOptions {
         stick_events: true,
         ..Default::default()
     })
@@ -1520,7 +1530,7 @@ fn new_entries_and_repicks_are_emitted_as_events() {
         // A TCP client met mid-connection under insert_on = "syn" gets no entry: no event.
         if flow.l4 == L4::Tcp {
             let mut syn_only = svc.clone();
-            syn_only.insert_on = lb_userspace::spec::InsertOn::Syn;
+            syn_only.insert_on = lb_model::spec::InsertOn::Syn;
             lab.configure(&[syn_only]).unwrap();
             let mut ack = flow.request(9);
             ack.syn = false;
@@ -1560,7 +1570,7 @@ fn a_full_event_ring_drops_and_counts() {
     let capacity = lb_common::STICK_EVENTS_BYTES as usize / 48;
     let n = capacity + 2000;
     let Lab { ns, ebpf, .. } = &mut lab;
-    let prog: &aya::programs::Xdp = lb_userspace::loader::program(ebpf).unwrap();
+    let prog: &aya::programs::Xdp = lb_agent::loader::program(ebpf).unwrap();
     let redirected = ns
         .enter(|| {
             let mut ok = 0;
@@ -1608,4 +1618,213 @@ fn a_full_event_ring_drops_and_counts() {
     // Read out, the ring takes events again.
     assert!(backend_for(&mut lab, FLOWS[1], 200) >= 2);
     assert_eq!(read_events(&mut ring).len(), 1);
+}
+
+// ---- Stickiness by network (`stick_on = "src/N"`) ----
+
+impl Flow {
+    /// The prefix the network tests stick by: /24 for IPv4, /64 for IPv6.
+    fn stick_prefix(self) -> u8 {
+        if self.v6 {
+            64
+        } else {
+            24
+        }
+    }
+    /// The network of [`Flow::client`]s: `198.51.100.0` / `2001:db8:c::`.
+    fn client_network(self) -> IpAddr {
+        if self.v6 {
+            "2001:db8:c::".parse().unwrap()
+        } else {
+            "198.51.100.0".parse().unwrap()
+        }
+    }
+    /// Client `n` of another network (`198.51.101.n` / `2001:db8:d::n`).
+    fn other_network_client(self, n: u8) -> IpAddr {
+        if self.v6 {
+            format!("2001:db8:d::{n:x}").parse().unwrap()
+        } else {
+            IpAddr::V4(Ipv4Addr::new(198, 51, 101, n))
+        }
+    }
+    fn other_network(self) -> IpAddr {
+        if self.v6 {
+            "2001:db8:d::".parse().unwrap()
+        } else {
+            "198.51.101.0".parse().unwrap()
+        }
+    }
+    /// [`Flow::service`] sticking by the client's /24 (/64).
+    fn network_service(self) -> ServiceSpec {
+        let mut s = self.service();
+        s.stick_on = StickOn::Network(self.stick_prefix());
+        s
+    }
+}
+
+/// Two clients of one network share one entry, keyed by the network, and one backend;
+/// a client of another network gets its own entry. The packets themselves keep each
+/// client's own address (only the key is masked): byte-exact NAT output for each.
+#[test]
+fn clients_of_one_network_share_one_entry_and_backend() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        lab.configure(&[flow.network_service()]).unwrap();
+        for (client, n) in [(1u16, 2u8), (77, 2), (1, 2), (200, 2)] {
+            let req = flow.request(client);
+            let (action, out) = send(&mut lab, &req);
+            assert_eq!(action, XDP_REDIRECT, "{flow:?} client {client}");
+            assert_eq!(
+                out,
+                expected_nat(&lab, flow, &req, n),
+                "{flow:?} client {client}: NAT output differs"
+            );
+        }
+        let entries = lab.dp.stick_entries();
+        assert_eq!(entries.len(), 1, "{flow:?}: one entry for the network");
+        let entry = lab
+            .stick_entry("web", flow.client_network())
+            .expect("the entry is keyed by the network address");
+        assert_eq!(lab.backend_addr(entry.backend_id), Some(flow.backend(2)));
+        assert!(
+            lab.stick_entry("web", flow.client(1)).is_none(),
+            "{flow:?}: an entry keyed by a client's own address"
+        );
+        // Another network: the next round-robin turn, its own entry.
+        let mut other = flow.request(1);
+        other.src = flow.other_network_client(5);
+        let (action, out) = send(&mut lab, &other);
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        assert_eq!(out, expected_nat(&lab, flow, &other, 3), "{flow:?} other");
+        let e = lab
+            .stick_entry("web", flow.other_network())
+            .expect("own entry");
+        assert_eq!(lab.backend_addr(e.backend_id), Some(flow.backend(3)));
+        assert_eq!(lab.dp.stick_entries().len(), 2, "{flow:?}");
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!((st.new_clients, st.packets), (2, 5), "{flow:?}");
+    }
+}
+
+/// Maglev hashes the masked address: every client of a network lands on the backend of
+/// the network's hash, with or without entries (every node agrees without state).
+#[test]
+fn maglev_picks_by_the_network() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        let mut svc = flow.network_service();
+        svc.scheduler = Scheduler::Maglev;
+        let plan = lab.configure(&[svc]).unwrap();
+        assert_eq!(plan.services[0].info.stick_prefix, flow.stick_prefix());
+        let ring = plan.services[0].ring.clone();
+        let host_of = |lab: &Lab, id: u32| match lab.backend_addr(id).unwrap() {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(a) => a.octets()[15],
+        };
+        // The network's backend, from the masked address; the unmasked hashes of the
+        // clients disagree among themselves (so the test can tell).
+        let (net, _) = lb_common::addr_from_ip(flow.client_network());
+        let want = host_of(
+            &lab,
+            ring[(lb_common::hash::client_hash(&net) % ring.len() as u32) as usize],
+        );
+        let own: std::collections::BTreeSet<u32> = (1..=40u16)
+            .map(|c| {
+                let (a, _) = lb_common::addr_from_ip(flow.client(c));
+                ring[(lb_common::hash::client_hash(&a) % ring.len() as u32) as usize]
+            })
+            .collect();
+        assert!(own.len() > 1, "{flow:?}: the unmasked picks agree anyway");
+        for round in 0..2 {
+            for c in 1..=40u16 {
+                assert_eq!(
+                    backend_for(&mut lab, flow, c),
+                    want,
+                    "{flow:?} client {c} round {round}"
+                );
+            }
+            assert_eq!(lab.dp.stick_entries().len(), 1, "{flow:?}");
+            let keys: Vec<_> = lab.dp.stick_entries().into_iter().map(|(k, _)| k).collect();
+            for k in keys {
+                lab.dp.stick.remove(&k).unwrap();
+            }
+        }
+    }
+}
+
+/// An ICMP error about a reply to a client that never sent a packet itself reaches the
+/// backend of its network's entry (the quoted destination is masked too); a client of
+/// another network has no entry: the error passes.
+#[test]
+fn icmp_errors_follow_the_networks_entry() {
+    for flow in FLOWS {
+        let mut lab = Lab::new().unwrap();
+        lab.configure(&[flow.network_service()]).unwrap();
+        assert_eq!(backend_for(&mut lab, flow, 1), 2);
+        let quote = flow.quoted_reply(77);
+        let kind = flow.too_big();
+        let err = Raw::icmp(flow.router(), flow.vip(), kind, &quote);
+        let (action, out) = lab.run(&err.bytes()).unwrap();
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        let mut want = Raw::icmp(
+            flow.router(),
+            flow.backend(2),
+            kind,
+            &requote(&quote, flow.backend(2), BACKEND_PORT),
+        );
+        want.ttl -= 1;
+        want.dst_mac = backend_mac(2);
+        want.src_mac = lab.fx0_mac;
+        assert_eq!(out, want.bytes(), "{flow:?}: NAT output differs");
+        assert_icmp_checksums(&out, flow.v6, &format!("{flow:?}"));
+        // A client of another network.
+        let mut r = Pkt::new(
+            flow.l4,
+            flow.vip(),
+            VIP_PORT,
+            flow.other_network_client(5),
+            CLIENT_PORT,
+        );
+        r.syn = false;
+        let other = Raw::icmp(flow.router(), flow.vip(), kind, &r.bytes()[14..]).bytes();
+        assert_eq!(lab.run(&other).unwrap(), (XDP_PASS, other), "{flow:?}");
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!(
+            (st.icmp_to_backend, st.icmp_unmatched, st.new_clients),
+            (1, 1, 1),
+            "{flow:?}"
+        );
+    }
+}
+
+/// A later fragment from a client of the network follows the network's entry, though
+/// that client sent no first fragment; one from another network passes.
+#[test]
+fn fragments_follow_the_networks_entry() {
+    for flow in V4_FLOWS {
+        let mut lab = Lab::new().unwrap();
+        lab.configure(&[flow.network_service()]).unwrap();
+        let first = flow.first_fragment(1);
+        let (action, out) = send(&mut lab, &first);
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        assert_eq!(out, expected_nat(&lab, flow, &first, 2), "{flow:?}");
+        let f = flow.later_fragment(77, false);
+        let (action, out) = lab.run(&f.bytes()).unwrap();
+        assert_eq!(action, XDP_REDIRECT, "{flow:?}");
+        assert_eq!(out, expected_fragment_nat(&lab, flow, &f, 2), "{flow:?}");
+        let mut stranger = flow.later_fragment(1, false);
+        stranger.src = flow.other_network_client(5);
+        let stranger = stranger.bytes();
+        assert_eq!(
+            lab.run(&stranger).unwrap(),
+            (XDP_PASS, stranger),
+            "{flow:?} other network"
+        );
+        let st = lab.service_stats("web").unwrap();
+        assert_eq!(
+            (st.frag_forwarded, st.frag_unmatched, st.new_clients),
+            (2, 1, 1),
+            "{flow:?}"
+        );
+    }
 }

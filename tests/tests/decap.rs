@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{IpNumber, Ipv4Header};
+use lb_agent::decap;
 use lb_common::{DecapConfig, DecapStats, DECAP_STRICT};
-use lb_userspace::decap;
 use stickylb_tests::{
     lab::{XDP_DROP, XDP_PASS},
     packets::{encapsulated, Outer, Pkt, Raw, Tunnel, L4},

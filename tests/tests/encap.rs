@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use etherparse::IpNumber;
 use lb_common::hash::encap_hash;
-use lb_userspace::spec::{EncapSpec, Forwarding, OuterSource, Prefix, Protocol, ServiceSpec};
+use lb_model::spec::{EncapSpec, Forwarding, OuterSource, Prefix, Protocol, ServiceSpec};
 use stickylb_tests::{
     lab::{backend_mac, Lab, XDP_DROP, XDP_REDIRECT, XDP_TX},
     packets::{encapsulated, too_big_answer, Icmp, Outer, Pkt, Raw, Tunnel, L4},

@@ -159,6 +159,24 @@ fn backend_row<'a>(list: &'a Value, addr: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no backend {addr} in {list}"))
 }
 
+/// Waits (30 s at most) until the health checks have every backend of `web` up: under a
+/// loaded machine a first check can time out, and a round taken before the verdicts
+/// settle measures the checks, not the fault.
+fn wait_all_up(agent: &Agent) {
+    let started = Instant::now();
+    loop {
+        let list = agent.ok(&["backend", "list", "web"]).unwrap();
+        if list.as_array().unwrap().iter().all(|b| b["health"] == "up") {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "backends not all up: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// GET /metrics from inside the balancer namespace.
 fn metrics(topo: &Topology, addr: &str) -> String {
     let addr = addr.to_string();
@@ -183,6 +201,7 @@ fn metrics(topo: &Topology, addr: &str) -> String {
 #[test]
 fn sigkill_under_load_moves_nobody_and_drops_nothing() {
     let mut s = setup(3, 20, &|t| web_config(t, HEALTH_200MS, "", &[1, 2, 3])).unwrap();
+    wait_all_up(&s.agent);
     let clients = v4_clients(&s.topo, 20);
     let before = all_answered(&round(&s.topo, &clients));
     assert_eq!(
@@ -310,9 +329,18 @@ fn flapping_backend_moves_no_healthy_client_and_is_counted() {
         "flaps {flaps} < toggles {toggles}: {list}"
     );
     assert_eq!(backend_row(&list, &b2)["health"], "up", "{list}");
+    // The healthy backends do not flap with backend-2: a change of state of theirs can
+    // only come from a check of their own that failed (an 80 ms timeout on a loaded
+    // machine), two changes (down, up) per failed check at most.
     for i in [1, 3] {
         let a = format!("{}:{BPORT}", s.topo.backend(i).v4);
-        assert_eq!(backend_row(&list, &a)["flaps"], 0, "{list}");
+        let row = backend_row(&list, &a);
+        let flaps = row["flaps"].as_u64().unwrap();
+        let failed_checks = row["check"]["failures"].as_u64().unwrap();
+        assert!(
+            flaps <= 2 * failed_checks,
+            "{a}: {flaps} flaps, {failed_checks} failed checks: {list}"
+        );
     }
     let stats = s.agent.ok(&["stats"]).unwrap();
     let in_stats = stats["services"][0]["backends"]
@@ -533,7 +561,7 @@ fn missing_bpffs_is_mounted_by_the_agent_and_outlives_it() {
     let log = agent.log_text();
     assert!(log.contains("mounted bpffs at"), "{log}");
     assert!(
-        lb_userspace::pins::is_bpffs(&dir),
+        lb_agent::pins::is_bpffs(&dir),
         "no bpffs at {} in the host mount namespace",
         dir.display()
     );
@@ -753,7 +781,21 @@ fn full_stick_table_evicts_and_keeps_serving() {
         failed.len()
     );
     assert!(s.agent.is_running(), "{}", s.agent.log_text());
-    let stats = s.agent.ok(&["stats"]).unwrap();
+    // The fill comes from the agent's background count of the table (every second): wait
+    // for a count made after the traffic.
+    let served = Instant::now();
+    let stats = loop {
+        let stats = s.agent.ok(&["stats"]).unwrap();
+        let age = Duration::from_millis(stats["stick_table"]["census_age_ms"].as_u64().unwrap());
+        if age < served.elapsed() {
+            break stats;
+        }
+        assert!(
+            served.elapsed() < Duration::from_secs(30),
+            "no new count of the table: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let entries = stats["stick_table"]["entries"].as_u64().unwrap() as usize;
     let new_clients = stats["services"][0]["new_clients"].as_u64().unwrap() as usize;
     eprintln!(

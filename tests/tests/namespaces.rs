@@ -11,10 +11,15 @@ use std::{
 };
 
 use anyhow::Result;
-use lb_userspace::{
+use lb_agent::{
+    agent::{
+        attach::{self, XdpMode},
+        neigh,
+    },
     dataplane::Dataplane,
-    loader::{self, LoadOptions, XdpMode},
-    neigh,
+    loader::{self, LoadOptions},
+};
+use lb_model::{
     plan::Ids,
     spec::{Forwarding, ServiceSpec},
 };
@@ -77,7 +82,7 @@ fn run_scenario(forwarding: Forwarding, mode: XdpMode) -> Result<()> {
     }
     topo.lb().enter(|| {
         for ifname in &ifaces {
-            loader::attach(&mut ebpf, ifname, mode)?;
+            attach::attach(&mut ebpf, ifname, mode)?;
         }
         // No agent here: resolve the backends' next hops as it would (managed entries).
         for (ip, e) in neigh::resolve_blocking(&backend_ips, Duration::from_secs(5)) {

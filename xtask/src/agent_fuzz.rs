@@ -3,10 +3,11 @@
 //! of every request), `cluster` (the peer protocol's frame decoder and receiving side) and
 //! `import` (the HAProxy, ipvsadm and keepalived importers). `cargo xtask test` runs each
 //! for a short time ([`agent_fuzz`]);
-//! a long run is plain cargo-fuzz, from the workspace root:
+//! a long run is plain cargo-fuzz, from the workspace root, with the toolchain named in
+//! the root `Cargo.toml` (`[workspace.metadata.stickylb] toolchain`):
 //!
 //! ```sh
-//! RUSTC_BOOTSTRAP=1 rustup run 1.98.0 cargo fuzz run control \
+//! RUSTC_BOOTSTRAP=1 rustup run <toolchain> cargo fuzz run control \
 //!     fuzz/corpus/control fuzz/seeds/control -- -dict=fuzz/dict/control.dict \
 //!     -max_total_time=3600 -jobs=2 -workers=2
 //! ```
@@ -131,7 +132,7 @@ fn run_target(target: &str, seconds: u64) -> Result<()> {
             "crash or failure ({status}); the input is in {}: replay it with \
              `RUSTC_BOOTSTRAP=1 rustup run {} cargo fuzz run {target} <file>`",
             dir.join("artifacts").join(target).display(),
-            cargo::TOOLCHAIN
+            cargo::toolchain()
         );
     }
     println!(
@@ -176,7 +177,7 @@ fn seed_from_docs() -> Result<()> {
     // 2 keepalived), as the target reads it.
     let import = fuzz_dir().join("corpus").join("import");
     fs::create_dir_all(&import)?;
-    let cases = root.join("lb-userspace/tests/import");
+    let cases = root.join("lb-agent/tests/import");
     for entry in fs::read_dir(&cases).with_context(|| format!("reading {}", cases.display()))? {
         let case = entry?.path();
         let name = case

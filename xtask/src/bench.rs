@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--parts 1,2,3,4]`: sets up, builds `stickylb-bench`
+//! `cargo xtask bench [--quick] [--parts 1,2,3,4,5,6]`: sets up, builds `stickylb-bench`
 //! (crate `bench/`) and the `stickylb` agent (which parts 3 and 4 run) in release with the
 //! pinned toolchain, and runs the benchmark. Needs root: it creates network namespaces,
 //! loads XDP programs, and installs HAProxy (Debian package) for part 3 if missing.
@@ -20,7 +20,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Parts to run, comma-separated: 1 per-packet cost, 2 stick-table scale, 3 network
-    /// path, 4 control plane, 5 cluster replication (default: all).
+    /// path, 4 control plane, 5 cluster replication (crate level), 6 replication through
+    /// the agents' maps (default: all).
     #[arg(long)]
     pub parts: Option<String>,
 }
@@ -34,7 +35,7 @@ pub fn run_with(args: &BenchArgs) -> Result<()> {
         "--package",
         "stickylb-bench",
         "--package",
-        "lb-userspace",
+        "lb-agent",
         "--bins",
     ]))?;
     let mut cmd = cargo::pinned([

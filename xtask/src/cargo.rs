@@ -1,4 +1,5 @@
-//! Running cargo with the pinned toolchain (`rustup run 1.98.0 cargo ...`) from the
+//! Running cargo with the pinned toolchain (`rustup run <toolchain> cargo ...`, the
+//! toolchain named in the root Cargo.toml's `[workspace.metadata.stickylb]`) from the
 //! workspace root, with the outer toolchain's environment stripped.
 
 use std::path::{Path, PathBuf};
@@ -6,8 +7,31 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
-/// The toolchain the project is built, tested and linted with (aya needs rustc >= 1.98).
-pub const TOOLCHAIN: &str = "1.98.0";
+/// The toolchain the project is built, tested and linted with (aya needs rustc >= 1.98):
+/// `toolchain` of `[workspace.metadata.stickylb]` in the root Cargo.toml.
+pub fn toolchain() -> &'static str {
+    const MANIFEST: &str = include_str!("../../Cargo.toml");
+    pinned_toolchain(MANIFEST).expect("the root Cargo.toml names the toolchain")
+}
+
+/// The `toolchain = "…"` of the `[workspace.metadata.stickylb]` table of a manifest.
+fn pinned_toolchain(manifest: &str) -> Option<&str> {
+    let mut inside = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[workspace.metadata.stickylb]";
+        } else if let (true, Some(rest)) = (inside, line.strip_prefix("toolchain")) {
+            return rest
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .strip_prefix('"')?
+                .split('"')
+                .next();
+        }
+    }
+    None
+}
 
 /// Variables set by the outer `cargo`/rustup that would pin the child to the outer
 /// toolchain. `CARGO_TARGET_DIR` is deliberately kept.
@@ -36,7 +60,7 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", TOOLCHAIN, "cargo"])
+    cmd.args(["run", toolchain(), "cargo"])
         .args(args)
         .current_dir(workspace_root());
     for var in OUTER_TOOLCHAIN_VARS {
@@ -92,7 +116,7 @@ pub fn test(extra: &[String]) -> Result<()> {
         "build",
         "--bins",
         "-p",
-        "lb-userspace",
+        "lb-agent",
         "-p",
         "stickylb-tests",
     ]))?;
@@ -134,4 +158,18 @@ pub fn clippy() -> Result<()> {
         "-D",
         "warnings",
     ]))
+}
+
+#[cfg(test)]
+mod toolchain_tests {
+    use super::*;
+
+    #[test]
+    fn the_toolchain_is_read_from_the_workspace_manifest() {
+        assert!(toolchain().starts_with("1."), "{}", toolchain());
+        let m =
+            "[package]\ntoolchain = \"no\"\n[workspace.metadata.stickylb]\ntoolchain = \"1.2.3\"\n";
+        assert_eq!(pinned_toolchain(m), Some("1.2.3"));
+        assert_eq!(pinned_toolchain("[x]\ntoolchain = \"1\"\n"), None);
+    }
 }

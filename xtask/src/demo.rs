@@ -2,6 +2,9 @@
 //! the demo, the `stickylb-demo` binary of the tests crate (`tests/src/bin/demo.rs`), with
 //! `STICKYLB_BIN` pointing at the `stickylb` just built.
 //!
+//! `--cluster` runs `stickylb-demo-cluster` (`tests/src/bin/demo_cluster.rs`) instead: the
+//! ECMP cluster behind BIRD 2 (issue 13).
+//!
 //! The demo itself prints its progress and a `SUMMARY` block, cleans up after itself
 //! (also on Ctrl-C) and exits non-zero unless every check held.
 
@@ -30,6 +33,11 @@ pub struct Args {
     /// Leave the topology, agent and backends running and print how to explore them.
     #[arg(long)]
     pub keep: bool,
+    /// The cluster demo instead: an ECMP router and three nodes running BIRD 2 and
+    /// stickylb (announce, drain, replication); a node killed, one drained, one added,
+    /// failover figures with BFD and with the hold timer (`stickylb-demo-cluster`).
+    #[arg(long, conflicts_with_all = ["scheduler", "forwarding", "keep"])]
+    pub cluster: bool,
     /// More arguments for `stickylb-demo`, after `--` (see `stickylb-demo --help`).
     #[arg(last = true)]
     pub extra: Vec<String>,
@@ -64,13 +72,17 @@ pub fn run_with(args: &Args) -> Result<()> {
     cargo::run(&mut cargo::pinned([
         "build",
         "-p",
-        "lb-userspace",
+        "lb-agent",
         "-p",
         "stickylb-tests",
         "--bins",
     ]))?;
     let bin_dir = target_dir().join("debug");
-    let demo = bin_dir.join("stickylb-demo");
+    let demo = bin_dir.join(if args.cluster {
+        "stickylb-demo-cluster"
+    } else {
+        "stickylb-demo"
+    });
     if !demo.exists() {
         bail!("{} was not built", demo.display());
     }
@@ -153,6 +165,10 @@ mod tests {
             ]
         );
         assert_eq!(demo_args(&["--", "--rounds", "3"]), ["--rounds", "3"]);
+        assert_eq!(
+            demo_args(&["--cluster", "--clients", "50"]),
+            ["--clients", "50"]
+        );
     }
 
     #[test]
@@ -162,6 +178,7 @@ mod tests {
             &["--clients", "500"],
             &["--scheduler", "leastconn"],
             &["--forwarding", "tunnel"],
+            &["--cluster", "--keep"],
         ] {
             let argv = std::iter::once("demo").chain(bad.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");

@@ -1,7 +1,7 @@
 //! `cargo xtask`: developer tasks for stickylb.
 //!
 //! This binary is compiled by whatever toolchain `cargo` resolves to on the machine (the
-//! default one, possibly older than the pinned [`cargo::TOOLCHAIN`]), so it must not depend
+//! default one, possibly older than the pinned [`cargo::toolchain`]), so it must not depend
 //! on aya or on any workspace crate. Everything that builds the project goes through
 //! [`cargo::pinned`], which runs `rustup run <pinned> cargo ...`.
 

@@ -247,7 +247,7 @@ fn build() -> Result<PathBuf> {
         "build",
         "--release",
         "-p",
-        "lb-userspace",
+        "lb-agent",
         "--bin",
         NAME,
     ]))?;

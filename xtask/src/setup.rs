@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cargo::{self, TOOLCHAIN};
+use crate::cargo::{self, toolchain};
 
 /// Debian packages needed to build, run and test the project.
 const APT_PACKAGES: &[&str] = &[
@@ -29,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "lintian",
     "systemd",
+    // The cluster's routing daemon (issue 13): BIRD 2 on every node and on the test
+    // router (`tests/tests/announce.rs`, `cargo xtask demo --cluster`).
+    "bird2",
 ];
 
 /// Components of the pinned toolchain.
@@ -41,7 +44,7 @@ const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
-    toolchain()?;
+    install_toolchain()?;
     components()?;
     bpf_linker()?;
     cargo_fuzz()?;
@@ -124,17 +127,18 @@ fn require_rustup() -> Result<()> {
     Ok(())
 }
 
-fn toolchain() -> Result<()> {
+fn install_toolchain() -> Result<()> {
+    let pinned = toolchain();
     require_rustup()?;
     let list = output(Command::new("rustup").args(["toolchain", "list"]))
         .context("`rustup toolchain list` failed")?;
     // Lines look like `1.98.0-x86_64-unknown-linux-gnu (default)`.
-    let prefix = format!("{TOOLCHAIN}-");
+    let prefix = format!("{pinned}-");
     let present = list.lines().any(|line| {
         let name = line.split_whitespace().next().unwrap_or("");
-        name == TOOLCHAIN || name.starts_with(&prefix)
+        name == pinned || name.starts_with(&prefix)
     });
-    let item = format!("toolchain {TOOLCHAIN}");
+    let item = format!("toolchain {pinned}");
     if present {
         ok(&item);
         return Ok(());
@@ -143,7 +147,7 @@ fn toolchain() -> Result<()> {
     cargo::run(Command::new("rustup").args([
         "toolchain",
         "install",
-        TOOLCHAIN,
+        pinned,
         "--profile",
         "minimal",
         "--component",
@@ -156,7 +160,7 @@ fn components() -> Result<()> {
         "component",
         "list",
         "--toolchain",
-        TOOLCHAIN,
+        toolchain(),
         "--installed",
     ]))
     .context("`rustup component list` failed")?;
@@ -180,7 +184,7 @@ fn components() -> Result<()> {
     }
     cargo::run(
         Command::new("rustup")
-            .args(["component", "add", "--toolchain", TOOLCHAIN])
+            .args(["component", "add", "--toolchain", toolchain()])
             .args(&missing),
     )
 }

@@ -315,7 +315,7 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
 }
 
 /// Generous: CI machines are busy; nothing asserts on time.
-pub const LIMIT: Duration = Duration::from_secs(60);
+pub const LIMIT: Duration = Duration::from_secs(180);
 
 /// State of a proxy direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

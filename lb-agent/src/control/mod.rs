@@ -1,0 +1,9 @@
+//! The control socket (its protocol and checks are `lb_model::control`'s): the client,
+//! used by the `stickylb` subcommands, `top` and the bench, and the agent's server.
+
+pub mod client;
+pub mod peers;
+pub mod server;
+
+pub use client::{request, request_value, ClientError};
+pub use peers::peers_text;

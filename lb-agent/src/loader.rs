@@ -1,0 +1,135 @@
+//! Loading the embedded XDP object: its maps (pinned or not), the main program, the
+//! side programs reached by tail call and the tc program of the neighbour queue.
+//! Attaching is `agent::attach`'s.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::ProgramArray,
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, JUMP_NEIGH, JUMP_NEIGH_REPLY, MAP_JUMP,
+    MAP_STICK, PROGRAM_FRAGMENT, PROGRAM_ICMP, PROGRAM_NAME, PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY,
+    PROGRAM_QUEUE,
+};
+
+/// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
+/// and builds with `STICKYLB_NO_EBPF` set, which [`load`] refuses).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// How to load the program.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the stick table (entries).
+    pub stick_table_size: u32,
+    /// Pin maps in this bpffs directory, or reuse the ones already pinned there
+    /// (restart adoption: the stick table and counters carry over).
+    pub pin_dir: Option<PathBuf>,
+    /// Enable the data path's debug log (aya-log); off costs nothing.
+    pub debug: bool,
+    /// Emit stick-table events (new entries, re-picks) into `STICK_EVENTS` for cluster
+    /// replication; off (a single node) costs nothing.
+    pub stick_events: bool,
+    /// Size of the `STICK_EVENTS` ring in bytes (a power of two, at least a page);
+    /// `None`: `STICK_EVENTS_BYTES`.
+    pub stick_events_bytes: Option<u32>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            stick_table_size: DEFAULT_STICK_TABLE_SIZE,
+            pin_dir: None,
+            debug: false,
+            stick_events: false,
+            stick_events_bytes: None,
+        }
+    }
+}
+
+/// Loads the program and its maps into the kernel (not attached yet).
+pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
+    if EBPF_OBJECT.is_empty() {
+        anyhow::bail!(
+            "this stickylb was built without its eBPF object (a fuzzing build, or \
+             STICKYLB_NO_EBPF set at build time): rebuild it with `cargo xtask build`"
+        );
+    }
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_STICK, opts.stick_table_size);
+    if let Some(bytes) = opts.stick_events_bytes {
+        loader.map_max_entries(lb_common::MAP_STICK_EVENTS, bytes);
+    }
+    let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::pins::PINNED_MAPS
+                .iter()
+                .map(|m| (*m, dir.join(m)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    // The data path's `DEBUG` switch lives in .rodata: frozen at load, so when 0 the
+    // verifier drops the logging code entirely.
+    let debug: u8 = opts.debug.into();
+    loader.override_global("DEBUG", &debug, true);
+    let events: u8 = opts.stick_events.into();
+    loader.override_global(lb_common::GLOBAL_STICK_EVENTS, &events, true);
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the stickylb eBPF object")?;
+    program(&mut ebpf)?
+        .load()
+        .context("verifying the stickylb XDP program")?;
+    // The side paths (ICMP errors, later fragments) are programs of their own, reached
+    // by tail call through JUMP.
+    for (name, slot) in [
+        (PROGRAM_ICMP, JUMP_ICMP),
+        (PROGRAM_FRAGMENT, JUMP_FRAGMENT),
+        (PROGRAM_NEIGH, JUMP_NEIGH),
+        (PROGRAM_NEIGH_REPLY, JUMP_NEIGH_REPLY),
+    ] {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("verifying the {name} XDP program"))?;
+        let fd = prog.fd()?.try_clone()?;
+        let mut jump: ProgramArray<&mut aya::maps::MapData> = ebpf
+            .map_mut(MAP_JUMP)
+            .context("map JUMP missing from the object")?
+            .try_into()?;
+        jump.set(slot, &fd, 0)
+            .with_context(|| format!("installing {name} as a tail call"))?;
+    }
+    // The tc side of the neighbour queue (see lb-ebpf/src/neigh.rs); attached by
+    // `agent::attach` next to the XDP program.
+    queue_program(&mut ebpf)?
+        .load()
+        .with_context(|| format!("verifying the {PROGRAM_QUEUE} tc program"))?;
+    Ok(ebpf)
+}
+
+/// The tc program of the neighbour queue (`stickylb_queue`) of a loaded object.
+pub fn queue_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let prog = ebpf
+        .program_mut(PROGRAM_QUEUE)
+        .with_context(|| format!("program {PROGRAM_QUEUE} missing from the object"))?;
+    Ok(prog.try_into()?)
+}
+
+/// The XDP program of a loaded object.
+pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf
+        .program_mut(PROGRAM_NAME)
+        .with_context(|| format!("program {PROGRAM_NAME} missing from the object"))?;
+    Ok(prog.try_into()?)
+}
