@@ -24,7 +24,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{IterableMap as _, MapData};
 use aya::programs::TestRun as _;
-use lb_agent::{agent::replication::Replication, loader::LoadOptions};
+use lb_agent::{
+    agent::replication::{Handles, Replication},
+    loader::LoadOptions,
+};
 use lb_cluster::{ClientKey, ClusterConfig, PeerConfig};
 use lb_common::{addr_from_ip, StickKey, StickValue};
 use lb_model::config::Config;
@@ -109,8 +112,13 @@ async fn node(cfg: ClusterConfig, config: &Config, capacity: u32) -> Result<Node
         .context("STICK_EVENTS_LOST")?
         .try_into()?;
     let stick = MapData::from_fd(lab.dp.stick.map().fd().as_fd().try_clone_to_owned()?)?;
-    let repl =
-        Replication::start(cfg, config, &lab.ids, stick, ring, lost, capacity as usize).await?;
+    let handles = Handles {
+        stick,
+        ring,
+        lost,
+        writer: lb_agent::loader::stick_writer(&lab.ebpf),
+    };
+    let repl = Replication::start(cfg, config, &lab.ids, handles, capacity as usize).await?;
     Ok(Node { lab, repl })
 }
 

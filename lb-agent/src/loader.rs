@@ -1,5 +1,6 @@
 //! Loading the embedded XDP object: its maps (pinned or not), the main program, the
-//! side programs reached by tail call and the tc program of the neighbour queue.
+//! side programs reached by tail call, the tc program of the neighbour queue and, in a
+//! cluster, the stick sink's batch writer.
 //! Attaching is `agent::attach`'s.
 
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use aya::{
 use lb_common::{
     DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, JUMP_NEIGH, JUMP_NEIGH_REPLY, MAP_JUMP,
     MAP_STICK, PROGRAM_FRAGMENT, PROGRAM_ICMP, PROGRAM_NAME, PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY,
-    PROGRAM_QUEUE,
+    PROGRAM_QUEUE, PROGRAM_STICK_APPLY,
 };
 
 /// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
@@ -115,7 +116,28 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     queue_program(&mut ebpf)?
         .load()
         .with_context(|| format!("verifying the {PROGRAM_QUEUE} tc program"))?;
+    // In a cluster, the sink's batch writer (lb-ebpf/src/stick_apply.rs): optional, the
+    // sink writes entry by entry without it.
+    if opts.stick_events {
+        let loaded = ebpf
+            .program_mut(PROGRAM_STICK_APPLY)
+            .with_context(|| format!("program {PROGRAM_STICK_APPLY} missing from the object"))
+            .and_then(|p| Ok(<&mut Xdp>::try_from(p)?.load()?));
+        if let Err(e) = loaded {
+            log::warn!(
+                "cluster: the batch writer {PROGRAM_STICK_APPLY} did not load ({e:#}); \
+                 peers' entries are written one by one (slower)"
+            );
+        }
+    }
     Ok(ebpf)
+}
+
+/// The cluster sink's batch writer of a loaded object, as a file descriptor of its own
+/// (the sink runs it outside the agent's lock); `None` when it was not loaded.
+pub fn stick_writer(ebpf: &Ebpf) -> Option<aya::programs::ProgramFd> {
+    let prog: &Xdp = ebpf.program(PROGRAM_STICK_APPLY)?.try_into().ok()?;
+    prog.fd().ok()?.try_clone().ok()
 }
 
 /// The tc program of the neighbour queue (`stickylb_queue`) of a loaded object.

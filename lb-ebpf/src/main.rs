@@ -40,6 +40,13 @@ mod program {
         lb_ebpf::neigh::process_reply(&ctx)
     }
 
+    /// The cluster sink's batch writer (never attached: run with `BPF_PROG_TEST_RUN`,
+    /// peers' stick entries as the packet).
+    #[xdp]
+    pub fn stickylb_stick_apply(ctx: XdpContext) -> u32 {
+        lb_ebpf::stick_apply::apply(&ctx)
+    }
+
     /// tc ingress: sends packets the XDP program marked (unresolved next hop) through
     /// the kernel's neighbour queue.
     #[classifier]
