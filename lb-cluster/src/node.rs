@@ -1098,16 +1098,14 @@ async fn send_loop<W: AsyncWrite + Unpin>(
 
 async fn maintain(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut n = 0u64;
+    // Expiry walks the store a step per tick (see `Store::expire_step`).
+    let mut expire_cursor = 0usize;
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         inner.update_synced();
-        n += 1;
-        if n.is_multiple_of(4) {
-            lock(&inner.store).expire(mono_ms());
-        }
+        lock(&inner.store).expire_step(mono_ms(), &mut expire_cursor, crate::store::EXPIRE_STEP);
     }
 }
