@@ -285,6 +285,9 @@ impl Replication {
             m @ (Map::LruHashMap(_) | Map::HashMap(_)) => m.try_into()?,
             _ => anyhow::bail!("the stick table is not a hash map"),
         };
+        if writer.is_some() {
+            log::info!("cluster: peers' entries go into the stick table through the batch writer");
+        }
         let catalog = Arc::new(RwLock::new(Catalog::new(config, ids)));
         let sink = Arc::new(StickSink {
             catalog: catalog.clone(),
