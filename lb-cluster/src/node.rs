@@ -11,7 +11,8 @@
 //!   (the whole store, in chunks), then what the store queues for that peer. A queue
 //!   that overflowed means a new teach. Reconnects back off from 100 ms to 2 s, and dial
 //!   at once when the peer connects to us (it is back).
-//! - **maintain**: once a second, expiry of the store and the sync state.
+//! - **maintain**: every 250 ms, the sync state and a step of the store's expiry
+//!   (`Store::expire_step`, 65 536 slots a step).
 //!
 //! Nothing here waits on a peer while holding the store: a slow peer blocks only its
 //! own session's writes, and its queue is bounded (see `store`).
