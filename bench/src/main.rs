@@ -305,9 +305,55 @@ fn parts_1_2(cfg: &Config) -> Result<(Vec<CaseResult>, Vec<ScaleResult>, Vec<wra
         ns, ebpf, dp, ids, ..
     } = Lab::new().context("setting up the lab namespace")?;
     let mut insts = vec![Instance::configure(ebpf, dp, ids)?];
-    let mut bench = Bench::load()?;
+    // Issue 15's packed-value question at scale: the largest part-2 size up to a million.
+    let scale_n = cfg
+        .sizes
+        .iter()
+        .copied()
+        .filter(|&n| n <= 1_000_000)
+        .max()
+        .unwrap_or(0);
+    let mut bench = Bench::load(scale_n.saturating_add((scale_n / 16).max(4096)))?;
     bench.prepare_components(CLIENT4, VIP_NAT4)?;
     let mut cases = part1_cases(&insts[0])?;
+    if scale_n > 0 {
+        let started = Instant::now();
+        let sizes = bench.fill_scale_components(VARY_BASE, scale_n)?;
+        println!(
+            "packed-value tables: 2 × {} entries inserted in {:.1} s",
+            report::count(u64::from(scale_n)),
+            started.elapsed().as_secs_f64()
+        );
+        let rotation = scale_n.min(cfg.rotation);
+        for ((prog, value_bytes), (memlock, max_entries)) in
+            [(wrapper::LRU_SCALE16, 16), (wrapper::LRU_SCALE8, 8)]
+                .into_iter()
+                .zip(sizes)
+        {
+            cases.push(
+                Case::new(
+                    &format!("lru_scale{value_bytes}"),
+                    &format!(
+                        "LRU hash lookup, {} entries ({rotation} in rotation), {value_bytes}-byte value, {:.1} B/entry",
+                        report::count(u64::from(scale_n)),
+                        memlock as f64 / f64::from(max_entries.max(1))
+                    ),
+                    Group::Component,
+                    request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_NAT4)),
+                    XDP_TX,
+                    How::Wrapped {
+                        target: Prog::Bench(prog),
+                        check: None,
+                    },
+                )
+                .varying(Vary {
+                    offset: IPV4_SRC_OFFSET,
+                    base: VARY_BASE,
+                    mask: rotation - 1,
+                }),
+            );
+        }
+    }
 
     // The "table full" case: a small table, filled with other clients by its warm-up.
     {
@@ -549,6 +595,13 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
             "lru_insert",
             "LRU hash insert (new key, table full: evicts)",
             wrapper::LRU_INSERT,
+            &hit4,
+        ),
+        ("jiffies", "bpf_jiffies64", wrapper::JIFFIES, &hit4),
+        (
+            "lru_insert_nx",
+            "LRU hash insert with BPF_NOEXIST (new key, table full: evicts)",
+            wrapper::LRU_INSERT_NX,
             &hit4,
         ),
         (

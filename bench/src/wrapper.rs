@@ -1,7 +1,11 @@
 //! The benchmark's own XDP programs (crate `lb-bench-ebpf`): the packet-resetting wrapper
 //! and the two baselines, and running a program `repeat` times with `BPF_PROG_TEST_RUN`.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::Instant,
+};
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
@@ -25,6 +29,10 @@ pub const HASH: &str = "bench_hash";
 pub const LRU: &str = "bench_lru";
 pub const LRU_INSERT: &str = "bench_lru_insert";
 pub const PERCPU: &str = "bench_percpu";
+pub const JIFFIES: &str = "bench_jiffies";
+pub const LRU_INSERT_NX: &str = "bench_lru_insert_nx";
+pub const LRU_SCALE16: &str = "bench_lru_scale16";
+pub const LRU_SCALE8: &str = "bench_lru_scale8";
 pub const FIB: &str = "bench_fib";
 
 /// Largest fixture the wrapper can restore.
@@ -93,8 +101,12 @@ pub struct Bench {
 }
 
 impl Bench {
-    pub fn load() -> Result<Bench> {
+    /// `scale_entries`: the capacity of `LRU_SCALE16` / `LRU_SCALE8` (see
+    /// [`Bench::fill_scale_components`]).
+    pub fn load(scale_entries: u32) -> Result<Bench> {
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("LRU_SCALE16", scale_entries.max(1))
+            .map_max_entries("LRU_SCALE8", scale_entries.max(1))
             .load(BENCH_OBJECT)
             .context("loading the lb-bench-ebpf object")?;
         for name in [
@@ -108,6 +120,10 @@ impl Bench {
             LRU_INSERT,
             PERCPU,
             FIB,
+            JIFFIES,
+            LRU_INSERT_NX,
+            LRU_SCALE16,
+            LRU_SCALE8,
         ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -146,6 +162,50 @@ impl Bench {
             HashMap::try_from(self.ebpf.map_mut("LRU").context("map LRU")?)?;
         lru.insert(&[0, word(src), 0, 0, 0], &[0, 0], 0)?;
         Ok(())
+    }
+
+    /// Fills `LRU_SCALE16` and `LRU_SCALE8` with clients `base + i`, `i < n` (the IPv4
+    /// source the wrapper writes), keyed as `bench_lru` is; returns the memlock bytes of
+    /// each table and its capacity, for bytes per entry.
+    pub fn fill_scale_components(&mut self, base: u32, n: u32) -> Result<[(u64, u32); 2]> {
+        let key = |i: u32| {
+            [
+                0,
+                u32::from_ne_bytes(base.wrapping_add(i).to_be_bytes()),
+                0,
+                0,
+                0,
+            ]
+        };
+        let mut sizes = [(0, 0); 2];
+        {
+            let map = self
+                .ebpf
+                .map_mut("LRU_SCALE16")
+                .context("map LRU_SCALE16")?;
+            let mut m: HashMap<&mut MapData, [u32; 5], [u64; 2]> = HashMap::try_from(map)?;
+            for i in 0..n {
+                m.insert(&key(i), &[u64::from(i % 3), 1], 0)
+                    .with_context(|| format!("LRU_SCALE16 entry {i} of {n}"))?;
+            }
+        }
+        {
+            let map = self.ebpf.map_mut("LRU_SCALE8").context("map LRU_SCALE8")?;
+            let mut m: HashMap<&mut MapData, [u32; 5], u64> = HashMap::try_from(map)?;
+            for i in 0..n {
+                m.insert(&key(i), &(u64::from(i % 3) << 32 | 1), 0)
+                    .with_context(|| format!("LRU_SCALE8 entry {i} of {n}"))?;
+            }
+        }
+        for (slot, name) in sizes.iter_mut().zip(["LRU_SCALE16", "LRU_SCALE8"]) {
+            let map = self.ebpf.map(name).with_context(|| format!("map {name}"))?;
+            let fd = match map {
+                aya::maps::Map::LruHashMap(d) => d.fd().as_fd().as_raw_fd(),
+                _ => bail!("map {name} is not an LRU hash"),
+            };
+            *slot = crate::map_memlock(fd)?;
+        }
+        Ok(sizes)
     }
 
     /// A program of the object, by name ([`WRAPPER`], [`PASS`], …).

@@ -1,20 +1,25 @@
 //! Loading the embedded XDP object: its maps (pinned or not), the main program, the
-//! side programs reached by tail call, the tc program of the neighbour queue and, in a
+//! side programs reached by tail call, the tc program of the neighbour queue, the
+//! calibration of the data path's clock (jiffies; see `lb_common::clock`) and, in a
 //! cluster, the stick sink's batch writer.
 //! Attaching is `agent::attach`'s.
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::ProgramArray,
-    programs::{SchedClassifier, Xdp},
+    maps::{Array, MapData, ProgramArray},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, JUMP_NEIGH, JUMP_NEIGH_REPLY, MAP_JUMP,
-    MAP_STICK, PROGRAM_FRAGMENT, PROGRAM_ICMP, PROGRAM_NAME, PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY,
-    PROGRAM_QUEUE, PROGRAM_STICK_APPLY,
+    clock::{self, Calibration, CLOCK_CALIBRATION, CLOCK_SAMPLE},
+    DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, JUMP_NEIGH, JUMP_NEIGH_REPLY, MAP_CLOCK,
+    MAP_JUMP, MAP_STICK, PROGRAM_CLOCK, PROGRAM_FRAGMENT, PROGRAM_ICMP, PROGRAM_NAME,
+    PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY, PROGRAM_QUEUE, PROGRAM_STICK_APPLY,
 };
 
 /// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
@@ -130,6 +135,21 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
             );
         }
     }
+    match calibrate_clock(&mut ebpf) {
+        Ok(Some(cal)) => log::debug!(
+            "data path clock: jiffies, {} ns per tick (HZ {})",
+            cal.tick_ns,
+            1_000_000_000 / cal.tick_ns
+        ),
+        Ok(None) => log::warn!(
+            "data path clock: jiffies could not be calibrated (no regular tick seen); \
+             reading bpf_ktime_get_coarse_ns instead (~17 ns more per packet)"
+        ),
+        Err(e) => log::warn!(
+            "data path clock: calibration failed ({e:#}); reading bpf_ktime_get_coarse_ns \
+             instead (~17 ns more per packet)"
+        ),
+    }
     Ok(ebpf)
 }
 
@@ -138,6 +158,85 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
 pub fn stick_writer(ebpf: &Ebpf) -> Option<aya::programs::ProgramFd> {
     let prog: &Xdp = ebpf.program(PROGRAM_STICK_APPLY)?.try_into().ok()?;
     prog.fd().ok()?.try_clone().ok()
+}
+
+/// Calibrates the data path's clock (`lb_common::clock`): runs the probe program
+/// `stickylb_clock` right after two ticks some 30 ms apart, and writes what
+/// `clock::calibrate` makes of the two samples into `CLOCK`. `None`: the samples made no
+/// sense, and the data path keeps reading the coarse clock. Takes 30 to 50 ms.
+pub fn calibrate_clock(ebpf: &mut Ebpf) -> Result<Option<Calibration>> {
+    let probe: &mut Xdp = ebpf
+        .program_mut(PROGRAM_CLOCK)
+        .with_context(|| format!("program {PROGRAM_CLOCK} missing from the object"))?
+        .try_into()?;
+    probe
+        .load()
+        .with_context(|| format!("verifying the {PROGRAM_CLOCK} probe"))?;
+    let probe: &Xdp = ebpf
+        .program(PROGRAM_CLOCK)
+        .context("clock probe")?
+        .try_into()?;
+    let clock: Array<&MapData, Calibration> = Array::try_from(
+        ebpf.map(MAP_CLOCK)
+            .context("map CLOCK missing from the object")?,
+    )?;
+    let packet = [0u8; 64];
+    let sample = || -> Result<clock::Sample> {
+        probe
+            .test_run(TestRunOptions {
+                data_in: Some(&packet),
+                repeat: 1,
+                ..Default::default()
+            })
+            .context("running the clock probe")?;
+        let s = clock
+            .get(&CLOCK_SAMPLE, 0)
+            .context("reading the clock sample")?;
+        Ok(clock::Sample {
+            jiffies: s.tick_ns,
+            coarse_ns: s.offset_ns,
+        })
+    };
+    // A sample taken just after a tick: the coarse clock has just moved.
+    let after_tick = || -> Result<Option<clock::Sample>> {
+        let before = sample()?;
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < deadline {
+            let s = sample()?;
+            if s.coarse_ns != before.coarse_ns {
+                return Ok(Some(s));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(None)
+    };
+    let Some(first) = after_tick()? else {
+        return Ok(None);
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    let Some(last) = after_tick()? else {
+        return Ok(None);
+    };
+    let Some(cal) = clock::calibrate(first, last) else {
+        return Ok(None);
+    };
+    let mut clock: Array<&mut MapData, Calibration> =
+        Array::try_from(ebpf.map_mut(MAP_CLOCK).context("map CLOCK")?)?;
+    clock
+        .set(CLOCK_CALIBRATION, &cal, 0)
+        .context("writing the clock calibration")?;
+    Ok(Some(cal))
+}
+
+/// The calibration the data path of `ebpf` reads its clock with (`None`: not calibrated,
+/// it reads the coarse clock).
+pub fn clock_calibration(ebpf: &Ebpf) -> Result<Option<Calibration>> {
+    let clock: Array<&MapData, Calibration> = Array::try_from(
+        ebpf.map(MAP_CLOCK)
+            .context("map CLOCK missing from the object")?,
+    )?;
+    let cal = clock.get(&CLOCK_CALIBRATION, 0)?;
+    Ok((cal.tick_ns != 0).then_some(cal))
 }
 
 /// The tc program of the neighbour queue (`stickylb_queue`) of a loaded object.

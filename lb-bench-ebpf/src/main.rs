@@ -13,6 +13,12 @@
 //!   header, swaps the MACs, `XDP_TX`) are the baselines.
 //! - `bench_ktime`, `bench_ktime_coarse`, `bench_hash`, `bench_lru` and `bench_fib` each do one of the costly
 //!   operations of stickylb's hit path, to show where its time goes.
+//! - Issue 15's directions, measured as components before anything is rebuilt around
+//!   them: `bench_jiffies` (a cheaper clock than the coarse one?), `bench_lru_insert_nx`
+//!   (a new client inserted with `BPF_NOEXIST` instead of `BPF_ANY`), and
+//!   `bench_lru_scale16` / `bench_lru_scale8` (a lookup over 65 536 clients in rotation in
+//!   a table of a million entries, with today's 16-byte stick value and with a packed
+//!   8-byte one; the bench sizes and fills both).
 //! - `bench_gen` generates traffic (run with `BPF_PROG_TEST_RUN` in live-frames mode: its
 //!   `XDP_TX` frames leave through a real veth) from up to 65 536 client addresses, and
 //!   `bench_count`, on every backend, counts (and drops) what arrives.
@@ -24,7 +30,7 @@ mod program {
     use aya_ebpf::{
         bindings::{bpf_fib_lookup, xdp_action},
         helpers::{
-            self, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+            self, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
             generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
         },
         macros::{map, xdp},
@@ -321,6 +327,71 @@ mod program {
             *seq
         };
         verdict(LRU_INSERT.insert(&[0, n, 0, 0, 0], &[0, 0], 0).is_ok())
+    }
+
+    /// `bpf_jiffies64`: the kernel's tick counter, the cheapest clock a program can read.
+    #[xdp]
+    pub fn bench_jiffies(_ctx: XdpContext) -> u32 {
+        // SAFETY: helper without arguments.
+        verdict(unsafe { bpf_jiffies64() } != 0)
+    }
+
+    /// Like `LRU_INSERT`, for `bench_lru_insert_nx`.
+    #[map]
+    static LRU_INSERT_NX: LruHashMap<[u32; 5], [u64; 2]> = LruHashMap::with_max_entries(65536, 0);
+
+    /// This CPU's next key for `bench_lru_insert_nx`.
+    #[map]
+    static INSERT_SEQ_NX: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+    /// `BPF_NOEXIST` in the flags of a map update.
+    const BPF_NOEXIST: u64 = 1;
+
+    /// `bench_lru_insert` with `BPF_NOEXIST`: the insert a new client could make without
+    /// the lookup that found it missing, handling the race by the flag's `EEXIST`.
+    #[xdp]
+    pub fn bench_lru_insert_nx(_ctx: XdpContext) -> u32 {
+        let Some(seq) = INSERT_SEQ_NX.get_ptr_mut(0) else {
+            return xdp_action::XDP_DROP;
+        };
+        // SAFETY: per-CPU slot of this CPU.
+        let n = unsafe {
+            *seq = (*seq).wrapping_add(1);
+            *seq
+        };
+        verdict(
+            LRU_INSERT_NX
+                .insert(&[0, n, 0, 0, 0], &[0, 0], BPF_NOEXIST)
+                .is_ok(),
+        )
+    }
+
+    /// Stick-table-shaped tables of a million entries (sized by the bench at load, filled
+    /// from userspace): today's 16-byte value (backend id, padding, last-seen in ns) …
+    #[map]
+    static LRU_SCALE16: LruHashMap<[u32; 5], [u64; 2]> = LruHashMap::with_max_entries(1, 0);
+
+    /// … and a packed 8-byte one (backend slot and a coarse last-seen in one word).
+    #[map]
+    static LRU_SCALE8: LruHashMap<[u32; 5], u64> = LruHashMap::with_max_entries(1, 0);
+
+    /// A lookup of the packet's IPv4 source in `LRU_SCALE16` (run behind the wrapper,
+    /// which varies the source over the clients in rotation).
+    #[xdp]
+    pub fn bench_lru_scale16(ctx: XdpContext) -> u32 {
+        let Some((src, _)) = ipv4(&ctx) else {
+            return xdp_action::XDP_PASS;
+        };
+        verdict(LRU_SCALE16.get_ptr_mut(&[0, src, 0, 0, 0]).is_some())
+    }
+
+    /// The same lookup in `LRU_SCALE8`.
+    #[xdp]
+    pub fn bench_lru_scale8(ctx: XdpContext) -> u32 {
+        let Some((src, _)) = ipv4(&ctx) else {
+            return xdp_action::XDP_PASS;
+        };
+        verdict(LRU_SCALE8.get_ptr_mut(&[0, src, 0, 0, 0]).is_some())
     }
 
     /// One `bpf_fib_lookup` of the packet's IPv4 source → destination (what stickylb

@@ -157,6 +157,9 @@ pub const MAP_SERVICE_INDEX_HEAD: &str = "SERVICE_INDEX_HEAD";
 /// Bitmap over the addresses of `REVERSE` keys: "could this be a NAT reply?".
 pub const MAP_REPLY_FILTER: &str = "REPLY_FILTER";
 pub const MAP_STICK_EVENTS_LOST: &str = "STICK_EVENTS_LOST";
+/// The data path's clock calibration (`clock::Calibration`, slots `clock::CLOCK_*`); one
+/// per loaded program, never pinned.
+pub const MAP_CLOCK: &str = "CLOCK";
 /// The data path's switch for stick-table events (`.rodata`, set at load time): 0 = no
 /// events (a single node: the verifier removes the code), 1 = emit them.
 pub const GLOBAL_STICK_EVENTS: &str = "STICK_EVENTS_ON";
@@ -167,6 +170,9 @@ pub const PROGRAM_FRAGMENT: &str = "stickylb_fragment";
 /// The tc ingress program that sends packets with an unresolved next hop through the
 /// kernel's neighbour queue (`bpf_redirect_neigh`).
 pub const PROGRAM_QUEUE: &str = "stickylb_queue";
+/// The probe that samples jiffies and the coarse clock together for `clock::calibrate`
+/// (run by the loader with `BPF_PROG_TEST_RUN`, never attached).
+pub const PROGRAM_CLOCK: &str = "stickylb_clock";
 pub const MAP_JUMP: &str = "JUMP";
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_FRAGMENT: u32 = 1;

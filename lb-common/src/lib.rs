@@ -3,7 +3,8 @@
 //! This crate owns:
 //! - the `#[repr(C)]` keys and values of every BPF map ([`maps`]), with each data-path
 //!   counter defined once, name and help text included ([`counters`]),
-//! - the constants both sides must agree on ([`consts`]),
+//! - the constants both sides must agree on ([`consts`]), and the data path's clock
+//!   ([`clock`]: jiffies, calibrated by the loader),
 //! - pure logic that both sides run: checksum arithmetic ([`csum`]), the client hash
 //!   ([`hash`]), the stickiness decision ([`sticky`]), the exact service index and the
 //!   reply filter ([`index`]), and — userspace only, behind the
@@ -13,6 +14,7 @@
 //! (what the pure model crate `lb-model` needs), `user` adds the `aya::Pod` impls too.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod clock;
 pub mod consts;
 pub mod counters;
 pub mod csum;

@@ -277,6 +277,7 @@ mod pod {
     unsafe impl aya::Pod for QueueMeta {}
     unsafe impl aya::Pod for StickEvent {}
     unsafe impl aya::Pod for StickRecord {}
+    unsafe impl aya::Pod for crate::clock::Calibration {}
 }
 
 #[cfg(feature = "std")]

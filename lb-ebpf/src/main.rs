@@ -47,6 +47,13 @@ mod program {
         lb_ebpf::stick_apply::apply(&ctx)
     }
 
+    /// Samples jiffies and the coarse clock together for the loader's clock calibration
+    /// (run with `BPF_PROG_TEST_RUN`, never attached; see `lb_common::clock`).
+    #[xdp]
+    pub fn stickylb_clock(_ctx: XdpContext) -> u32 {
+        lb_ebpf::stats::sample_clocks()
+    }
+
     /// tc ingress: sends packets the XDP program marked (unresolved next hop) through
     /// the kernel's neighbour queue.
     #[classifier]

@@ -118,3 +118,8 @@ pub static NEIGH_EVENTS: RingBuf = RingBuf::with_byte_size(NEIGH_EVENTS_BYTES, 0
 /// loader.
 #[map]
 pub static JUMP: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// The clock's calibration (slot `CLOCK_CALIBRATION`, written by the loader) and the probe's
+/// sample (slot `CLOCK_SAMPLE`); see `lb_common::clock`. Not pinned: one per program.
+#[map]
+pub static CLOCK: Array<lb_common::clock::Calibration> = Array::with_max_entries(2, 0);

@@ -206,6 +206,30 @@ impl Agent {
         }
     }
 
+    /// Waits (60 s at most) until every health-checked backend of every service has
+    /// passed its last two checks: backends start up (HAProxy's default init-state), so a
+    /// first check that times out on a loaded machine would otherwise take one down in the
+    /// middle of a test's first round, and the round would measure the checks, not the
+    /// thing tested. Backends without checks count as settled.
+    pub fn wait_checks_settled(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = self.ok(&["backend", "list"])?;
+            let rows = list.as_array().context("backend list is not an array")?;
+            let settled = rows.iter().all(|b| {
+                b["check"].is_null()
+                    || (b["health"] == "up" && b["check"]["consecutive_ok"].as_u64() >= Some(2))
+            });
+            if settled {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("health checks not settled within 60 s: {list}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

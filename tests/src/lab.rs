@@ -228,3 +228,8 @@ pub fn pin_to_cpu0() {
         );
     }
 }
+
+/// The calibration the lab's data path reads its clock with (`None`: the coarse clock).
+pub fn clock_calibration(lab: &Lab) -> Result<Option<lb_common::clock::Calibration>> {
+    lb_agent::loader::clock_calibration(&lab.ebpf)
+}

@@ -60,6 +60,7 @@ fn setup(clients: usize, extra: &str) -> Result<Setup> {
     ifaces.extend(topo.lb_backend_ifs());
     let cfg = config(&topo, extra, &[1, 2, 3]);
     let agent = Agent::start(topo.lb(), &ifaces, &cfg, &[])?;
+    agent.wait_checks_settled()?;
     Ok(Setup {
         topo,
         servers,
@@ -324,6 +325,7 @@ fn agent_sigterm_and_sigkill_move_nobody_and_traffic_flows_while_down() {
             "IPv6 moved while the agent was down (signal {sig})"
         );
         s.agent.spawn().unwrap();
+        s.agent.wait_checks_settled().unwrap();
         assert!(
             s.agent.log_text().contains("adopted pinned state"),
             "{}",

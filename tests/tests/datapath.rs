@@ -212,6 +212,38 @@ fn weighted_round_robin_follows_weights() {
     assert!(!picks.contains(&4), "weight 0 got a new client: {picks:?}");
 }
 
+/// The data path reads its clock from jiffies once the loader calibrated it (issue 15:
+/// ~17 ns less per packet than `bpf_ktime_get_coarse_ns`), and that clock is userspace's
+/// `CLOCK_MONOTONIC_COARSE`: a new client's last-seen lies between the coarse clock read
+/// just before and just after its packet, give or take one tick.
+#[test]
+fn the_jiffies_clock_is_calibrated_and_reads_the_coarse_monotonic_clock() {
+    let flow = FLOWS[0];
+    let mut lab = Lab::new().unwrap();
+    let cal = stickylb_tests::lab::clock_calibration(&lab)
+        .unwrap()
+        .expect("the loader calibrated the data path's clock");
+    let hz = 1_000_000_000 / cal.tick_ns;
+    assert!(
+        [100, 250, 300, 1000].contains(&hz),
+        "HZ {hz} ({} ns per tick)",
+        cal.tick_ns
+    );
+    lab.configure(&[flow.service()]).unwrap();
+    for c in 1..=20u16 {
+        let before = lb_model::clock::monotonic_ns();
+        backend_for(&mut lab, flow, c);
+        let after = lb_model::clock::monotonic_ns();
+        let seen = lab.stick_entry("web", flow.client(c)).unwrap().last_seen_ns;
+        assert!(
+            seen + cal.tick_ns >= before && seen <= after + cal.tick_ns,
+            "client {c}: last-seen {seen} outside [{before}, {after}] ± {} ns",
+            cal.tick_ns
+        );
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
 #[test]
 fn expired_entry_is_repicked_and_active_entry_refreshed() {
     for flow in FLOWS {

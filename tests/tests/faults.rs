@@ -159,24 +159,6 @@ fn backend_row<'a>(list: &'a Value, addr: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no backend {addr} in {list}"))
 }
 
-/// Waits (30 s at most) until the health checks have every backend of `web` up: under a
-/// loaded machine a first check can time out, and a round taken before the verdicts
-/// settle measures the checks, not the fault.
-fn wait_all_up(agent: &Agent) {
-    let started = Instant::now();
-    loop {
-        let list = agent.ok(&["backend", "list", "web"]).unwrap();
-        if list.as_array().unwrap().iter().all(|b| b["health"] == "up") {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "backends not all up: {list}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// GET /metrics from inside the balancer namespace.
 fn metrics(topo: &Topology, addr: &str) -> String {
     let addr = addr.to_string();
@@ -201,7 +183,7 @@ fn metrics(topo: &Topology, addr: &str) -> String {
 #[test]
 fn sigkill_under_load_moves_nobody_and_drops_nothing() {
     let mut s = setup(3, 20, &|t| web_config(t, HEALTH_200MS, "", &[1, 2, 3])).unwrap();
-    wait_all_up(&s.agent);
+    s.agent.wait_checks_settled().unwrap();
     let clients = v4_clients(&s.topo, 20);
     let before = all_answered(&round(&s.topo, &clients));
     assert_eq!(
