@@ -385,6 +385,33 @@ fn parts_1_2(cfg: &Config) -> Result<(Vec<CaseResult>, Vec<ScaleResult>, Vec<wra
         );
     }
 
+    // The sticky hit with the clock it read before issue 15: the same program with its
+    // clock calibration cleared reads `bpf_ktime_get_coarse_ns` (lb_common::clock).
+    {
+        let mut coarse = Instance::load(lb_common::DEFAULT_STICK_TABLE_SIZE)?;
+        loader::write_clock_calibration(&mut coarse.ebpf, &Default::default())?;
+        let sid = coarse.sid("nat4")?;
+        insts.push(coarse);
+        let at = cases
+            .iter()
+            .position(|c| c.key == "hit_v4")
+            .map_or(cases.len(), |i| i + 1);
+        cases.insert(
+            at,
+            Case::new(
+                "hit_v4_coarse",
+                "IPv4 NAT, sticky hit, coarse clock (the clock before issue 15)",
+                Group::Stickylb,
+                request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_NAT4)),
+                XDP_REDIRECT,
+                How::Wrapped {
+                    target: Prog::Stickylb(insts.len() - 1),
+                    check: Some(Check::new(Expect::Hit, insts.len() - 1, sid)),
+                },
+            ),
+        );
+    }
+
     // Part 2: one instance per table size, filled from userspace.
     let mut tables = Vec::new();
     for &n in &cfg.sizes {

@@ -220,12 +220,20 @@ pub fn calibrate_clock(ebpf: &mut Ebpf) -> Result<Option<Calibration>> {
     let Some(cal) = clock::calibrate(first, last) else {
         return Ok(None);
     };
-    let mut clock: Array<&mut MapData, Calibration> =
-        Array::try_from(ebpf.map_mut(MAP_CLOCK).context("map CLOCK")?)?;
-    clock
-        .set(CLOCK_CALIBRATION, &cal, 0)
-        .context("writing the clock calibration")?;
+    write_clock_calibration(ebpf, &cal)?;
     Ok(Some(cal))
+}
+
+/// Sets the calibration the data path of `ebpf` reads its clock with; an all-zero one
+/// makes it read `bpf_ktime_get_coarse_ns` (the benchmark's "before" case).
+pub fn write_clock_calibration(ebpf: &mut Ebpf, cal: &Calibration) -> Result<()> {
+    let mut clock: Array<&mut MapData, Calibration> = Array::try_from(
+        ebpf.map_mut(MAP_CLOCK)
+            .context("map CLOCK missing from the object")?,
+    )?;
+    clock
+        .set(CLOCK_CALIBRATION, cal, 0)
+        .context("writing the clock calibration")
 }
 
 /// The calibration the data path of `ebpf` reads its clock with (`None`: not calibrated,

@@ -24,9 +24,8 @@
 //! conflict_window = "1s"
 //! ```
 //!
-//! Durations use the configuration's grammar: a whole number and `ms`, `s`, `m`, `h` or
-//! `d`. (The model crate of the lb-userspace rebuild owns the shared duration module; this
-//! one parses the same grammar so that the section reads like the rest of the file.)
+//! Durations use the configuration's one grammar (`lb_common::duration`): a whole number
+//! and `ms`, `s`, `m`, `h` or `d`, or a whole number of seconds.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -269,46 +268,12 @@ impl ClusterConfig {
     }
 }
 
-/// (De)serialises a `Duration` as the configuration's duration text.
+/// (De)serialises a `Duration` as the configuration's duration text: the project's one
+/// duration grammar and formatter (`lb_common::duration`).
 pub mod dur {
     use super::*;
 
-    /// Parses `300ms`, `2s`, `30m`, `1h`, `1d`.
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let help = "use a duration such as \"300ms\", \"2s\", \"30m\", \"1h\" or \"1d\"";
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration: {help}"))?;
-        let ms = match unit {
-            "ms" => Some(n),
-            "s" => n.checked_mul(1000),
-            "m" => n.checked_mul(60_000),
-            "h" => n.checked_mul(3_600_000),
-            "d" => n.checked_mul(86_400_000),
-            _ => return Err(format!("{s:?} is not a duration: {help}")),
-        }
-        .ok_or_else(|| format!("{s:?} is too long a duration"))?;
-        Ok(Duration::from_millis(ms))
-    }
-
-    /// Formats in the largest unit that is exact.
-    pub fn format(d: Duration) -> String {
-        let ms = d.as_millis() as u64;
-        for (unit, size) in [
-            ("d", 86_400_000),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1000),
-        ] {
-            if ms != 0 && ms.is_multiple_of(size) {
-                return format!("{}{unit}", ms / size);
-            }
-        }
-        format!("{ms}ms")
-    }
+    pub use lb_common::duration::{format, parse};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(*d))
@@ -458,7 +423,11 @@ key = "/etc/stickylb/cluster/lb1.key"
     fn durations() {
         assert_eq!(dur::parse("300ms"), Ok(Duration::from_millis(300)));
         assert_eq!(dur::parse("2d"), Ok(Duration::from_secs(172_800)));
-        assert!(dur::parse("2").is_err());
+        assert_eq!(
+            dur::parse("2"),
+            Ok(Duration::from_secs(2)),
+            "seconds, as elsewhere"
+        );
         assert!(dur::parse("x1s").is_err());
         for d in [1, 999, 1000, 60_000, 90_000, 3_600_000] {
             let d = Duration::from_millis(d);

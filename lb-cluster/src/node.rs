@@ -20,7 +20,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ use crate::wire::{
     check_hello, Codec, Hello, Inbound, InboundState, Message, OutboundDictionary, WireError,
     BATCH, MAGIC, PROTOCOL_VERSION,
 };
+use lb_common::sync::lock;
 
 /// Where replicated entries go: the agent's stick table.
 ///
@@ -111,10 +112,6 @@ impl Inner {
 /// Smallest and largest reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Default)]
 struct PeerStats {

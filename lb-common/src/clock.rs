@@ -12,6 +12,11 @@
 //! map; until then, or when calibration fails, the data path falls back to
 //! `bpf_ktime_get_coarse_ns` ([`Calibration::tick_ns`] 0). Cilium reads its clock from
 //! jiffies the same way (its agent probes the kernel's HZ).
+//!
+//! Behind `std`, userspace's readings: [`monotonic_ns`] (the data path's clock, for entry
+//! ages), [`monotonic_ms`], and [`unix_ms`] (wall-clock milliseconds for timestamps shown
+//! to operators and for replication's pick stamps). One place, so that every timestamp and
+//! every age in the project means the same thing.
 
 /// Slot of `CLOCK` holding the [`Calibration`].
 pub const CLOCK_CALIBRATION: u32 = 0;
@@ -83,6 +88,40 @@ pub fn calibrate(first: Sample, last: Sample) -> Option<Calibration> {
     })
 }
 
+/// CLOCK_MONOTONIC_COARSE in ns: the data path's clock, for entry ages and pinned
+/// entries (0 if the clock cannot be read).
+#[cfg(feature = "std")]
+pub fn monotonic_ns() -> u64 {
+    read(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+/// CLOCK_MONOTONIC_COARSE in ms.
+#[cfg(feature = "std")]
+pub fn monotonic_ms() -> u64 {
+    monotonic_ns() / 1_000_000
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+#[cfg(feature = "std")]
+pub fn unix_ms() -> u64 {
+    read(libc::CLOCK_REALTIME) / 1_000_000
+}
+
+#[cfg(feature = "std")]
+fn read(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(id, &mut ts) } != 0 || ts.tv_sec < 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
@@ -112,6 +151,15 @@ mod tests {
             let diff = cal.at(later.jiffies) as i128 - later.coarse_ns as i128;
             assert!(diff.unsigned_abs() < 20_000, "HZ {hz}: {diff} ns off");
         }
+    }
+
+    #[test]
+    fn userspace_clocks_move_forward() {
+        let (a, b) = (monotonic_ns(), unix_ms());
+        assert!(b > 1_600_000_000_000, "{b}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(monotonic_ns() > a);
+        assert!(monotonic_ms() >= a / 1_000_000);
     }
 
     #[test]

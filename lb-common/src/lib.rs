@@ -8,7 +8,10 @@
 //! - pure logic that both sides run: checksum arithmetic ([`csum`]), the client hash
 //!   ([`hash`]), the stickiness decision ([`sticky`]), the exact service index and the
 //!   reply filter ([`index`]), and — userspace only, behind the
-//!   `std` feature — the selection-table builders ([`maglev`], [`wrr`]).
+//!   `std` feature — the selection-table builders ([`maglev`], [`wrr`]),
+//! - and, behind `std`, the vocabulary every userspace crate shares (the model, the agent,
+//!   the cluster crate, which the model depends on): the one duration grammar
+//!   ([`duration`]), the clocks ([`clock`]) and the lock helper ([`sync`]).
 //!
 //! It is `no_std`; the `std` feature adds `std`, the builders and address conversions
 //! (what the pure model crate `lb-model` needs), `user` adds the `aya::Pod` impls too.
@@ -24,7 +27,11 @@ pub mod maps;
 pub mod sticky;
 
 #[cfg(feature = "std")]
+pub mod duration;
+#[cfg(feature = "std")]
 pub mod maglev;
+#[cfg(feature = "std")]
+pub mod sync;
 #[cfg(feature = "std")]
 pub mod wrr;
 

@@ -16,20 +16,20 @@
 //! - [`announce`]: the `[announce]` section, when a VIP is announced to the routing
 //!   daemon, the drain meter, BIRD's `show protocols`, the `status` rows.
 //! - [`duration`], [`clock`], [`sync`]: the one duration grammar, the clocks, the lock
-//!   helper.
+//!   helper; defined in `lb-common` (behind `std`) so that `lb-cluster`, which this crate
+//!   depends on, shares them too, and re-exported here.
 
 pub mod announce;
-pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
-pub mod duration;
 pub mod import;
 pub mod plan;
 pub mod spec;
 pub mod stats;
-pub mod sync;
 pub mod vocab;
+
+pub use lb_common::{clock, duration, sync};
 
 #[cfg(test)]
 mod refusals_tests;

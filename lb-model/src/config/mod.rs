@@ -1282,7 +1282,7 @@ mod cluster_tests {
             (
                 "heartbeat = \"soon\"\n",
                 "cluster.heartbeat",
-                "not a duration",
+                "is not accepted: use a duration such as",
             ),
             ("colour = 1\n", "cluster", "colour"),
         ] {
