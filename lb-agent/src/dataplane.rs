@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::AsFd as _,
 };
 
 use anyhow::{Context as _, Result};
@@ -22,6 +22,8 @@ use lb_common::{
 };
 
 use lb_model::plan::{BackendEntry, Plan, ServiceEntry};
+
+use crate::bpf_batch::update_batch;
 
 /// Handles to every map the control plane writes or reads.
 pub struct Dataplane {
@@ -370,60 +372,4 @@ impl Dataplane {
     pub fn stick_entries(&self) -> Vec<(StickKey, StickValue)> {
         self.stick.iter().filter_map(|r| r.ok()).collect()
     }
-}
-
-/// `BPF_MAP_UPDATE_BATCH` of `u32` keys and plain-data values into an array map. Returns how many
-/// elements the kernel wrote (all, unless it failed part way: the caller writes the rest
-/// one by one); an error when the kernel has no batch operations for the map.
-fn update_batch<T: aya::Pod>(
-    map: BorrowedFd<'_>,
-    keys: &[u32],
-    values: &[T],
-) -> std::io::Result<usize> {
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    assert_eq!(keys.len(), values.len());
-    if keys.is_empty() {
-        return Ok(0);
-    }
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
-        map_fd: map.as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: bpf(2) with an attr that points at `keys` and `values`, both `count`
-    // elements long (values of the map's value size) and alive for the call; the kernel writes back only `count`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc == 0 {
-        return Ok(keys.len());
-    }
-    let e = std::io::Error::last_os_error();
-    // Failed part way: `count` says how many were written.
-    if (attr.count as usize) < keys.len() && attr.count > 0 {
-        return Ok(attr.count as usize);
-    }
-    Err(e)
 }

@@ -8,6 +8,7 @@
 //! - [`announce`]: VIPs assigned for the routing daemon to announce, draining.
 //! - [`loader`], [`pins`]: the embedded program, its maps pinned in bpffs, attaching.
 //! - [`dataplane`]: writes a plan into the maps and reads counters / stick entries.
+//! - [`bpf_batch`]: the raw `bpf(2)` batch and test-run commands aya does not offer.
 //! - [`decap`]: `stickylb decap`, the backends' side of L3 DSR (`ipip`, `gue`).
 //! - [`health`]: active health checks (TCP, HTTP on hyper, HTTPS on rustls).
 //! - [`control`]: the control socket's client.
@@ -19,6 +20,7 @@
 
 pub mod agent;
 pub mod announce;
+pub mod bpf_batch;
 pub mod control;
 pub mod dataplane;
 pub mod decap;

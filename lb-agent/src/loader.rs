@@ -1,6 +1,7 @@
 //! Loading the embedded XDP object: its maps (pinned or not), the main program, the
-//! side programs reached by tail call, the tc program of the neighbour queue, and the
-//! calibration of the data path's clock (jiffies; see `lb_common::clock`).
+//! side programs reached by tail call, the tc program of the neighbour queue, the
+//! calibration of the data path's clock (jiffies; see `lb_common::clock`) and, in a
+//! cluster, the stick sink's batch writer.
 //! Attaching is `agent::attach`'s.
 
 use std::{
@@ -18,7 +19,7 @@ use lb_common::{
     clock::{self, Calibration, CLOCK_CALIBRATION, CLOCK_SAMPLE},
     DEFAULT_STICK_TABLE_SIZE, JUMP_FRAGMENT, JUMP_ICMP, JUMP_NEIGH, JUMP_NEIGH_REPLY, MAP_CLOCK,
     MAP_JUMP, MAP_STICK, PROGRAM_CLOCK, PROGRAM_FRAGMENT, PROGRAM_ICMP, PROGRAM_NAME,
-    PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY, PROGRAM_QUEUE,
+    PROGRAM_NEIGH, PROGRAM_NEIGH_REPLY, PROGRAM_QUEUE, PROGRAM_STICK_APPLY,
 };
 
 /// The compiled data path, embedded at build time by `build.rs` (empty in fuzzing builds
@@ -120,6 +121,20 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     queue_program(&mut ebpf)?
         .load()
         .with_context(|| format!("verifying the {PROGRAM_QUEUE} tc program"))?;
+    // In a cluster, the sink's batch writer (lb-ebpf/src/stick_apply.rs): optional, the
+    // sink writes entry by entry without it.
+    if opts.stick_events {
+        let loaded = ebpf
+            .program_mut(PROGRAM_STICK_APPLY)
+            .with_context(|| format!("program {PROGRAM_STICK_APPLY} missing from the object"))
+            .and_then(|p| Ok(<&mut Xdp>::try_from(p)?.load()?));
+        if let Err(e) = loaded {
+            log::warn!(
+                "cluster: the batch writer {PROGRAM_STICK_APPLY} did not load ({e:#}); \
+                 peers' entries are written one by one (slower)"
+            );
+        }
+    }
     match calibrate_clock(&mut ebpf) {
         Ok(Some(cal)) => log::debug!(
             "data path clock: jiffies, {} ns per tick (HZ {})",
@@ -136,6 +151,13 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         ),
     }
     Ok(ebpf)
+}
+
+/// The cluster sink's batch writer of a loaded object, as a file descriptor of its own
+/// (the sink runs it outside the agent's lock); `None` when it was not loaded.
+pub fn stick_writer(ebpf: &Ebpf) -> Option<aya::programs::ProgramFd> {
+    let prog: &Xdp = ebpf.program(PROGRAM_STICK_APPLY)?.try_into().ok()?;
+    prog.fd().ok()?.try_clone().ok()
 }
 
 /// Calibrates the data path's clock (`lb_common::clock`): runs the probe program

@@ -11,7 +11,8 @@
 //!   (the whole store, in chunks), then what the store queues for that peer. A queue
 //!   that overflowed means a new teach. Reconnects back off from 100 ms to 2 s, and dial
 //!   at once when the peer connects to us (it is back).
-//! - **maintain**: once a second, expiry of the store and the sync state.
+//! - **maintain**: every 250 ms, the sync state and a step of the store's expiry
+//!   (`Store::expire_step`, 65 536 slots a step).
 //!
 //! Nothing here waits on a peer while holding the store: a slow peer blocks only its
 //! own session's writes, and its queue is bounded (see `store`).
@@ -1095,16 +1096,14 @@ async fn send_loop<W: AsyncWrite + Unpin>(
 
 async fn maintain(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut n = 0u64;
+    // Expiry walks the store a step per tick (see `Store::expire_step`).
+    let mut expire_cursor = 0usize;
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         inner.update_synced();
-        n += 1;
-        if n.is_multiple_of(4) {
-            lock(&inner.store).expire(mono_ms());
-        }
+        lock(&inner.store).expire_step(mono_ms(), &mut expire_cursor, crate::store::EXPIRE_STEP);
     }
 }

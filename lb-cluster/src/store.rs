@@ -180,6 +180,11 @@ pub struct StoreCounters {
     pub removed: u64,
 }
 
+/// Slots one maintenance tick looks at for expiry ([`Store::expire_step`]): a store of
+/// a million entries is walked in four seconds (a tick is 250 ms), about a millisecond
+/// of the lock per tick.
+pub const EXPIRE_STEP: usize = 65_536;
+
 /// A client within a service: the key of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct EntryKey {
@@ -670,24 +675,46 @@ impl Store {
         None
     }
 
-    /// Drops entries past their service's expiry. Returns how many.
+    /// Drops entries past their service's expiry, the whole store at once. Returns how
+    /// many.
     pub fn expire(&mut self, now: u64) -> usize {
-        let gone: Vec<u32> = self
-            .index
-            .iter()
-            .filter(|(k, &i)| {
-                self.local.get(&k.svc).is_some_and(|l| {
-                    l.expire_ms
-                        .is_some_and(|x| now.saturating_sub(self.slots[i as usize].last_seen) > x)
-                })
+        self.expire_step(now, &mut 0, usize::MAX)
+    }
+
+    /// Drops the expired entries among up to `max` slots from `*cursor` on, advancing it
+    /// (back to 0 past the last slot). The maintenance task walks the store this way,
+    /// [`EXPIRE_STEP`] slots per tick, so that the store's lock is held for a short scan
+    /// of contiguous slots, never a walk of millions of entries that would stall the
+    /// sessions. Returns how many it dropped.
+    pub fn expire_step(&mut self, now: u64, cursor: &mut usize, max: usize) -> usize {
+        // Each service's expiry, looked up once per step rather than once per entry.
+        let expiry: Vec<Option<u64>> = (0..self.services.keys.len())
+            .map(|svc| {
+                u16::try_from(svc)
+                    .ok()
+                    .and_then(|svc| self.local.get(&svc))
+                    .and_then(|l| l.expire_ms)
             })
-            .map(|(_, &i)| i)
             .collect();
-        for &i in &gone {
-            self.remove(i);
+        let start = (*cursor).min(self.slots.len());
+        let end = start.saturating_add(max).min(self.slots.len());
+        let mut gone = 0;
+        for i in start..end {
+            let s = &self.slots[i];
+            let expired = s.live
+                && expiry
+                    .get(usize::from(s.key.svc))
+                    .copied()
+                    .flatten()
+                    .is_some_and(|x| now.saturating_sub(s.last_seen) > x);
+            if expired {
+                self.remove(i as u32);
+                gone += 1;
+            }
         }
-        self.counters.expired += gone.len() as u64;
-        gone.len()
+        *cursor = if end >= self.slots.len() { 0 } else { end };
+        self.counters.expired += gone as u64;
+        gone
     }
 
     fn outgoing(&self, i: u32) -> Outgoing {
@@ -1104,6 +1131,27 @@ mod tests {
         assert_eq!(s.counters.evicted, 101);
         // The newest survive.
         assert!(s.get(&svc(), &client(200)).is_some());
+    }
+
+    #[test]
+    fn expiry_in_steps_walks_every_slot_and_wraps() {
+        let mut s = store(1);
+        for c in 1..=10 {
+            // Clients 1..=5 seen at 1 s (expired at 62 s), 6..=10 at 50 s.
+            let seen = if c <= 5 { 1_000 } else { 50_000 };
+            s.observe(1_000, 1, &obs(c, 2, seen, ObservedKind::Picked));
+        }
+        let mut cursor = 0;
+        let mut gone = 0;
+        for _ in 0..3 {
+            gone += s.expire_step(62_000, &mut cursor, 4);
+        }
+        // 4 + 4 + 2 slots: the walk reached the end and starts over.
+        assert_eq!((gone, cursor), (5, 0));
+        assert_eq!(s.len(), 5);
+        assert_eq!(s.counters.expired, 5);
+        assert!((6..=10).all(|c| s.get(&svc(), &client(c)).is_some()));
+        assert_eq!(s.expire_step(62_000, &mut cursor, 100), 0);
     }
 
     #[test]

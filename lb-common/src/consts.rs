@@ -182,6 +182,18 @@ pub const PROGRAM_NEIGH: &str = "stickylb_neigh";
 pub const JUMP_NEIGH: u32 = 2;
 pub const PROGRAM_NEIGH_REPLY: &str = "stickylb_neigh_reply";
 pub const JUMP_NEIGH_REPLY: u32 = 3;
+/// The cluster sink's batch writer (not attached: run by `BPF_PROG_TEST_RUN` with
+/// [`crate::StickRecord`]s as its packet, see `lb-ebpf/src/stick_apply.rs`).
+pub const PROGRAM_STICK_APPLY: &str = "stickylb_stick_apply";
+/// Most records one run of [`PROGRAM_STICK_APPLY`] takes (40 bytes each: 2 560 bytes,
+/// within the 3 520 an XDP test run holds in one page).
+pub const STICK_APPLY_RECORDS: usize = 64;
+/// `StickRecord::result`: the peer's entry was written.
+pub const STICK_APPLY_WRITTEN: u32 = 1;
+/// `StickRecord::result`: the table kept its own entry (same backend, seen later).
+pub const STICK_APPLY_KEPT: u32 = 2;
+/// `StickRecord::result`: the update failed (the table full of entries it cannot evict).
+pub const STICK_APPLY_FAILED: u32 = 3;
 /// The backend side's decapsulation programs (object `lb-decap`, `stickylb decap`).
 pub const PROGRAM_DECAP: &str = "stickylb_decap";
 pub const PROGRAM_DECAP_TC: &str = "stickylb_decap_tc";

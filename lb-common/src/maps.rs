@@ -113,6 +113,23 @@ pub struct StickValue {
     pub last_seen_ns: u64,
 }
 
+/// One entry of a batch that the agent's cluster sink writes through the
+/// [`crate::PROGRAM_STICK_APPLY`] program (run by `BPF_PROG_TEST_RUN`, up to
+/// [`crate::STICK_APPLY_RECORDS`] records as the "packet"): a peer's entry, written into
+/// `STICK` unless the table keeps its own ([`crate::sticky::stick_keeps`]). The program
+/// writes the outcome into `result` ([`crate::STICK_APPLY_WRITTEN`],
+/// [`crate::STICK_APPLY_KEPT`], [`crate::STICK_APPLY_FAILED`]; 0 = not reached). 40 bytes,
+/// no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StickRecord {
+    pub key: StickKey,
+    pub result: u32,
+    pub value: StickValue,
+}
+
+const _: () = assert!(core::mem::size_of::<StickRecord>() == 40);
+
 /// One record of the `STICK_EVENTS` ring buffer: a client got a new entry, or its entry
 /// was re-picked (expired, or its backend no longer took it). The agent turns the
 /// node-local ids into identities and replicates the entry to its peers. Hits (and the
@@ -259,6 +276,7 @@ mod pod {
     unsafe impl aya::Pod for NeighMiss {}
     unsafe impl aya::Pod for QueueMeta {}
     unsafe impl aya::Pod for StickEvent {}
+    unsafe impl aya::Pod for StickRecord {}
     unsafe impl aya::Pod for crate::clock::Calibration {}
 }
 

@@ -134,10 +134,32 @@ pub fn needs_refresh(entry: &StickValue, now_ns: u64, refresh_ns: u64) -> bool {
     now_ns.saturating_sub(entry.last_seen_ns) >= refresh_ns
 }
 
+/// The cluster's keep rule: whether `current` (in the stick table) stays instead of
+/// `new` (a peer's entry): the same backend, seen here as late or later. Applied by the
+/// agent's sink (`lb_model::cluster::Catalog::keeps`) and by the batch writer
+/// (`lb-ebpf/src/stick_apply.rs`) alike.
+#[inline(always)]
+pub fn stick_keeps(current: &StickValue, new: &StickValue) -> bool {
+    current.backend_id == new.backend_id && current.last_seen_ns >= new.last_seen_ns
+}
+
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
     use crate::{BACKEND_DOWN, BACKEND_UNUSED};
+
+    #[test]
+    fn the_table_keeps_its_entry_only_for_the_same_backend_seen_as_late() {
+        let v = |backend_id, last_seen_ns| StickValue {
+            backend_id,
+            _pad: 0,
+            last_seen_ns,
+        };
+        assert!(stick_keeps(&v(1, 10), &v(1, 9)));
+        assert!(stick_keeps(&v(1, 10), &v(1, 10)));
+        assert!(!stick_keeps(&v(1, 10), &v(1, 11)));
+        assert!(!stick_keeps(&v(1, 10), &v(2, 9)));
+    }
 
     fn backend(state: u8, service_id: u32) -> Backend {
         Backend {

@@ -33,5 +33,6 @@ pub mod parse;
 pub mod pick;
 pub mod service;
 pub mod stats;
+pub mod stick_apply;
 pub mod sticky;
 pub mod toobig;

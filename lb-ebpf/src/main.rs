@@ -40,6 +40,13 @@ mod program {
         lb_ebpf::neigh::process_reply(&ctx)
     }
 
+    /// The cluster sink's batch writer (never attached: run with `BPF_PROG_TEST_RUN`,
+    /// peers' stick entries as the packet).
+    #[xdp]
+    pub fn stickylb_stick_apply(ctx: XdpContext) -> u32 {
+        lb_ebpf::stick_apply::apply(&ctx)
+    }
+
     /// Samples jiffies and the coarse clock together for the loader's clock calibration
     /// (run with `BPF_PROG_TEST_RUN`, never attached; see `lb_common::clock`).
     #[xdp]

@@ -196,7 +196,7 @@ impl Catalog {
     /// Whether `current` (in the map) should stay instead of `new` (a peer's value): the
     /// same backend seen later here.
     pub fn keeps(current: &StickValue, new: &StickValue) -> bool {
-        current.backend_id == new.backend_id && current.last_seen_ns >= new.last_seen_ns
+        lb_common::sticky::stick_keeps(current, new)
     }
 }
 

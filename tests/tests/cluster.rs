@@ -15,6 +15,10 @@
 //! 6. Bad peers at the agent: plaintext garbage and TLS without a certificate on the peer
 //!    port are refused and counted; the agent keeps replicating.
 //! 7. An agent restarted on one node under traffic: 0 moved, and it is taught again.
+//!
+//! And the sink's batch writer alone, in the kernel (a lab data path, no agents): a batch
+//! mixing new clients, entries the peer wins and entries the table keeps ends with the
+//! right table, through the batch writer and entry by entry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -632,4 +636,97 @@ fn an_agent_restarted_under_traffic_moves_nobody_and_catches_up() {
     lab.wait_same_tables(CLIENTS);
     let after = lab.round(CLIENTS, CONNECTIONS);
     assert_eq!(moved(&first, &after), 0, "nobody moves after the restart");
+}
+
+/// The sink's writer over a lab data path's stick table: 3 local entries and a batch of
+/// 200 (one the table keeps: same backend seen later here; one the peer wins by another
+/// backend; one the peer wins by a later last-seen; 197 new clients, IPv4- and IPv6-sized
+/// keys), through the batch writer `stickylb_stick_apply` (4 runs) and entry by entry.
+#[test]
+fn the_sink_writes_a_mixed_batch_by_the_keep_rule_in_the_kernel() {
+    use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
+    use lb_agent::agent::replication::StickWriter;
+    use lb_common::{StickKey, StickRecord, StickValue, STICK_APPLY_KEPT, STICK_APPLY_WRITTEN};
+    use std::os::fd::AsFd as _;
+
+    let key = |n: u32| StickKey {
+        service_id: 1 + n % 2,
+        client: if n.is_multiple_of(3) {
+            [n, 0, 0, 0]
+        } else {
+            [0x20010db8, 0, n, 1]
+        },
+    };
+    let value = |backend_id: u32, last_seen_ns: u64| StickValue {
+        backend_id,
+        _pad: 0,
+        last_seen_ns,
+    };
+    let record = |n: u32, v: StickValue| StickRecord {
+        key: key(n),
+        result: 0,
+        value: v,
+    };
+    for batched in [true, false] {
+        let mut lab = stickylb_tests::lab::Lab::with_options(&lb_agent::loader::LoadOptions {
+            stick_events: true,
+            ..Default::default()
+        })
+        .unwrap();
+        for n in 0..3 {
+            lab.dp.stick.insert(&key(n), &value(1, 1_000), 0).unwrap();
+        }
+        let data = MapData::from_fd(
+            lab.dp
+                .stick
+                .map()
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .unwrap(),
+        )
+        .unwrap();
+        let table: BpfHashMap<MapData, StickKey, StickValue> = match Map::from_map_data(data) {
+            Ok(m @ (Map::LruHashMap(_) | Map::HashMap(_))) => m.try_into().unwrap(),
+            other => panic!("the stick table is not a hash map: {other:?}"),
+        };
+        let writer = batched.then(|| {
+            lb_agent::loader::stick_writer(&lab.ebpf)
+                .expect("the batch writer is loaded in a cluster")
+        });
+        let mut w = StickWriter::new(table, writer);
+        let mut records = vec![
+            record(0, value(1, 500)),
+            record(1, value(2, 500)),
+            record(2, value(1, 2_000)),
+        ];
+        records.extend((3..200).map(|n| record(n, value(n % 4, 7 + n as u64))));
+        let written = w.write(&mut records);
+        assert_eq!(written, 199, "batched {batched}");
+        assert_eq!(records[0].result, STICK_APPLY_KEPT);
+        assert!(records[1..].iter().all(|r| r.result == STICK_APPLY_WRITTEN));
+        let get = |n: u32| lab.dp.stick.get(&key(n), 0).unwrap();
+        assert_eq!(get(0), value(1, 1_000), "the local entry seen later stays");
+        assert_eq!(get(1), value(2, 500), "another backend: the peer's wins");
+        assert_eq!(
+            get(2),
+            value(1, 2_000),
+            "seen later by the peer: the peer's wins"
+        );
+        for n in 3..200 {
+            assert_eq!(get(n), value(n % 4, 7 + n as u64), "client {n}");
+        }
+        assert_eq!(lab.dp.stick_entries().len(), 200);
+        // Again: everything is now as the table has it (same backend, same last-seen).
+        for r in &mut records {
+            r.result = 0;
+        }
+        assert_eq!(w.write(&mut records), 0);
+        assert!(records.iter().all(|r| r.result == STICK_APPLY_KEPT));
+        if batched {
+            assert_eq!(w.runs(), (8, true), "4 runs of 64 each time, none refused");
+        } else {
+            assert_eq!(w.runs(), (0, false));
+        }
+    }
 }

@@ -7,12 +7,12 @@
 //! The walk runs every second, but never more often than ten times the time the last one
 //! took, so that a table of millions costs at most a tenth of one CPU. In a cluster the same
 //! walk is replication's periodic scan (`replication::Replication::scan`, every
-//! `scan_interval`): one walk of the table serves both. Hand-written: aya
-//! 0.16 has no batch lookup; the syscall is the kernel's documented `bpf(2)` command.
+//! `scan_interval`): one walk of the table serves both. aya 0.16 has no batch lookup: the
+//! syscall is `crate::bpf_batch`'s.
 
 use std::{
     collections::HashMap,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::AsFd as _,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -22,6 +22,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData};
 use lb_common::{StickKey, StickValue};
 use lb_model::sync::lock;
+
+use crate::bpf_batch::lookup_batch;
 
 /// One count of the stick table.
 #[derive(Clone, Debug, Default)]
@@ -93,7 +95,7 @@ impl StickCensus {
                 s.entry(k, v);
             }
         };
-        if let Err(e) = lookup_batch(self.map.fd().as_fd(), &mut tally) {
+        if let Err(e) = lookup_batch::<StickKey, StickValue>(self.map.fd().as_fd(), &mut tally) {
             log::debug!("batch walk of the stick table failed ({e}); walking it entry by entry");
             c = Census::default();
             let mut tally = |k: &StickKey, v: &StickValue| {
@@ -127,81 +129,6 @@ impl StickCensus {
                 tokio::time::sleep((took * 10).max(Duration::from_secs(1))).await;
             }
         });
-    }
-}
-
-/// Entries per `BPF_MAP_LOOKUP_BATCH` call.
-const BATCH: usize = 4096;
-
-/// Every entry of a hash map of `StickKey → StickValue`, read in batches.
-fn lookup_batch(
-    map: BorrowedFd<'_>,
-    f: &mut dyn FnMut(&StickKey, &StickValue),
-) -> std::io::Result<()> {
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let mut size = BATCH;
-    let mut keys = vec![StickKey::default(); size];
-    let mut values = vec![StickValue::default(); size];
-    // The position in the table (a bucket index for hash maps); the first call has none.
-    let mut token_in = 0u64;
-    let mut token_out = 0u64;
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token_in as *const u64 as u64
-            },
-            out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: size as u32,
-            map_fd: map.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: bpf(2) with an attr whose buffers hold `count` keys and values of the
-        // map's sizes, alive for the call; the kernel writes back `count` and the token.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (rc != 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(size);
-        for i in 0..n {
-            f(&keys[i], &values[i]);
-        }
-        match err {
-            None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            // A bucket holds more entries than the buffer: a bigger one, same position.
-            Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 && size < 1 << 20 => {
-                size *= 2;
-                keys.resize(size, StickKey::default());
-                values.resize(size, StickValue::default());
-                continue;
-            }
-            Some(e) => return Err(e),
-        }
-        token_in = token_out;
-        first = false;
     }
 }
 

@@ -274,10 +274,13 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
             cfg,
             &agent.config,
             &agent.ids,
-            aya::maps::MapData::from_pin(layout.map(lb_common::MAP_STICK))
-                .context("opening the pinned stick table")?,
-            ring,
-            lost,
+            replication::Handles {
+                stick: aya::maps::MapData::from_pin(layout.map(lb_common::MAP_STICK))
+                    .context("opening the pinned stick table")?,
+                ring,
+                lost,
+                writer: crate::loader::stick_writer(&agent._ebpf),
+            },
             real_capacity as usize,
         )
         .await?;
