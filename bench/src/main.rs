@@ -799,7 +799,7 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
         // run so that no event is dropped (a dropped one would be cheaper).
         Case::new(
             "new_v4_rr_events",
-            "IPv4 NAT, new client, round-robin, cluster events",
+            "IPv4 NAT, new client, round-robin, cluster events (ring drained from another CPU)",
             Stickylb,
             hit4.clone(),
             XDP_REDIRECT,
@@ -1213,19 +1213,30 @@ impl Runner<'_> {
             }
             How::Fresh { service, events } => {
                 let capacity = (2 * (self.cfg.warmup + self.cfg.repeat)).max(2_000_000);
-                let ring = events.then(|| {
-                    // 48 bytes per event (40 and the kernel's header), rounded up to a
-                    // power of two.
-                    (u64::from(self.cfg.warmup + self.cfg.repeat) * 48)
-                        .next_power_of_two()
-                        .max(1 << 22) as u32
-                });
-                let inst = Instance::load_with(&LoadOptions {
+                // With events on, the ring is the agent's (the default 4 MiB) and a thread on
+                // another CPU drains it every millisecond, as the agent's reader drains it in
+                // batches when woken: the producer's cost as in a cluster node. Without a
+                // CPU to spare, a ring sized for the whole run instead (48 bytes per event,
+                // 40 and the kernel's header), never read.
+                let drainer_cpu = other_cpu(self.cfg.cpu);
+                let ring = match (events, drainer_cpu) {
+                    (false, _) | (true, Some(_)) => None,
+                    (true, None) => Some(
+                        (u64::from(self.cfg.warmup + self.cfg.repeat) * 48)
+                            .next_power_of_two()
+                            .max(1 << 22) as u32,
+                    ),
+                };
+                let mut inst = Instance::load_with(&LoadOptions {
                     stick_table_size: capacity,
                     stick_events: events,
                     stick_events_bytes: ring,
                     ..Default::default()
                 })?;
+                let _drainer = match (events, drainer_cpu) {
+                    (true, Some(cpu)) => Some(Drainer::start(&mut inst.ebpf, cpu)?),
+                    _ => None,
+                };
                 let sid = inst.sid(service)?;
                 let fd = inst.program()?.fd()?.try_clone()?;
                 bench.set_target(&fd)?;
@@ -1320,6 +1331,62 @@ fn last_allowed_cpu() -> Result<usize> {
 
 /// Pins this thread (and the threads it starts later) to `cpu`: the wrapper's counter is
 /// per CPU, and one CPU keeps runs comparable.
+/// A CPU other than `cpu`, if the machine has one online.
+fn other_cpu(cpu: usize) -> Option<usize> {
+    (0..num_cpus_online()).find(|&c| c != cpu)
+}
+
+fn num_cpus_online() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1)
+}
+
+/// Drains a data path's `STICK_EVENTS` ring every millisecond from a thread pinned to
+/// another CPU (the agent's reader, without replication); stops when dropped.
+struct Drainer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Drainer {
+    fn start(ebpf: &mut aya::Ebpf, cpu: usize) -> Result<Drainer> {
+        let map = ebpf
+            .take_map(lb_common::MAP_STICK_EVENTS)
+            .context("map STICK_EVENTS")?;
+        let mut ring = aya::maps::RingBuf::try_from(map)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let _ = pin_to_cpu(cpu);
+            let mut read = 0u64;
+            loop {
+                while let Some(item) = ring.next() {
+                    read += 1;
+                    drop(item);
+                }
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return read;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        Ok(Drainer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn pin_to_cpu(cpu: usize) -> Result<()> {
     ensure!(cpu < libc::CPU_SETSIZE as usize, "CPU {cpu} out of range");
     // SAFETY: cpu_set_t is plain data; all-zero is valid.
