@@ -638,6 +638,7 @@ fn print_human(cmd: &str, v: &Value) {
             }
         }
         "peers" => print!("{}", lb_agent::control::peers_text(v)),
+        "status" => print!("{}", lb_agent::control::status_text(v)),
         "stats" => {
             let Ok(stats) = serde_json::from_value::<lb_model::stats::Stats>(v.clone()) else {
                 println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());

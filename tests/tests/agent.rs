@@ -111,6 +111,20 @@ fn control_commands_change_traffic_as_documented() {
         3,
         "round-robin spreads: {before:?}"
     );
+    // status reads as text without --json (the answer itself with it).
+    let out = std::process::Command::new(stickylb_tests::agent::stickylb_bin().unwrap())
+        .args(["status", "--socket"])
+        .arg(&s.agent.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with(&format!("instance {} (pid ", s.agent.instance))
+            && text.contains("stick table ")
+            && !text.contains('{'),
+        "{text}"
+    );
     // table show / lookup
     let table = s.agent.ok(&["table", "show", "web"]).unwrap();
     assert_eq!(table["total"], 12, "{table}");

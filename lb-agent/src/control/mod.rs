@@ -4,6 +4,8 @@
 pub mod client;
 pub mod peers;
 pub mod server;
+pub mod status;
 
 pub use client::{request, request_value, ClientError};
 pub use peers::peers_text;
+pub use status::status_text;
