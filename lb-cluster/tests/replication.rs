@@ -123,11 +123,22 @@ async fn conflicting_picks_converge_on_one_backend() {
             );
         }
     }
-    let conflicts: u64 = nodes
+    // Every client's disagreement was seen somewhere: as a conflict (two picks within the
+    // conflict window), or, when a node's own pick bears the same coarse-clock tick as a
+    // peer's entry it had already adopted (a loaded machine runs the peers' replication
+    // between two nodes' picks), as a stale event of that node, its table then rewritten
+    // to the store's winner (checked above). The rule itself is the store's unit tests'.
+    let (conflicts, stale): (u64, u64) = nodes
         .iter()
-        .map(|n| n.cluster.status().counters.conflicts)
-        .sum();
-    assert!(conflicts >= 300, "conflicts counted: {conflicts}");
+        .map(|n| {
+            let c = n.cluster.status().counters;
+            (c.conflicts, c.stale_events)
+        })
+        .fold((0, 0), |(a, b), (c, s)| (a + c, b + s));
+    assert!(
+        conflicts + stale >= 300,
+        "conflicts counted: {conflicts}, stale events: {stale}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
