@@ -280,7 +280,10 @@ fn every_metric_the_dashboard_queries_is_exported() {
     }
     let mut ifaces = vec![topo.lb_client_if()];
     ifaces.extend(topo.lb_backend_ifs());
-    let _agent = Agent::start(topo.lb(), &ifaces, &config, &["--metrics", METRICS]).unwrap();
+    let agent = Agent::start(topo.lb(), &ifaces, &config, &["--metrics", METRICS]).unwrap();
+    // A first check that times out on a loaded machine takes a backend down and re-picks
+    // its clients mid-connection (a reset): fetch once the verdicts have settled.
+    agent.wait_checks_settled().unwrap();
     let vip = SocketAddr::new(topo.vip_v4().into(), PORT);
     let pairs: Vec<_> = topo
         .client_v4s()
