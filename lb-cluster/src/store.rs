@@ -166,7 +166,7 @@ pub struct StoreCounters {
     pub local_repairs: u64,
     /// Local refreshes sent.
     pub refreshes: u64,
-    /// Events older than a decision adopted since (the scan settles them).
+    /// Events no newer than a decision adopted since (the store's value is written again).
     pub stale_events: u64,
     /// Store values the agent was asked to write again (the map was behind).
     pub rewrites: u64,
@@ -665,8 +665,12 @@ impl Store {
             return None;
         }
         if picked {
+            // A pick no newer than the decision the store took since (at the coarse
+            // clock's tick, "the same moment" too): the map may hold either, so the
+            // store's winner is written again now rather than at the next scan, which
+            // could leave this node on another backend than its peers for seconds.
             self.counters.stale_events += 1;
-            return None;
+            return Some(self.applied(i));
         }
         if s.remote || now >= s.changed_at + SETTLE_MS {
             self.counters.rewrites += 1;
@@ -1041,12 +1045,15 @@ mod tests {
     fn stale_event_and_rewrite_settle_on_the_store() {
         let mut s = store(1);
         s.merge_remote(10_000, 0, &remote(1, 2, 0, 50));
-        // An event of a pick made before the adoption: ignored.
-        assert_eq!(
-            s.observe(10_001, 60, &obs(1, 3, 9_990, ObservedKind::Picked)),
-            None
-        );
+        // An event of a pick made before the adoption: the adopted value is written again
+        // (the map may hold the old pick).
+        let w = s.observe(10_001, 60, &obs(1, 3, 9_990, ObservedKind::Picked));
+        assert_eq!(w.map(|a| a.backend), Some(be(2)));
         assert_eq!(s.counters.stale_events, 1);
+        // The same at the very tick of the adoption.
+        let w = s.observe(10_001, 60, &obs(1, 3, 10_000, ObservedKind::Picked));
+        assert_eq!(w.map(|a| a.backend), Some(be(2)));
+        assert_eq!(s.counters.stale_events, 2);
         // The scan finds that old pick in the map: the adopted value is written again.
         let w = s.observe(10_002, 60, &obs(1, 3, 9_990, ObservedKind::Scanned));
         assert_eq!(w.map(|a| a.backend), Some(be(2)));
