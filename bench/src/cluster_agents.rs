@@ -102,15 +102,11 @@ async fn node(cfg: ClusterConfig, config: &Config, capacity: u32) -> Result<Node
     let mut lab = Lab::with_options(&LoadOptions {
         stick_table_size: capacity,
         stick_events: true,
-        stick_events_bytes: Some(1 << 24),
+        stick_event_slots: Some(1 << 17),
         ..Default::default()
     })?;
     lab.configure(&config.specs())?;
-    let ring = lab
-        .ebpf
-        .take_map(lb_common::MAP_STICK_EVENTS)
-        .context("STICK_EVENTS")?
-        .try_into()?;
+    let ring = lb_agent::event_ring::EventRing::take(&mut lab.ebpf)?;
     let lost = lab
         .ebpf
         .take_map(lb_common::MAP_STICK_EVENTS_LOST)

@@ -316,6 +316,36 @@ fn parts_1_2(cfg: &Config) -> Result<(Vec<CaseResult>, Vec<ScaleResult>, Vec<wra
     let mut bench = Bench::load(scale_n.saturating_add((scale_n / 16).max(4096)))?;
     bench.prepare_components(CLIENT4, VIP_NAT4)?;
     let mut cases = part1_cases(&insts[0])?;
+    // The events components, each ring drained from the other CPU every millisecond (as
+    // the agent reads the data path's): without a second CPU they are left out.
+    let _event_drainers = match other_cpu(cfg.cpu) {
+        Some(cpu) => {
+            let (rings, kernel) = bench.take_event_rings()?;
+            for (key, label, prog) in [
+                (
+                    "event_ringbuf",
+                    "stick-table event into the kernel's ring buffer (reserve, submit)",
+                    wrapper::EVENT_RINGBUF,
+                ),
+                (
+                    "event_percpu",
+                    "stick-table event into this CPU's ring (lb_common::event_ring)",
+                    wrapper::EVENT_PERCPU,
+                ),
+            ] {
+                cases.push(Case::new(
+                    key,
+                    label,
+                    Group::Component,
+                    request(IpAddr::V4(CLIENT4), IpAddr::V4(VIP_NAT4)),
+                    XDP_TX,
+                    How::Direct(Prog::Bench(prog)),
+                ));
+            }
+            Some((Drainer::rings(rings, cpu), Drainer::kernel(kernel, cpu)))
+        }
+        None => None,
+    };
     if scale_n > 0 {
         let started = Instant::now();
         let sizes = bench.fill_scale_components(VARY_BASE, scale_n)?;
@@ -795,11 +825,12 @@ fn part1_cases(main: &Instance) -> Result<Vec<Case>> {
         )
         .varying(vary_new()),
         // The same with stick-table events on, as on a cluster node (issue 12): each new
-        // entry is also reserved and submitted into the events ring, sized for the whole
-        // run so that no event is dropped (a dropped one would be cheaper).
+        // entry is also written into this CPU's events ring, drained from another CPU
+        // (or sized for the whole run) so that no event is dropped (a dropped one would be
+        // cheaper).
         Case::new(
             "new_v4_rr_events",
-            "IPv4 NAT, new client, round-robin, cluster events (ring drained from another CPU)",
+            "IPv4 NAT, new client, round-robin, cluster events (rings drained from another CPU)",
             Stickylb,
             hit4.clone(),
             XDP_REDIRECT,
@@ -1116,7 +1147,8 @@ enum How {
     Wrapped { target: Prog, check: Option<Check> },
     /// New clients into an empty table: every run loads a fresh instance (default table
     /// of 2M entries, or more: room for the warm-up and the run), wrapped; `events`: with
-    /// stick-table events on and a ring that holds every event of the run.
+    /// stick-table events on, the rings drained from another CPU (or holding every event
+    /// of the run).
     Fresh { service: &'static str, events: bool },
 }
 
@@ -1213,24 +1245,27 @@ impl Runner<'_> {
             }
             How::Fresh { service, events } => {
                 let capacity = (2 * (self.cfg.warmup + self.cfg.repeat)).max(2_000_000);
-                // With events on, the ring is the agent's (the default 4 MiB) and a thread on
-                // another CPU drains it every millisecond, as the agent's reader drains it in
-                // batches when woken: the producer's cost as in a cluster node. Without a
-                // CPU to spare, a ring sized for the whole run instead (48 bytes per event,
-                // 40 and the kernel's header), never read.
+                // With events on, a thread on another CPU drains the rings every
+                // millisecond, as the agent's reader does: the producer's cost as in a
+                // cluster node. The rings hold 131 072 events (5 MiB, about the 4 MiB of the
+                // kernel ring buffer before): this case makes 1.6 million new clients a
+                // second on one CPU, 30 times a busy node, and the agent's 16 384 slots
+                // would fill whenever the drainer is descheduled for 10 ms. Without a CPU
+                // to spare, rings sized for the whole run instead, never read.
                 let drainer_cpu = other_cpu(self.cfg.cpu);
-                let ring = match (events, drainer_cpu) {
-                    (false, _) | (true, Some(_)) => None,
+                let slots = match (events, drainer_cpu) {
+                    (false, _) => None,
+                    (true, Some(_)) => Some(1 << 17),
                     (true, None) => Some(
-                        (u64::from(self.cfg.warmup + self.cfg.repeat) * 48)
+                        (self.cfg.warmup + self.cfg.repeat)
                             .next_power_of_two()
-                            .max(1 << 22) as u32,
+                            .max(1 << 14),
                     ),
                 };
                 let mut inst = Instance::load_with(&LoadOptions {
                     stick_table_size: capacity,
                     stick_events: events,
-                    stick_events_bytes: ring,
+                    stick_event_slots: slots,
                     ..Default::default()
                 })?;
                 let _drainer = match (events, drainer_cpu) {
@@ -1342,8 +1377,8 @@ fn num_cpus_online() -> usize {
     usize::try_from(n).unwrap_or(1)
 }
 
-/// Drains a data path's `STICK_EVENTS` ring every millisecond from a thread pinned to
-/// another CPU (the agent's reader, without replication); stops when dropped.
+/// Drains a data path's events rings every millisecond from a thread pinned to another
+/// CPU (the agent's reader, without replication); stops when dropped.
 struct Drainer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<u64>>,
@@ -1351,30 +1386,52 @@ struct Drainer {
 
 impl Drainer {
     fn start(ebpf: &mut aya::Ebpf, cpu: usize) -> Result<Drainer> {
-        let map = ebpf
-            .take_map(lb_common::MAP_STICK_EVENTS)
-            .context("map STICK_EVENTS")?;
-        let mut ring = aya::maps::RingBuf::try_from(map)?;
+        Ok(Self::rings(
+            lb_agent::event_ring::EventRing::take(ebpf)?,
+            cpu,
+        ))
+    }
+
+    /// Drains per-CPU events rings (`lb_common::event_ring`).
+    fn rings(mut ring: lb_agent::event_ring::EventRing, cpu: usize) -> Drainer {
+        Self::spawn(cpu, move || {
+            ring.read_all(|e| {
+                std::hint::black_box(e);
+            }) as u64
+        })
+    }
+
+    /// Drains a kernel BPF ring buffer.
+    fn kernel(mut ring: aya::maps::RingBuf<aya::maps::MapData>, cpu: usize) -> Drainer {
+        Self::spawn(cpu, move || {
+            let mut n = 0;
+            while let Some(item) = ring.next() {
+                n += 1;
+                drop(std::hint::black_box(item));
+            }
+            n
+        })
+    }
+
+    /// Runs `drain` every millisecond on `cpu` until dropped.
+    fn spawn(cpu: usize, mut drain: impl FnMut() -> u64 + Send + 'static) -> Drainer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let _ = pin_to_cpu(cpu);
             let mut read = 0u64;
             loop {
-                while let Some(item) = ring.next() {
-                    read += 1;
-                    drop(item);
-                }
+                read += drain();
                 if flag.load(std::sync::atomic::Ordering::Relaxed) {
                     return read;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         });
-        Ok(Drainer {
+        Drainer {
             stop,
             thread: Some(thread),
-        })
+        }
     }
 }
 

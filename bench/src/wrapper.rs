@@ -34,6 +34,10 @@ pub const LRU_INSERT_NX: &str = "bench_lru_insert_nx";
 pub const LRU_SCALE16: &str = "bench_lru_scale16";
 pub const LRU_SCALE8: &str = "bench_lru_scale8";
 pub const FIB: &str = "bench_fib";
+pub const EVENT_RINGBUF: &str = "bench_event_ringbuf";
+pub const EVENT_PERCPU: &str = "bench_event_percpu";
+/// Slots per CPU of `EVENTS_RING` (as in lb-bench-ebpf).
+const EVENT_SLOTS: u32 = 1 << 17;
 
 /// Largest fixture the wrapper can restore.
 pub const FIXTURE_MAX: usize = 256;
@@ -104,9 +108,14 @@ impl Bench {
     /// `scale_entries`: the capacity of `LRU_SCALE16` / `LRU_SCALE8` (see
     /// [`Bench::fill_scale_components`]).
     pub fn load(scale_entries: u32) -> Result<Bench> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?
+            .get();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("LRU_SCALE16", scale_entries.max(1))
             .map_max_entries("LRU_SCALE8", scale_entries.max(1))
+            .map_max_entries("EVENTS_RING", cpus * EVENT_SLOTS)
+            .map_max_entries("EVENTS_POS", cpus)
             .load(BENCH_OBJECT)
             .context("loading the lb-bench-ebpf object")?;
         for name in [
@@ -124,6 +133,8 @@ impl Bench {
             LRU_INSERT_NX,
             LRU_SCALE16,
             LRU_SCALE8,
+            EVENT_RINGBUF,
+            EVENT_PERCPU,
         ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -206,6 +217,31 @@ impl Bench {
             *slot = crate::map_memlock(fd)?;
         }
         Ok(sizes)
+    }
+
+    /// The events components' rings, for draining: `bench_event_percpu`'s per-CPU rings
+    /// and `bench_event_ringbuf`'s kernel ring buffer.
+    pub fn take_event_rings(
+        &mut self,
+    ) -> Result<(lb_agent::event_ring::EventRing, aya::maps::RingBuf<MapData>)> {
+        let mut array = |name: &str| -> Result<MapData> {
+            match self
+                .ebpf
+                .take_map(name)
+                .with_context(|| format!("map {name}"))?
+            {
+                aya::maps::Map::Array(m) => Ok(m),
+                _ => bail!("map {name} is not an array"),
+            }
+        };
+        let rings =
+            lb_agent::event_ring::EventRing::new(array("EVENTS_RING")?, array("EVENTS_POS")?)?;
+        let kernel = aya::maps::RingBuf::try_from(
+            self.ebpf
+                .take_map("EVENTS_KERNEL")
+                .context("map EVENTS_KERNEL")?,
+        )?;
+        Ok((rings, kernel))
     }
 
     /// A program of the object, by name ([`WRAPPER`], [`PASS`], …).

@@ -10,6 +10,7 @@
 //! - [`dataplane`]: writes a plan into the maps and reads counters / stick entries.
 //! - [`bpf_batch`]: the raw `bpf(2)` batch and test-run commands aya does not offer.
 //! - [`decap`]: `stickylb decap`, the backends' side of L3 DSR (`ipip`, `gue`).
+//! - [`event_ring`]: the data path's stick-table events, read through `mmap`.
 //! - [`health`]: active health checks (TCP, HTTP on hyper, HTTPS on rustls).
 //! - [`control`]: the control socket's client.
 //! - [`metrics`]: the Prometheus endpoint.
@@ -24,6 +25,7 @@ pub mod bpf_batch;
 pub mod control;
 pub mod dataplane;
 pub mod decap;
+pub mod event_ring;
 pub mod exit;
 pub mod extras;
 pub mod health;

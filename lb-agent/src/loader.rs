@@ -39,9 +39,9 @@ pub struct LoadOptions {
     /// Emit stick-table events (new entries, re-picks) into `STICK_EVENTS` for cluster
     /// replication; off (a single node) costs nothing.
     pub stick_events: bool,
-    /// Size of the `STICK_EVENTS` ring in bytes (a power of two, at least a page);
-    /// `None`: `STICK_EVENTS_BYTES`.
-    pub stick_events_bytes: Option<u32>,
+    /// Slots of each CPU's events ring (a power of two, see `lb_common::event_ring`);
+    /// `None`: `STICK_EVENT_SLOTS`.
+    pub stick_event_slots: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -51,7 +51,7 @@ impl Default for LoadOptions {
             pin_dir: None,
             debug: false,
             stick_events: false,
-            stick_events_bytes: None,
+            stick_event_slots: None,
         }
     }
 }
@@ -66,12 +66,36 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_STICK, opts.stick_table_size);
-    if let Some(bytes) = opts.stick_events_bytes {
-        loader.map_max_entries(lb_common::MAP_STICK_EVENTS, bytes);
-    }
+    // The events ring: a ring of `slots` per possible CPU (the ids the data path's CPU
+    // number ranges over), and one position pair per CPU.
+    let slots = opts
+        .stick_event_slots
+        .unwrap_or(lb_common::STICK_EVENT_SLOTS);
+    anyhow::ensure!(
+        slots.is_power_of_two() && slots >= 2,
+        "stick-table events ring: {slots} slots per CPU; a power of two from 2 is accepted"
+    );
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))
+        .context("counting the possible CPUs")?
+        .get();
+    let ring_entries = cpus
+        .checked_mul(slots)
+        .with_context(|| format!("stick-table events ring: {cpus} CPUs × {slots} slots"))?;
+    loader.map_max_entries(lb_common::MAP_STICK_EVENTS, ring_entries);
+    loader.map_max_entries(lb_common::MAP_STICK_EVENT_POS, cpus);
+    let mask = slots - 1;
+    loader.override_global(lb_common::GLOBAL_STICK_EVENT_MASK, &mask, true);
     let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for name in crate::pins::RETIRED_PINS {
+                match std::fs::remove_file(dir.join(name)) {
+                    Ok(()) => log::info!("removed the pin of the retired map {name}"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => log::warn!("removing the pin of the retired map {name}: {e}"),
+                }
+            }
             crate::pins::PINNED_MAPS
                 .iter()
                 .map(|m| (*m, dir.join(m)))

@@ -31,18 +31,25 @@ use lb_common::{
 /// in `ServiceInfo`, too-big counters, map `ENCAP_SOURCE`; 5: next-hop counters
 /// `drop_no_neigh`, `neigh_queued`, `neigh_report_lost` in `ServiceStats`; 6: maps
 /// `SERVICE_INDEX`, `SERVICE_INDEX_HEAD` and `REPLY_FILTER`, the hit path's exact
-/// service table and the reply filter).
+/// service table and the reply filter). Maps only added keep the version, so that an
+/// upgraded agent adopts the stick table: the stick-table events' per-CPU rings
+/// (`STICK_EVENT_RING`, `STICK_EVENT_POS`, 2026-12-02) replaced the ring buffer
+/// `STICK_EVENTS`, whose pin [`RETIRED_PINS`] removes.
 pub const LAYOUT_VERSION: u32 = 6;
+/// Pins of maps this agent no longer has, removed when it loads (their memory is freed
+/// with the last reference).
+pub const RETIRED_PINS: [&str; 1] = ["STICK_EVENTS"];
 /// Default bpffs mount point (see module docs).
 pub const DEFAULT_BPFFS: &str = "/run/stickylb/bpffs";
 /// Every map the agent pins.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     lb_common::MAP_SERVICE_INDEX,
     lb_common::MAP_SERVICE_INDEX_HEAD,
     lb_common::MAP_REPLY_FILTER,
     lb_common::MAP_JUMP,
-    // Events written while no agent reads them wait in the ring for the next one.
+    // Events written while no agent reads them wait in the rings for the next one.
     lb_common::MAP_STICK_EVENTS,
+    lb_common::MAP_STICK_EVENT_POS,
     lb_common::MAP_STICK_EVENTS_LOST,
     lb_common::MAP_ENCAP_SOURCE,
     lb_common::MAP_INSERT_BUDGET,

@@ -19,6 +19,11 @@
 //!   `bench_lru_scale16` / `bench_lru_scale8` (a lookup over 65 536 clients in rotation in
 //!   a table of a million entries, with today's 16-byte stick value and with a packed
 //!   8-byte one; the bench sizes and fills both).
+//! - Issue 12's last goal, the stick-table events' cost: `bench_event_ringbuf` (a 40-byte
+//!   event reserved and submitted into the kernel's BPF ring buffer, as the data path did
+//!   until 2026-12-02) and `bench_event_percpu` (the same event into this CPU's ring of
+//!   `lb_common::event_ring`, as it does now); the bench drains both from the other CPU
+//!   every millisecond, as the agent does.
 //! - `bench_gen` generates traffic (run with `BPF_PROG_TEST_RUN` in live-frames mode: its
 //!   `XDP_TX` frames leave through a real veth) from up to 65 536 client addresses, and
 //!   `bench_count`, on every backend, counts (and drops) what arrives.
@@ -28,15 +33,20 @@
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
+        bindings::BPF_F_MMAPABLE,
         bindings::{bpf_fib_lookup, xdp_action},
         helpers::{
             self, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
             generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
         },
         macros::{map, xdp},
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
         programs::XdpContext,
         EbpfContext as _,
+    };
+    use lb_common::{
+        event_ring::{self, EventRingPos},
+        StickEvent,
     };
 
     /// Largest fixture, in bytes.
@@ -392,6 +402,74 @@ mod program {
             return xdp_action::XDP_PASS;
         };
         verdict(LRU_SCALE8.get_ptr_mut(&[0, src, 0, 0, 0]).is_some())
+    }
+
+    /// Events as the data path wrote them before 2026-12-02: a kernel ring buffer (8 MiB,
+    /// drained by the bench).
+    #[map]
+    static EVENTS_KERNEL: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
+
+    /// A 40-byte event reserved, written and submitted into `EVENTS_KERNEL`.
+    #[xdp]
+    pub fn bench_event_ringbuf(_ctx: XdpContext) -> u32 {
+        match EVENTS_KERNEL.reserve::<StickEvent>(0) {
+            Some(mut e) => {
+                e.write(StickEvent {
+                    backend_id: 1,
+                    at_ns: 2,
+                    kind: 1,
+                    ..Default::default()
+                });
+                e.submit(0);
+                xdp_action::XDP_TX
+            }
+            None => xdp_action::XDP_DROP,
+        }
+    }
+
+    /// Events as the data path writes them now: a ring per CPU (`lb_common::event_ring`),
+    /// sized by the bench (CPUs × `EVENT_SLOTS`), drained by it.
+    #[map]
+    static EVENTS_RING: Array<StickEvent> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+    #[map]
+    static EVENTS_POS: Array<EventRingPos> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+    /// Slots per CPU of `EVENTS_RING` (shared with `bench/src/wrapper.rs`).
+    const EVENT_SLOTS: u32 = 1 << 17;
+
+    /// The same event written into this CPU's ring of `EVENTS_RING`, as
+    /// `lb-ebpf/src/sticky.rs` `emit` writes it.
+    #[xdp]
+    pub fn bench_event_percpu(_ctx: XdpContext) -> u32 {
+        let mask = EVENT_SLOTS - 1;
+        // SAFETY: helper without arguments.
+        let cpu = unsafe { helpers::generated::bpf_get_smp_processor_id() };
+        let Some(pos) = EVENTS_POS.get_ptr_mut(cpu) else {
+            return xdp_action::XDP_DROP;
+        };
+        // SAFETY: this CPU's positions (the bench's drainer writes only `tail`).
+        let (head, tail) = unsafe {
+            (
+                core::ptr::read_volatile(&(*pos).head),
+                core::ptr::read_volatile(&(*pos).tail),
+            )
+        };
+        if !event_ring::has_room(head, tail, mask) {
+            return xdp_action::XDP_DROP;
+        }
+        let Some(slot) = EVENTS_RING.get_ptr_mut(event_ring::slot_index(cpu, head, mask)) else {
+            return xdp_action::XDP_DROP;
+        };
+        let e = StickEvent {
+            backend_id: 1,
+            at_ns: 2,
+            kind: 1,
+            ..Default::default()
+        };
+        // SAFETY: a released slot of this CPU's ring and this CPU's head.
+        unsafe { event_ring::publish(slot, &raw mut (*pos).head, head, e) };
+        xdp_action::XDP_TX
     }
 
     /// One `bpf_fib_lookup` of the packet's IPv4 source → destination (what stickylb

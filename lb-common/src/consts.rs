@@ -127,10 +127,10 @@ pub const STICK_EVENT_EXPIRED: u8 = 2;
 /// `StickEvent::kind`: an entry whose backend was down, removed or reassigned was
 /// re-picked.
 pub const STICK_EVENT_DOWN: u8 = 3;
-/// Default size of the `STICK_EVENTS` ring buffer in bytes (a power of two): 4 MiB,
-/// about 87 000 events of 48 bytes (40 and the kernel's 8-byte header), 1.7 s of new
-/// clients at 50 000/s if the agent stopped reading.
-pub const STICK_EVENTS_BYTES: u32 = 1 << 22;
+/// Default slots of each CPU's stick-table events ring (a power of two; see
+/// [`crate::event_ring`]): 16 384 events of 40 bytes, 640 KiB per CPU, a third of a
+/// second of new clients at 50 000/s on one CPU if the agent stopped reading.
+pub const STICK_EVENT_SLOTS: u32 = 1 << 14;
 
 /// How many ring slots the data path probes past a slot whose backend is no longer `up`
 /// (the table is rebuilt by userspace; probing covers the moment in between).
@@ -150,7 +150,9 @@ pub const MAP_INSERT_BUDGET: &str = "INSERT_BUDGET";
 pub const MAP_NEIGH_SEEN: &str = "NEIGH_SEEN";
 pub const MAP_NEIGH_EVENTS: &str = "NEIGH_EVENTS";
 pub const MAP_ENCAP_SOURCE: &str = "ENCAP_SOURCE";
-pub const MAP_STICK_EVENTS: &str = "STICK_EVENTS";
+/// The stick-table events ring's slots and its per-CPU positions ([`crate::event_ring`]).
+pub const MAP_STICK_EVENTS: &str = "STICK_EVENT_RING";
+pub const MAP_STICK_EVENT_POS: &str = "STICK_EVENT_POS";
 /// Exact VIP table of the hit path (`ServiceSlot`s) and its head word (`index_head`).
 pub const MAP_SERVICE_INDEX: &str = "SERVICE_INDEX";
 pub const MAP_SERVICE_INDEX_HEAD: &str = "SERVICE_INDEX_HEAD";
@@ -163,6 +165,9 @@ pub const MAP_CLOCK: &str = "CLOCK";
 /// The data path's switch for stick-table events (`.rodata`, set at load time): 0 = no
 /// events (a single node: the verifier removes the code), 1 = emit them.
 pub const GLOBAL_STICK_EVENTS: &str = "STICK_EVENTS_ON";
+/// Slots per CPU of the events ring minus one (`.rodata`, set at load time with the
+/// ring's size).
+pub const GLOBAL_STICK_EVENT_MASK: &str = "STICK_EVENT_MASK";
 pub const PROGRAM_NAME: &str = "stickylb";
 /// The side-path programs, reached by tail call through `JUMP` at these slots.
 pub const PROGRAM_ICMP: &str = "stickylb_icmp";

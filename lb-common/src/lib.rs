@@ -7,7 +7,7 @@
 //!   ([`clock`]: jiffies, calibrated by the loader),
 //! - pure logic that both sides run: checksum arithmetic ([`csum`]), the client hash
 //!   ([`hash`]), the stickiness decision ([`sticky`]), the exact service index and the
-//!   reply filter ([`index`]), and — userspace only, behind the
+//!   reply filter ([`index`]), the events ring's positions ([`event_ring`]), and — userspace only, behind the
 //!   `std` feature — the selection-table builders ([`maglev`], [`wrr`]),
 //! - and, behind `std`, the vocabulary every userspace crate shares (the model, the agent,
 //!   the cluster crate, which the model depends on): the one duration grammar
@@ -21,6 +21,7 @@ pub mod clock;
 pub mod consts;
 pub mod counters;
 pub mod csum;
+pub mod event_ring;
 pub mod hash;
 pub mod index;
 pub mod maps;

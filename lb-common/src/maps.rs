@@ -130,7 +130,8 @@ pub struct StickRecord {
 
 const _: () = assert!(core::mem::size_of::<StickRecord>() == 40);
 
-/// One record of the `STICK_EVENTS` ring buffer: a client got a new entry, or its entry
+/// One slot of the stick-table events ring (`STICK_EVENT_RING`, see
+/// [`crate::event_ring`]): a client got a new entry, or its entry
 /// was re-picked (expired, or its backend no longer took it). The agent turns the
 /// node-local ids into identities and replicates the entry to its peers. Hits (and the
 /// refresh of last-seen on a hit) emit nothing: the agent's periodic scan finds those.
@@ -147,8 +148,13 @@ pub struct StickEvent {
     pub kind: u8,
     /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
     pub family: u8,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    /// Which event of its CPU's ring this is ([`crate::event_ring::seq_of`]), written
+    /// with the rest: the reader's check that the slot holds the event it expects.
+    pub seq: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<StickEvent>() == 40);
 
 /// Value of `REVERSE`, keyed by the backend endpoint a NAT reply comes from.
 #[repr(C)]
@@ -276,6 +282,7 @@ mod pod {
     unsafe impl aya::Pod for NeighMiss {}
     unsafe impl aya::Pod for QueueMeta {}
     unsafe impl aya::Pod for StickEvent {}
+    unsafe impl aya::Pod for crate::event_ring::EventRingPos {}
     unsafe impl aya::Pod for StickRecord {}
     unsafe impl aya::Pod for crate::clock::Calibration {}
 }

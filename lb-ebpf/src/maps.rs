@@ -2,14 +2,16 @@
 //! here are defaults that userspace may override at load time (`set_max_entries`).
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
-    Backend, BackendStats, CachedRoute, EncapSource, Endpoint, FragCandidates, InsertBudget,
-    NeighKey, ReverseValue, ServiceInfo, ServiceSlot, ServiceStats, StickKey, StickValue,
-    DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, NEIGH_EVENTS_BYTES, NEIGH_SEEN_ENTRIES,
-    REPLY_FILTER_WORDS, RING_SLOTS, SERVICE_INDEX_SLOTS, STICK_EVENTS_BYTES,
+    event_ring::EventRingPos, Backend, BackendStats, CachedRoute, EncapSource, Endpoint,
+    FragCandidates, InsertBudget, NeighKey, ReverseValue, ServiceInfo, ServiceSlot, ServiceStats,
+    StickEvent, StickKey, StickValue, DEFAULT_STICK_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    NEIGH_EVENTS_BYTES, NEIGH_SEEN_ENTRIES, REPLY_FILTER_WORDS, RING_SLOTS, SERVICE_INDEX_SLOTS,
+    STICK_EVENT_SLOTS,
 };
 
 /// (VIP, port, protocol) → service. Port 0 = every port of the VIP.
@@ -49,11 +51,18 @@ pub static RR_CURSOR: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 pub static STICK: LruHashMap<StickKey, StickValue> =
     LruHashMap::with_max_entries(DEFAULT_STICK_TABLE_SIZE, 0);
 
-/// New entries and re-picks (`StickEvent`), for the agent to replicate to its peers.
-/// Bounded: when it is full an event is dropped and counted in `STICK_EVENTS_LOST` (the
-/// agent's periodic scan of the table repairs what was lost).
+/// New entries and re-picks (`StickEvent`), for the agent to replicate to its peers: one
+/// ring of `STICK_EVENT_SLOTS` slots per CPU (`lb_common::event_ring`), mapped by the agent.
+/// Sized by the loader (CPUs × slots); bounded: when a CPU's ring is full an event is
+/// dropped and counted in `STICK_EVENTS_LOST` (the agent's periodic scan of the table
+/// repairs what was lost).
 #[map]
-pub static STICK_EVENTS: RingBuf = RingBuf::with_byte_size(STICK_EVENTS_BYTES, 0);
+pub static STICK_EVENT_RING: Array<StickEvent> =
+    Array::with_max_entries(STICK_EVENT_SLOTS, BPF_F_MMAPABLE);
+
+/// Each CPU's ring positions (`EventRingPos`: head written here, tail by the agent).
+#[map]
+pub static STICK_EVENT_POS: Array<EventRingPos> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Per-CPU count of events dropped because `STICK_EVENTS` was full (slot 0).
 #[map]

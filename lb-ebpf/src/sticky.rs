@@ -7,13 +7,14 @@
 //! an event for the agent to replicate; the hit path emits nothing.
 
 use lb_common::{
+    event_ring,
     sticky::{is_connection_start, judge, needs_refresh, stick_key, take_insert_budget, Verdict},
     Backend, ServiceInfo, StickEvent, StickKey, StickValue, PROTO_TCP, STICK_EVENT_DOWN,
     STICK_EVENT_EXPIRED, STICK_EVENT_NEW, SVC_SYN_ONLY,
 };
 
 use crate::{
-    maps::{BACKENDS, INSERT_BUDGET, STICK, STICK_EVENTS, STICK_EVENTS_LOST},
+    maps::{BACKENDS, INSERT_BUDGET, STICK, STICK_EVENTS_LOST, STICK_EVENT_POS, STICK_EVENT_RING},
     parse::Parsed,
     pick,
 };
@@ -87,7 +88,14 @@ fn events_on() -> bool {
     unsafe { core::ptr::read_volatile(&STICK_EVENTS_ON) != 0 }
 }
 
-/// Announces an entry just written. A full ring drops the event and counts it.
+/// Slots per CPU of the events ring minus one, set by the loader with the ring's size
+/// (`GLOBAL_STICK_EVENT_MASK`; `.rodata`).
+#[unsafe(no_mangle)]
+static STICK_EVENT_MASK: u32 = lb_common::STICK_EVENT_SLOTS - 1;
+
+/// Announces an entry just written into this CPU's events ring (`lb_common::event_ring`):
+/// no lock and no helper but the (inlined) CPU number. A full ring drops the event and
+/// counts it.
 #[inline(always)]
 fn emit(key: &StickKey, backend_id: u32, now: u64, family: u8, verdict: Verdict) {
     let kind = match verdict {
@@ -95,26 +103,46 @@ fn emit(key: &StickKey, backend_id: u32, now: u64, family: u8, verdict: Verdict)
         Verdict::RepickDown => STICK_EVENT_DOWN,
         _ => STICK_EVENT_NEW,
     };
-    match STICK_EVENTS.reserve::<StickEvent>(0) {
-        Some(mut e) => {
-            e.write(StickEvent {
-                client: key.client,
-                service_id: key.service_id,
-                backend_id,
-                at_ns: now,
-                kind,
-                family,
-                _pad: [0; 6],
-            });
-            e.submit(0);
+    // SAFETY: reading a static; volatile so that the loader's value is used.
+    let mask = unsafe { core::ptr::read_volatile(&STICK_EVENT_MASK) };
+    // SAFETY: helper without arguments (inlined by the verifier on x86-64 and arm64).
+    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() };
+    let Some(pos) = STICK_EVENT_POS.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: this CPU's positions; `head` is written only by this CPU's program (one at a
+    // time: XDP runs to completion), `tail` only by the agent, read here once.
+    let (head, tail) = unsafe {
+        (
+            core::ptr::read_volatile(&(*pos).head),
+            core::ptr::read_volatile(&(*pos).tail),
+        )
+    };
+    let slot = if event_ring::has_room(head, tail, mask) {
+        STICK_EVENT_RING.get_ptr_mut(event_ring::slot_index(cpu, head, mask))
+    } else {
+        None
+    };
+    let Some(slot) = slot else {
+        if let Some(lost) = STICK_EVENTS_LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+            unsafe { *lost += 1 };
         }
-        None => {
-            if let Some(lost) = STICK_EVENTS_LOST.get_ptr_mut(0) {
-                // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
-                unsafe { *lost += 1 };
-            }
-        }
-    }
+        return;
+    };
+    let e = StickEvent {
+        client: key.client,
+        service_id: key.service_id,
+        backend_id,
+        at_ns: now,
+        kind,
+        family,
+        _pad: 0,
+        seq: 0,
+    };
+    // SAFETY: a slot of this CPU's ring the reader has released (`has_room`), and this
+    // CPU's head, which only this CPU's program writes.
+    unsafe { event_ring::publish(slot, &raw mut (*pos).head, head, e) };
 }
 
 /// Charges one new entry to this CPU's budget for the service (see `insert_cap`).

@@ -273,7 +273,8 @@ mod tests {
                 at_ns: 9_000_000_000,
                 kind: lb_common::STICK_EVENT_NEW,
                 family: addr_from_ip(client.parse().unwrap()).1,
-                _pad: [0; 6],
+                _pad: 0,
+                seq: 1,
             };
             let p = cat.from_event(&ev).unwrap();
             assert_eq!(p.kind, ObservedKind::Picked);

@@ -2480,11 +2480,8 @@ fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
         ..Default::default()
     })
     .context("lab")?;
-    let mut events = aya::maps::RingBuf::try_from(
-        lab.ebpf
-            .take_map(lb_common::MAP_STICK_EVENTS)
-            .context("the events ring")?,
-    )?;
+    let mut events =
+        lb_agent::event_ring::EventRing::take(&mut lab.ebpf).context("the events rings")?;
     let lost: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
         lab.ebpf
             .take_map(lb_common::MAP_STICK_EVENTS_LOST)
@@ -2593,10 +2590,12 @@ fn worker(seed: u64, w: usize, packets: u64) -> Result<Report> {
             .context("reading counters")?;
         written += t.new_clients + t.repick_expired + t.repick_down;
     }
-    let mut announced = 0u64;
-    while events.next().is_some() {
-        announced += 1;
-    }
+    let announced = events.read_all(|_| ()) as u64;
+    ensure!(
+        events.skipped() == 0,
+        "worker {w} (seed {seed:#x}): {} event slots did not hold their event",
+        events.skipped()
+    );
     let lost: u64 = lost.get(&0, 0)?.iter().sum();
     ensure!(
         announced + lost == written,

@@ -326,8 +326,17 @@ fn agent_sigterm_and_sigkill_move_nobody_and_traffic_flows_while_down() {
     let clients: Vec<usize> = (0..20).collect();
     let v4 = all_answered(&round(&s, false, &clients));
     let v6 = all_answered(&round(&s, true, &clients));
+    let layout = lb_agent::pins::PinLayout::new(&s.agent.bpffs, &s.agent.instance);
     for sig in [libc::SIGTERM, libc::SIGKILL] {
         s.agent.stop(sig).unwrap();
+        // An agent of before 2026-12-02 left its events ring buffer pinned as
+        // `STICK_EVENTS` (standing in: another map pinned under that name): the upgraded
+        // agent removes it and adopts everything else.
+        let retired = layout.map(lb_agent::pins::RETIRED_PINS[0]);
+        if sig == libc::SIGTERM {
+            let m = aya::maps::MapData::from_pin(layout.map(lb_common::MAP_RR_CURSOR)).unwrap();
+            m.pin(&retired).unwrap();
+        }
         assert_eq!(
             all_answered(&round(&s, false, &clients)),
             v4,
@@ -344,6 +353,11 @@ fn agent_sigterm_and_sigkill_move_nobody_and_traffic_flows_while_down() {
             s.agent.log_text().contains("adopted pinned state"),
             "{}",
             s.agent.log_text()
+        );
+        assert!(
+            !retired.exists(),
+            "the retired pin {} is left",
+            retired.display()
         );
         assert_eq!(
             all_answered(&round(&s, false, &clients)),

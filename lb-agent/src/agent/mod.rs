@@ -148,7 +148,7 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
         debug: opts.debug,
         // A cluster replicates what the data path decides: it emits events.
         stick_events: config.cluster.is_some(),
-        stick_events_bytes: None,
+        stick_event_slots: None,
     })?;
     if opts.debug {
         // Data-path log lines (aya-log) go to this process's log at debug level.
@@ -260,11 +260,8 @@ async fn run_async(opts: AgentOptions) -> Result<()> {
     if let Some(cfg) = agent.config.cluster.clone() {
         // After the first commit (ids known), before traffic: entries the peers teach
         // find their services and backends.
-        let ring: aya::maps::RingBuf<aya::maps::MapData> = agent
-            ._ebpf
-            .take_map(lb_common::MAP_STICK_EVENTS)
-            .context("map STICK_EVENTS missing from the object")?
-            .try_into()?;
+        let ring = crate::event_ring::EventRing::take(&mut agent._ebpf)
+            .context("mapping the stick-table events rings")?;
         let lost: aya::maps::PerCpuArray<aya::maps::MapData, u64> = agent
             ._ebpf
             .take_map(lb_common::MAP_STICK_EVENTS_LOST)
