@@ -96,6 +96,37 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
                     Err(e) => log::warn!("removing the pin of the retired map {name}: {e}"),
                 }
             }
+            // The events rings hold only events in flight (the scan repairs what they
+            // lose): pinned rings of another size (a CPU count or slot count changed) are
+            // replaced, with their positions, rather than refused as incompatible.
+            let pinned = |name: &str| {
+                aya::maps::MapData::from_pin(dir.join(name))
+                    .ok()
+                    .and_then(|m| m.info().ok())
+                    .map(|i| i.max_entries())
+            };
+            let ring_had = pinned(lb_common::MAP_STICK_EVENTS);
+            let pos_had = pinned(lb_common::MAP_STICK_EVENT_POS);
+            if (ring_had.is_some() || pos_had.is_some())
+                && (ring_had, pos_had) != (Some(ring_entries), Some(cpus))
+            {
+                log::info!(
+                    "the pinned stick-table events rings have {} slots for {} CPUs, this data \
+                     path needs {ring_entries} for {cpus}: replaced (the next scan repairs \
+                     the events they held)",
+                    ring_had.unwrap_or(0),
+                    pos_had.unwrap_or(0)
+                );
+                for name in [lb_common::MAP_STICK_EVENTS, lb_common::MAP_STICK_EVENT_POS] {
+                    match std::fs::remove_file(dir.join(name)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("removing the pin of {name}"))
+                        }
+                    }
+                }
+            }
             crate::pins::PINNED_MAPS
                 .iter()
                 .map(|m| (*m, dir.join(m)))

@@ -1491,6 +1491,61 @@ fn read_events(ring: &mut lb_agent::event_ring::EventRing) -> Vec<lb_common::Sti
     out
 }
 
+/// The events rings are pinned like every map (a restarted agent reads what waited), but
+/// rings of another size (slots or CPUs changed) are replaced at load instead of
+/// refused as incompatible pins.
+#[test]
+fn pinned_event_rings_are_adopted_or_replaced_when_their_size_changed() {
+    use lb_agent::{event_ring::EventRing, loader};
+    stickylb_tests::agent::ensure_test_bpffs().unwrap();
+    let dir = std::path::Path::new(stickylb_tests::agent::TEST_BPFFS)
+        .join(format!("rings-{}", std::process::id()));
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
+    let load = |slots: u32| {
+        let mut ebpf = loader::load(&loader::LoadOptions {
+            stick_table_size: 1024,
+            pin_dir: Some(dir.clone()),
+            stick_events: true,
+            stick_event_slots: Some(slots),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("load with {slots} slots per CPU: {e:#}"));
+        let pos: aya::maps::Array<_, lb_common::event_ring::EventRingPos> =
+            aya::maps::Array::try_from(ebpf.map_mut(lb_common::MAP_STICK_EVENT_POS).unwrap())
+                .unwrap();
+        let head = pos.get(&0, 0).unwrap().head;
+        let ring = EventRing::take(&mut ebpf).unwrap();
+        (ebpf, ring.slots(), head)
+    };
+    let (ebpf, slots, head) = load(16);
+    assert_eq!((slots, head), (16, 0));
+    let pinned = aya::maps::MapData::from_pin(dir.join(lb_common::MAP_STICK_EVENT_POS)).unwrap();
+    let mut pos: aya::maps::Array<_, lb_common::event_ring::EventRingPos> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(pinned)).unwrap();
+    let moved = lb_common::event_ring::EventRingPos {
+        head: 5,
+        tail: 5,
+        ..Default::default()
+    };
+    pos.set(0, &moved, 0).unwrap();
+    drop(ebpf);
+    let (ebpf, slots, head) = load(16);
+    assert_eq!(
+        (slots, head),
+        (16, 5),
+        "the same size: the pinned rings are adopted"
+    );
+    drop(ebpf);
+    let (_ebpf, slots, head) = load(32);
+    assert_eq!((slots, head), (32, 0), "another size: new rings");
+}
+
 /// A new client and each kind of re-pick emit one event holding the entry as written
 /// (client, service, backend, last-seen); hits, refreshes and unpinned clients emit none.
 #[test]
