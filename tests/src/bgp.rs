@@ -31,7 +31,7 @@ use serde_json::Value;
 use crate::{
     agent::Agent,
     cluster_net::{
-        ClusterNet, ClusterOpts, Node, Pki, NODE_LAN_IF, NODE_ROUTER_IF, PEER_PORT, VIP_V4,
+        ClusterNet, ClusterOpts, Node, Pki, NODE_LAN_IF, NODE_ROUTER_IF, PEER_PORT, VIP_V4, VIP_V6,
     },
     netns::Netns,
     servers::{connect_from, tcp_fetch_all},
@@ -188,8 +188,10 @@ fn timers(d: Detection) -> String {
 
 const BFD: &str = "min rx interval 100 ms; min tx interval 100 ms; multiplier 3;";
 
-/// The router's BIRD config: one eBGP session per node, multipath into the kernel.
-pub fn router_conf(nodes: &[&Node], d: Detection) -> String {
+/// The router's BIRD config: one eBGP session per node, multipath into the kernel; with
+/// `ipv6`, a second session per node over the link's IPv6 addresses and a second kernel
+/// protocol for the IPv6 table.
+pub fn router_conf(nodes: &[&Node], d: Detection, ipv6: bool) -> String {
     let mut c = String::from(
         "# The ECMP router: learns the VIPs from every node, installs one multipath route.\n\
          router id 198.18.0.1;\n\
@@ -197,27 +199,51 @@ pub fn router_conf(nodes: &[&Node], d: Detection) -> String {
          protocol device { scan time 1; }\n\
          protocol kernel {\n  ipv4 { import none; export all; };\n  merge paths on;\n}\n",
     );
+    if ipv6 {
+        c.push_str("protocol kernel kernel6 {\n  ipv6 { import none; export all; };\n  merge paths on;\n}\n");
+    }
     c.push_str(&format!(
         "protocol bfd {{\n  interface \"to-node*\" {{ {BFD} }};\n}}\n"
     ));
     for n in nodes {
+        let asn = ROUTER_AS + n.index as u32;
+        let t = timers(d);
         c.push_str(&format!(
             "protocol bgp node{i} {{\n  local {r} as {ROUTER_AS};\n  neighbor {v} as {asn};\n  \
              {t}\n  ipv4 {{ import all; export none; }};\n}}\n",
             i = n.index,
             r = n.router_v4,
             v = n.v4,
-            asn = ROUTER_AS + n.index as u32,
-            t = timers(d)
         ));
+        if ipv6 {
+            c.push_str(&format!(
+                "protocol bgp node{i}v6 {{\n  local {r} as {ROUTER_AS};\n  neighbor {v} as {asn};\n  \
+                 {t}\n  ipv6 {{ import all; export none; }};\n}}\n",
+                i = n.index,
+                r = n.router_v6,
+                v = n.v6,
+            ));
+        }
     }
     c
 }
 
-/// A node's BIRD config: exports the host routes of `vips` found on `lo`.
-pub fn node_conf(n: &Node, vips: &[Ipv4Addr], d: Detection) -> String {
-    let set: Vec<String> = vips.iter().map(|v| format!("{v}/32")).collect();
-    format!(
+/// A node's BIRD config: exports the host routes of `vips` found on `lo`, the IPv4 ones
+/// over an IPv4 session, the IPv6 ones (if any) over an IPv6 session.
+pub fn node_conf(n: &Node, vips: &[IpAddr], d: Detection) -> String {
+    let v4: Vec<String> = vips
+        .iter()
+        .filter(|v| v.is_ipv4())
+        .map(|v| format!("{v}/32"))
+        .collect();
+    let v6: Vec<String> = vips
+        .iter()
+        .filter(|v| v.is_ipv6())
+        .map(|v| format!("{v}/128"))
+        .collect();
+    let asn = ROUTER_AS + n.index as u32;
+    let t = timers(d);
+    let mut c = format!(
         "# Node {i}: announces the VIPs stickylb assigns on lo.\n\
          router id {v};\n\
          log stderr all;\n\
@@ -229,10 +255,19 @@ pub fn node_conf(n: &Node, vips: &[Ipv4Addr], d: Detection) -> String {
         i = n.index,
         v = n.v4,
         r = n.router_v4,
-        asn = ROUTER_AS + n.index as u32,
-        t = timers(d),
-        s = set.join(", ")
-    )
+        s = v4.join(", ")
+    );
+    if !v6.is_empty() {
+        c.push_str(&format!(
+            "protocol direct vips6 {{\n  ipv6;\n  interface \"lo\";\n}}\n\
+             protocol bgp uplink6 {{\n  local {v} as {asn};\n  neighbor {r} as {ROUTER_AS};\n  {t}\n  \
+             ipv6 {{\n    import none;\n    export where source = RTS_DEVICE && net ~ [ {s} ];\n  }};\n}}\n",
+            v = n.v6,
+            r = n.router_v6,
+            s = v6.join(", ")
+        ));
+    }
+    c
 }
 
 /// What to build.
@@ -249,6 +284,9 @@ pub struct LabOpts {
     /// `[cluster]` on every node with these members (node indexes, present or not) and
     /// this `sync_timeout`: a node announces only once synced.
     pub cluster: Option<(Vec<usize>, Duration)>,
+    /// An IPv6 service on [`VIP_V6`] beside the IPv4 one (`web6`, the same backends by
+    /// their IPv6 addresses), announced over IPv6 sessions.
+    pub ipv6: bool,
 }
 
 impl Default for LabOpts {
@@ -261,6 +299,7 @@ impl Default for LabOpts {
             with_second: false,
             node_birds: true,
             cluster: None,
+            ipv6: false,
         }
     }
 }
@@ -323,7 +362,7 @@ impl BgpCluster {
             net.router(),
             &dir,
             "router",
-            &router_conf(&nodes, opts.detection),
+            &router_conf(&nodes, opts.detection, opts.ipv6),
         )?;
         let pki = match opts.cluster {
             Some(_) => Some(Pki::new()?),
@@ -345,10 +384,13 @@ impl BgpCluster {
     }
 
     /// The VIPs announced.
-    pub fn vips(&self) -> Vec<Ipv4Addr> {
-        let mut v = vec![VIP_V4];
+    pub fn vips(&self) -> Vec<IpAddr> {
+        let mut v = vec![IpAddr::V4(VIP_V4)];
         if self.opts.with_second {
-            v.push(VIP2_V4);
+            v.push(IpAddr::V4(VIP2_V4));
+        }
+        if self.opts.ipv6 {
+            v.push(IpAddr::V6(VIP_V6));
         }
         v
     }
@@ -368,6 +410,19 @@ impl BgpCluster {
              forwarding = \"dsr\"\n{health}{}",
             be.join("")
         );
+        if self.opts.ipv6 {
+            let be6: Vec<String> = self
+                .net
+                .backends()
+                .iter()
+                .map(|b| format!("[[service.backend]]\naddress = \"{}\"\n", b.v6))
+                .collect();
+            c.push_str(&format!(
+                "[[service]]\nname = \"web6\"\nlisten = \"[{VIP_V6}]:{PORT}\"\nscheduler = \"maglev\"\n\
+                 forwarding = \"dsr\"\n{health}{}",
+                be6.join("")
+            ));
+        }
         if self.opts.with_second {
             let last = self.net.backend(self.opts.backends);
             c.push_str(&format!(
@@ -450,12 +505,18 @@ impl BgpCluster {
     }
 
     /// The router's nexthops for `vip` (its FIB, as BIRD installed it).
-    pub fn fib(&self, vip: Ipv4Addr) -> Result<Vec<Ipv4Addr>> {
+    pub fn fib(&self, vip: impl Into<IpAddr>) -> Result<Vec<IpAddr>> {
+        let vip = vip.into();
+        let (family, len) = if vip.is_ipv6() {
+            ("-6", 128)
+        } else {
+            ("-4", 32)
+        };
         let out = self
             .net
             .router()
-            .ip(&["-4", "route", "show", &format!("{vip}/32")])?;
-        let mut hops: Vec<Ipv4Addr> = out
+            .ip(&[family, "route", "show", &format!("{vip}/{len}")])?;
+        let mut hops: Vec<IpAddr> = out
             .split_whitespace()
             .collect::<Vec<_>>()
             .windows(2)
@@ -466,16 +527,37 @@ impl BgpCluster {
         Ok(hops)
     }
 
-    /// Node addresses (their nexthop) for indexes.
-    pub fn hops_of(&self, nodes: &[usize]) -> Vec<Ipv4Addr> {
-        let mut v: Vec<Ipv4Addr> = nodes.iter().map(|&i| self.net.node(i).v4).collect();
+    /// Node addresses (their IPv4 nexthop) for indexes.
+    pub fn hops_of(&self, nodes: &[usize]) -> Vec<IpAddr> {
+        self.hops_for(VIP_V4.into(), nodes)
+    }
+
+    /// Node addresses of `vip`'s family (its nexthops) for indexes.
+    fn hops_for(&self, vip: IpAddr, nodes: &[usize]) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = nodes
+            .iter()
+            .map(|&i| {
+                let n = self.net.node(i);
+                if vip.is_ipv6() {
+                    IpAddr::V6(n.v6)
+                } else {
+                    IpAddr::V4(n.v4)
+                }
+            })
+            .collect();
         v.sort_unstable();
         v
     }
 
     /// Waits until the router's FIB for `vip` is exactly `nodes`; returns how long it took.
-    pub fn wait_fib(&self, vip: Ipv4Addr, nodes: &[usize], timeout: Duration) -> Result<Duration> {
-        let want = self.hops_of(nodes);
+    pub fn wait_fib(
+        &self,
+        vip: impl Into<IpAddr>,
+        nodes: &[usize],
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let vip = vip.into();
+        let want = self.hops_for(vip, nodes);
         let started = Instant::now();
         loop {
             let got = self.fib(vip)?;
@@ -560,7 +642,7 @@ impl BgpCluster {
             .filter(|n| !self.runs.get(&n.index).is_some_and(|r| r.dead))
             .collect();
         self.router
-            .reconfigure(&router_conf(&nodes, self.opts.detection))?;
+            .reconfigure(&router_conf(&nodes, self.opts.detection, self.opts.ipv6))?;
         self.start_node(i)?;
         Ok(i)
     }
@@ -575,7 +657,8 @@ impl BgpCluster {
             .map(|(i, _)| *i)
             .collect();
         let nodes: Vec<&Node> = live.iter().map(|&i| self.net.node(i)).collect();
-        self.router.reconfigure(&router_conf(&nodes, d))?;
+        self.router
+            .reconfigure(&router_conf(&nodes, d, self.opts.ipv6))?;
         for &i in &live {
             let conf = node_conf(self.net.node(i), &self.vips(), d);
             if let Some(b) = self.runs[&i].bird.as_ref() {
@@ -594,7 +677,7 @@ impl BgpCluster {
     /// that answered (or the error) per client.
     pub fn fetch(
         &self,
-        vip: Ipv4Addr,
+        vip: impl Into<IpAddr>,
         clients: &[IpAddr],
         rounds: usize,
     ) -> Result<BTreeMap<IpAddr, Vec<Result<String, String>>>> {
@@ -619,6 +702,15 @@ impl BgpCluster {
     pub fn clients(&self) -> Vec<IpAddr> {
         self.net
             .client_v4s()
+            .iter()
+            .map(|&a| IpAddr::from(a))
+            .collect()
+    }
+
+    /// The clients' IPv6 addresses.
+    pub fn clients_v6(&self) -> Vec<IpAddr> {
+        self.net
+            .client_v6s()
             .iter()
             .map(|&a| IpAddr::from(a))
             .collect()

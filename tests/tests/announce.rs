@@ -6,6 +6,8 @@
 //! Outages are measured and printed, never asserted on time (the machine is shared);
 //! the timeouts below are only generous bounds for readiness.
 //!
+//! The IPv6 test runs an IPv6 service beside the IPv4 one, announced over IPv6 sessions.
+//!
 //! Test 5 runs the nodes with `[cluster]` (replication, `synced`); the others without
 //! (Maglev over equal backend sets moves nobody on its own). The announcer's rule is also
 //! tested with a fed `synced` watch in `lb-agent/src/announce`.
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use stickylb_tests::bgp::{
     median_max, moved, one_backend_each, outage, BgpCluster, Detection, LabOpts, Load, VIP2_V4,
 };
-use stickylb_tests::cluster_net::VIP_V4;
+use stickylb_tests::cluster_net::{VIP_V4, VIP_V6};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -90,6 +92,63 @@ fn three_nodes_announce_and_the_router_spreads_over_them() {
         .ip(&["addr", "show", "dev", "lo"])
         .unwrap();
     assert!(lo.contains(&format!("{VIP_V4}/32")), "{lo}");
+}
+
+/// Test 1 and 2 for IPv6: the agent assigns the IPv6 VIP as a /128 on `lo`, BIRD exports
+/// it over IPv6 sessions, the router installs one multipath route over the nodes' IPv6
+/// addresses; IPv6 clients spread over the nodes, each on one backend; a killed node
+/// leaves the IPv6 set and nobody moves.
+#[test]
+fn ipv6_vips_are_announced_spread_and_withdrawn_like_ipv4() {
+    let mut lab = lab(LabOpts {
+        ipv6: true,
+        ..LabOpts::default()
+    });
+    let v6_hops: Vec<IpAddr> = (1..=3).map(|i| IpAddr::V6(lab.net.node(i).v6)).collect();
+    assert_eq!(lab.fib(VIP_V6).unwrap(), v6_hops);
+    let clients = lab.clients_v6();
+    let before = lab.node_packets("web6");
+    let map = one_backend_each(&lab.fetch(VIP_V6, &clients, 3).unwrap()).unwrap();
+    assert_eq!(map.len(), clients.len());
+    let after = lab.node_packets("web6");
+    for i in 1..=3 {
+        assert!(
+            after[&i] > before[&i],
+            "node{i} got no IPv6 traffic: {before:?} → {after:?}"
+        );
+        let a = wait_status(&lab, i, |a| {
+            a["vips"]
+                .as_array()
+                .is_some_and(|v| v.iter().all(|x| x["announced"] == true))
+        });
+        let vips: Vec<&serde_json::Value> = a["vips"].as_array().unwrap().iter().collect();
+        assert_eq!(vips.len(), 2, "{a}");
+        assert!(
+            vips.iter()
+                .any(|x| x["vip"] == VIP_V6.to_string() && x["announced"] == true),
+            "{a}"
+        );
+    }
+    let lo = lab
+        .net
+        .node(1)
+        .ns
+        .ip(&["-6", "addr", "show", "dev", "lo"])
+        .unwrap();
+    assert!(lo.contains(&format!("{VIP_V6}/128")), "{lo}");
+    let mut per: std::collections::BTreeMap<&str, usize> = Default::default();
+    for b in map.values() {
+        *per.entry(b.as_str()).or_default() += 1;
+    }
+    println!("IPv6 clients per backend: {per:?}; packets per node: {after:?}");
+    assert_eq!(per.len(), 3, "{per:?}");
+
+    lab.kill_node(2).unwrap();
+    lab.wait_fib(VIP_V6, &[1, 3], CONVERGE).unwrap();
+    lab.wait_fib(VIP_V4, &[1, 3], CONVERGE).unwrap();
+    lab.bury_node(2).unwrap();
+    let again = one_backend_each(&lab.fetch(VIP_V6, &clients, 2).unwrap()).unwrap();
+    assert_eq!(moved(&map, &again), Vec::<IpAddr>::new());
 }
 
 /// Test 2: a node killed (silent at the router, then agent and BIRD SIGKILLed and links
@@ -294,7 +353,10 @@ fn an_added_node_announces_only_after_sync_and_moves_nobody() {
         assert_eq!(a["synced"], false, "{a}");
         assert_eq!(a["vips"][0]["why"], "not-synced", "{a}");
         assert_eq!(a["vips"][0]["assigned"], false, "{a}");
-        assert!(!lab.fib(VIP_V4).unwrap().contains(&lab.net.node(i).v4));
+        assert!(!lab
+            .fib(VIP_V4)
+            .unwrap()
+            .contains(&IpAddr::V4(lab.net.node(i).v4)));
     }
     let took = lab.wait_fib(VIP_V4, &[1, 2, 3, i], CONVERGE).unwrap();
     println!(
