@@ -224,18 +224,11 @@ impl Bench {
     pub fn take_event_rings(
         &mut self,
     ) -> Result<(lb_agent::event_ring::EventRing, aya::maps::RingBuf<MapData>)> {
-        let mut array = |name: &str| -> Result<MapData> {
-            match self
-                .ebpf
-                .take_map(name)
-                .with_context(|| format!("map {name}"))?
-            {
-                aya::maps::Map::Array(m) => Ok(m),
-                _ => bail!("map {name} is not an array"),
-            }
-        };
-        let rings =
-            lb_agent::event_ring::EventRing::new(array("EVENTS_RING")?, array("EVENTS_POS")?)?;
+        let rings = lb_agent::event_ring::EventRing::take_named(
+            &mut self.ebpf,
+            "EVENTS_RING",
+            "EVENTS_POS",
+        )?;
         let kernel = aya::maps::RingBuf::try_from(
             self.ebpf
                 .take_map("EVENTS_KERNEL")

@@ -85,8 +85,18 @@ impl EventRing {
         })
     }
 
-    /// Takes the rings out of a loaded object (the two maps by name).
+    /// Takes the data path's rings out of its loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self> {
+        Self::take_named(
+            ebpf,
+            lb_common::MAP_STICK_EVENTS,
+            lb_common::MAP_STICK_EVENT_POS,
+        )
+    }
+
+    /// Takes rings laid out as `lb_common::event_ring` out of any loaded object, by the
+    /// names of its slots and positions arrays (the bench's components have their own).
+    pub fn take_named(ebpf: &mut aya::Ebpf, ring: &str, pos: &str) -> Result<Self> {
         let mut take = |name: &str| -> Result<MapData> {
             match ebpf
                 .take_map(name)
@@ -96,8 +106,8 @@ impl EventRing {
                 _ => anyhow::bail!("map {name} is not an array"),
             }
         };
-        let ring = take(lb_common::MAP_STICK_EVENTS)?;
-        let pos = take(lb_common::MAP_STICK_EVENT_POS)?;
+        let ring = take(ring)?;
+        let pos = take(pos)?;
         Self::new(ring, pos)
     }
 
